@@ -1,0 +1,272 @@
+"""ColorMNISTDataModule: coloured digits with a planted colour bias, a real-world shift and a probe set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from xai_lightning.data.colorize import COLOR_MODES, GRAY, ColorSpec, assign_colors, colorize, resolve_colors
+from xai_lightning.io import atomic_write
+from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
+
+log = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+VAL_SPLITS = ("val", "real_world", "probe_set", "test", "train")
+
+
+class ColorDigits(Dataset):
+    """Coloured digits; items are dicts ``image`` [3, S, S] float in [0, 1], ``label``, ``digit``, ``color``."""
+
+    def __init__(
+        self,
+        intensity: torch.Tensor,  # [N, 28, 28] uint8
+        digit: torch.Tensor,  # [N]
+        label: torch.Tensor,  # [N] class index
+        color: torch.Tensor,  # [N] palette index or GRAY
+        rgb: torch.Tensor,  # [K, 3]
+        image_size: int,
+        interpolation: str = "bilinear",
+    ) -> None:
+        self.intensity, self.digit, self.label, self.color = intensity, digit, label, color
+        self.rgb, self.image_size, self.interpolation = rgb, image_size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def images(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Final images for several indices at once: [n, 3, S, S]."""
+        img = colorize(self.intensity[index], self.color[index], self.rgb)
+        if img.shape[-1] != self.image_size:
+            img = F.interpolate(img, size=(self.image_size, self.image_size), mode=self.interpolation,
+                                **({"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}))
+            img = img.clamp_(0.0, 1.0)
+        return img
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "image": self.images(slice(i, i + 1))[0],
+            "label": self.label[i],
+            "digit": self.digit[i],
+            "color": self.color[i],
+        }
+
+
+class ColorMNISTDataModule(L.LightningDataModule):
+    """Colour-biased digits (DESIGN.md section 4).
+
+    Splits: ``train`` / ``val`` (fold ``fold`` of ``num_folds`` of the development training data) with
+    ``color_mode``; ``test`` with ``color_mode``; ``real_world`` (deployment: colours always random);
+    ``probe_set`` (development digits disjoint from train, colours random so colour and shape vary
+    independently: the data the SurgeryProbe fits and scores on).
+
+    Args:
+        source: ``synthetic`` (procedural digits, offline), ``mnist``, ``emnist`` (torchvision download
+            into ``data_dir``), or a path to an ``.npz`` with ``images`` (N x 28 x 28 uint8) and ``labels``.
+        digits: classes, any subset of 0-9; the class index is the position in this list.
+        colors: palette names (``red``, ``green``, ...) or ``{name: [r, g, b]}``.
+        color_mode: ``biased`` | ``random`` | ``grayscale`` for train/val/test.
+        bias_strength: probability that a ``biased`` sample has its class's colour (else random).
+        gray_fraction: probability that a randomly coloured sample is gray instead.
+        train_per_class, test_per_class, real_world_per_class, probe_per_class: split sizes per class
+            (``train`` includes the validation fold).
+        image_size: side of the square images in batches.
+        val_splits: the validation dataloaders, in order (``fit`` validates on all of them).
+    """
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        data_dir: str = "data",
+        digits: Sequence[int] = (5, 8),
+        colors: Sequence[ColorSpec] = ("red", "green"),
+        color_mode: str = "biased",
+        bias_strength: float = 1.0,
+        gray_fraction: float = 0.0,
+        train_per_class: int = 5000,
+        test_per_class: int = 1000,
+        real_world_per_class: int = 1000,
+        probe_per_class: int = 500,
+        num_folds: int = 5,
+        fold: int = 0,
+        image_size: int = 224,
+        interpolation: str = "bilinear",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_splits: Sequence[str] = ("val", "real_world", "probe_set"),
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = check_source(source)
+        digits = [int(d) for d in digits]
+        bad = [d for d in digits if not 0 <= d <= 9]
+        if bad or not digits:
+            raise ValueError(f"digits {list(digits)}: each must be in 0-9 (got {bad or 'none'})")
+        if len(set(digits)) != len(digits):
+            raise ValueError(f"digits {digits} contain duplicates")
+        self.digits = digits
+        self.color_names, rgb = resolve_colors(list(colors))
+        self.rgb = torch.from_numpy(rgb)
+        if color_mode not in COLOR_MODES:
+            raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
+        for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name}={value} is outside [0, 1]")
+        sizes = {"train": train_per_class, "test": test_per_class, "real_world": real_world_per_class,
+                 "probe_set": probe_per_class}
+        for split, n in sizes.items():
+            if int(n) < 0:
+                raise ValueError(f"{split} size per class must be >= 0, got {n}")
+        if num_folds < 2 or not 0 <= fold < num_folds:
+            raise ValueError(f"fold={fold}, num_folds={num_folds}: need num_folds >= 2 and 0 <= fold < num_folds")
+        if train_per_class and train_per_class < num_folds:
+            raise ValueError(f"train_per_class={train_per_class} is smaller than num_folds={num_folds}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
+        unknown = [s for s in val_splits if s not in VAL_SPLITS]
+        if unknown or not val_splits:
+            raise ValueError(f"val_splits {list(val_splits)}: allowed entries {', '.join(VAL_SPLITS)}")
+        if image_size < 8:
+            raise ValueError(f"image_size={image_size} is too small (>= 8)")
+        self.color_mode, self.bias_strength, self.gray_fraction = color_mode, float(bias_strength), float(gray_fraction)
+        self.sizes = {k: int(v) for k, v in sizes.items()}
+        self.num_folds, self.fold = num_folds, fold
+        self.image_size, self.interpolation = int(image_size), interpolation
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_split_names = list(val_splits)
+        self.test_split_names = ["test", "real_world"]
+        self.seed, self.cache, self.data_dir = int(seed), cache, data_dir
+        self.datasets: dict[str, ColorDigits] = {}
+        self.save_hyperparameters()
+
+    # ---- names other components link to -------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.digits)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(d) for d in self.digits]
+
+    @property
+    def attributes(self) -> dict[str, list[str]]:
+        """Attribute name -> value names; a batch's ``attribute_keys[a]`` entry indexes into them."""
+        return {"digit": self.class_names, "color": self.color_names}
+
+    attribute_keys = {"digit": "label", "color": "color"}
+
+    # ---- generation and cache -----------------------------------------------------------------
+    def cache_key(self) -> str:
+        spec = {
+            "version": _CACHE_VERSION, "source": source_fingerprint(self.source), "digits": self.digits,
+            "rgb": self.rgb.tolist(), "color_mode": self.color_mode, "bias_strength": self.bias_strength,
+            "gray_fraction": self.gray_fraction, "sizes": self.sizes, "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+    def cache_path(self) -> str:
+        return os.path.join(self.data_dir, "cache", f"colordigits_{self.cache_key()}.npz")
+
+    def _generate(self) -> dict[str, np.ndarray]:
+        pools: dict[str, Pool] = load_splits(self.source, self.data_dir, self.digits, self.sizes, self.seed)
+        arrays: dict[str, np.ndarray] = {}
+        for code, split in enumerate(SPLITS):
+            images, digits = pools[split]
+            class_of = np.full(10, -1, dtype=np.int64)
+            class_of[self.digits] = np.arange(len(self.digits))
+            labels = class_of[digits]  # class index = position in self.digits
+            mode = self.color_mode if split in ("train", "test") else "random"
+            rng = np.random.default_rng([self.seed, code, 99])
+            colors = assign_colors(labels, len(self.color_names), mode, self.bias_strength, rng, self.gray_fraction)
+            arrays.update({f"{split}.intensity": images, f"{split}.digit": digits, f"{split}.label": labels,
+                           f"{split}.color": colors})
+        return arrays
+
+    def _load_or_generate(self, write: bool) -> dict[str, np.ndarray]:
+        path = self.cache_path()
+        if self.cache and os.path.isfile(path):
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        arrays = self._generate()
+        if self.cache and write:
+            atomic_write(path, lambda f: np.savez(f, **arrays))  # readers never see a half-written cache
+        return arrays
+
+    def prepare_data(self) -> None:
+        self._load_or_generate(write=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        arrays = self._load_or_generate(write=True)
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+        def make(split: str, index: torch.Tensor | None = None) -> ColorDigits:
+            parts = [t[f"{split}.{k}"] for k in ("intensity", "digit", "label", "color")]
+            if index is not None:
+                parts = [p[index] for p in parts]
+            return ColorDigits(*parts, rgb=self.rgb, image_size=self.image_size, interpolation=self.interpolation)
+
+        val_mask = self.fold_mask(t["train.label"].numpy())
+        self.datasets = {
+            "train": make("train", torch.from_numpy(np.flatnonzero(~val_mask))),
+            "val": make("train", torch.from_numpy(np.flatnonzero(val_mask))),
+            "test": make("test"),
+            "real_world": make("real_world"),
+            "probe_set": make("probe_set"),
+        }
+
+    def fold_mask(self, labels: np.ndarray) -> np.ndarray:
+        """Boolean [N] mask of the validation fold: stratified, fold j of each class's seeded permutation."""
+        rng = np.random.default_rng([self.seed, 5])
+        fold_of = np.empty(len(labels), dtype=np.int64)
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            fold_of[idx] = np.arange(len(idx)) % self.num_folds
+        return fold_of == self.fold
+
+    # ---- loaders ------------------------------------------------------------------------------
+    def dataloader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"unknown split {split!r}; available: {', '.join(self.datasets)}")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size or (self.batch_size if split == "train" else self.eval_batch_size),
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train", shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.dataloader(s) for s in self.val_split_names]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.dataloader(s) for s in self.test_split_names]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+
+__all__ = ["ColorMNISTDataModule", "ColorDigits", "GRAY"]

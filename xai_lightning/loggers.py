@@ -1,0 +1,80 @@
+"""A W&B logger that never hangs or crashes for lack of an account or a network.
+
+Online when the user is logged in and the W&B server answers; otherwise offline, with one log line
+that says why and how to upload the run later (``wandb sync``). ``WANDB_MODE`` and ``offline=True``
+are respected as given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import wandb
+
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except Exception:  # noqa: BLE001 - any failure to read credentials means "not logged in"
+        return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def decide_wandb_mode(offline: bool = False) -> tuple[str, str]:
+    """(mode, reason): ``online`` only when logged in and the server answers within a few seconds."""
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("offline", "dryrun", "disabled"):
+        return ("disabled" if env == "disabled" else "offline"), f"WANDB_MODE={env}"
+    if offline:
+        return "offline", "offline=True"
+    if not _logged_in():
+        return "offline", "not logged in to W&B (no WANDB_API_KEY, no `wandb login`)"
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if not _reachable(base_url):
+        return "offline", f"W&B server {base_url} is unreachable"
+    return "online", "logged in"
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger`` that picks online/offline by itself (see module docstring).
+
+    Every argument of Lightning's ``WandbLogger`` / ``wandb.init`` is accepted (``group``, ``job_type``,
+    ``tags``, ``id`` to resume a run, ...).
+    """
+
+    def __init__(self, *args: Any, offline: bool = False, project: str = "xai-lightning", **kwargs: Any) -> None:
+        mode, reason = decide_wandb_mode(offline)
+        self.mode = mode
+        if mode != "online":
+            kwargs.setdefault("mode", mode)
+        super().__init__(*args, offline=mode == "offline", project=project, **kwargs)
+        if mode == "offline":
+            self._announce_offline(reason)
+
+    @rank_zero_only
+    def _announce_offline(self, reason: str) -> None:
+        where = os.path.join(self._save_dir or ".", "wandb")
+        log.warning(f"W&B offline ({reason}): run files go to {where}/offline-run-*; "
+                    f"upload later with `wandb sync {where}/offline-run-*`")
