@@ -1,0 +1,139 @@
+"""CrossMoments / matching_scores against the float64 definition, across batchings and processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from tests.helpers.reference import reference_z
+from xai_lightning.surgery import CrossMoments, matching_scores
+
+
+def _activations(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mixed map sizes (7/14/28/56 and a non-integer 10x12), a mean-100/std-0.01 channel, constants."""
+    g = torch.Generator().manual_seed(seed)
+    s = {
+        "s7": torch.randn(n, 3, 7, 7, generator=g),
+        "s14": torch.randn(n, 4, 14, 14, generator=g) * 2 + 1,
+        "s28": torch.randn(n, 2, 28, 28, generator=g),
+        "s56": torch.randn(n, 2, 56, 56, generator=g),
+    }
+    c = {
+        "c14": torch.randn(n, 3, 14, 14, generator=g),
+        "c7": torch.randn(n, 5, 7, 7, generator=g).relu(),
+        "c10x12": torch.randn(n, 2, 10, 12, generator=g),
+        "c28": torch.randn(n, 2, 28, 28, generator=g),
+    }
+    # real correlations so that Z is not all noise
+    c["c14"][:, 0] = 0.5 * F.interpolate(s["s7"][:, :1], size=(14, 14), mode="bilinear")[:, 0] + 0.1 * c["c14"][:, 0]
+    c["c28"][:, 1] = s["s28"][:, 1] - 3.0
+    s["s14"][:, 1] = 100.0 + 0.01 * s["s14"][:, 1]  # |mean| >> std
+    c["c7"][:, 2] = 3.0  # constant channel
+    s["s28"][:, 0] = -7.0
+    return s, c
+
+
+def _batches(s, c, cuts):
+    bounds = [0, *cuts, next(iter(s.values())).shape[0]]
+    return ([{k: v[a:b] for k, v in s.items()} for a, b in zip(bounds[:-1], bounds[1:])],
+            [{k: v[a:b] for k, v in c.items()} for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+@pytest.mark.parametrize("score", ["reference", "pearson"])
+def test_matches_float64_definition(score):
+    s, c = _activations(12)
+    sb, cb = _batches(s, c, [3, 4, 9])
+    z = matching_scores(sb, cb, score=score)
+    ref = reference_z(sb, cb, score=score)
+    assert z.shape == (11, 12)
+    assert torch.allclose(z.double(), ref, atol=1e-5, rtol=0)
+    assert ref.abs().max() > 0.3  # the correlations planted above are visible
+    # constant / near-constant channels: zero rows and columns
+    assert (z[3 + 4, :] == 0).all() and (z[:, 3 + 2] == 0).all()  # s28 channel 0, c7 channel 2
+
+
+def test_batching_does_not_change_z():
+    s, c = _activations(10, seed=1)
+    z1 = matching_scores(*_batches(s, c, []))
+    z2 = matching_scores(*_batches(s, c, [1, 2, 3, 7]))
+    assert torch.allclose(z1, z2, atol=1e-6, rtol=0)
+
+
+def test_merge_equals_single_pass_and_stats_are_population_moments():
+    s, c = _activations(9, seed=2)
+    sb, cb = _batches(s, c, [2, 5])
+    a, b = CrossMoments(), CrossMoments()
+    a.update(sb[0], cb[0])
+    a.update(sb[1], cb[1])
+    b.update(sb[2], cb[2])
+    merged = a.merge(b)
+    assert merged.count == 9
+    assert torch.allclose(merged.scores().double(), reference_z(sb, cb), atol=1e-5, rtol=0)
+    stats = merged.stats()["standalone"]
+    mean = torch.cat([v.double().mean(dim=(0, 2, 3)) for v in s.values()])
+    std = torch.cat([v.double().std(dim=(0, 2, 3), unbiased=False) for v in s.values()])
+    assert torch.allclose(stats["mean"], mean, atol=1e-7, rtol=1e-7)  # shifting happens in float32
+    assert torch.allclose(stats["std"], std, atol=1e-7, rtol=1e-6)
+
+
+def test_state_dict_roundtrip():
+    s, c = _activations(4, seed=3)
+    m = CrossMoments("pearson")
+    m.update(s, c)
+    m2 = CrossMoments()
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m.scores(), m2.scores())
+
+
+def test_layout_change_is_an_error():
+    s, c = _activations(4)
+    m = CrossMoments()
+    m.update(s, c)
+    s2 = dict(s)
+    s2["s7"] = s2["s7"][:, :2]
+    with pytest.raises(ValueError, match="changed layout"):
+        m.update(s2, c)
+    with pytest.raises(ValueError, match="unknown score"):
+        CrossMoments("cosine")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        s, c = _activations(10, seed=4)
+        sb, cb = _batches(s, c, [1, 3, 6, 8])  # rank 0: batches 0, 2, 4; rank 1: batches 1, 3
+        m = CrossMoments()
+        for i in range(rank, len(sb), 2):
+            m.update(sb[i], cb[i])
+
+        def sum_fn(t: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(t)
+            return t
+
+        m.all_reduce(sum_fn)
+        torch.save(m.scores(), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_gloo_processes_give_the_single_process_z(tmp_path):
+    out = str(tmp_path / "z")
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    s, c = _activations(10, seed=4)
+    single = matching_scores(*_batches(s, c, [4]))
+    for rank in range(2):
+        assert torch.allclose(torch.load(f"{out}.{rank}"), single, atol=1e-6, rtol=0)

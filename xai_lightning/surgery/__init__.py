@@ -1,0 +1,24 @@
+"""Network surgery, pure PyTorch (no Lightning): usable on any CNN and any CLIP in a notebook.
+
+Layer discovery and hooks (``layers``), exact single-pass matching statistics (``moments``), matching
+(``matching``), the activation transplant (``transplant``), concepts/captions (``concepts``), caption
+scoring with a null control (``scoring``) and the end-to-end ``SurgeryPipeline``.
+"""
+
+from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS, CaptionSet, resolve_concepts
+from xai_lightning.surgery.layers import PRESETS, capture, count_forward_hooks, forward_hooks, resolve_layers
+from xai_lightning.surgery.matching import METHODS, Matching, layer_summaries, match, random_matching
+from xai_lightning.surgery.moments import SCORES, CrossMoments, matching_scores, near_constant
+from xai_lightning.surgery.pipeline import ClipLike, SurgeryPipeline, check_options
+from xai_lightning.surgery.scoring import VERDICTS, VIEWS, ProbeCounts, ProbeSummary
+from xai_lightning.surgery.transplant import SurgeryPlan, build_plan, resize_maps, select_swaps, transplant
+
+__all__ = [
+    "DEFAULT_CONCEPTS", "CaptionSet", "resolve_concepts",
+    "PRESETS", "capture", "count_forward_hooks", "forward_hooks", "resolve_layers",
+    "METHODS", "Matching", "layer_summaries", "match", "random_matching",
+    "SCORES", "CrossMoments", "matching_scores", "near_constant",
+    "ClipLike", "SurgeryPipeline", "check_options",
+    "VERDICTS", "VIEWS", "ProbeCounts", "ProbeSummary",
+    "SurgeryPlan", "build_plan", "resize_maps", "select_swaps", "transplant",
+]

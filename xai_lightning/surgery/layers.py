@@ -1,0 +1,113 @@
+"""Layer discovery (presets, names, globs) and forward hooks that are always removed."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+PRESETS = ("convs", "all_convs", "blocks", "stages")
+_BLOCK_CLASSES = ("BasicBlock", "Bottleneck")
+
+
+def _preset(model: nn.Module, preset: str) -> list[str]:
+    named = list(model.named_modules())
+    if preset == "all_convs":
+        return [n for n, m in named if isinstance(m, nn.Conv2d)]
+    if preset == "convs":
+        # The paper's selection: every Conv2d except residual shortcut projections (`downsample`), i.e. the
+        # 49 convs of a torchvision ResNet-50 (reference spec 3.2). `all_convs` keeps the shortcuts too.
+        return [n for n, m in named if isinstance(m, nn.Conv2d) and "downsample" not in n.split(".")]
+    if preset == "blocks":
+        return [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES]
+    # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet)
+    return [n for n, m in named if n.split(".")[-1] in ("layer1", "layer2", "layer3", "layer4")
+            and isinstance(m, nn.Sequential)]
+
+
+def _unknown(spec: str, names: list[str]) -> ValueError:
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+    shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown layer {spec!r};{hint} presets: {', '.join(PRESETS)}; available: {shown}")
+
+
+def resolve_layers(model: nn.Module, spec: str | Sequence[str]) -> list[str]:
+    """Module names selected by a preset (``convs``, ``all_convs``, ``blocks``, ``stages``), a name, a glob
+    (``layer4.*.conv3``) or a list of those, in the model's module order, without duplicates.
+
+    Raises:
+        ValueError: a name or glob that matches nothing (the message lists the available names), or a
+            selection that is empty.
+    """
+    all_names = [n for n, _ in model.named_modules() if n]
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise ValueError("no layers given; use a preset (" + ", ".join(PRESETS) + ") or module names")
+    chosen: set[str] = set()
+    for s in specs:
+        if s in PRESETS:
+            found = _preset(model, s)
+            if not found:
+                raise ValueError(f"layer preset {s!r} selects nothing in {type(model).__name__}; "
+                                 f"give module names instead (e.g. {', '.join(all_names[:5])}, ...)")
+        elif any(ch in s for ch in "*?["):
+            found = fnmatch.filter(all_names, s)
+        else:
+            found = [s] if s in all_names else []
+        if not found:
+            raise _unknown(s, all_names)
+        chosen.update(found)
+    return [n for n in all_names if n in chosen]
+
+
+def get_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise _unknown(missing[0], [n for n in modules if n])
+    return {n: modules[n] for n in names}
+
+
+@contextmanager
+def forward_hooks(model: nn.Module, hooks: dict[str, Callable]) -> Iterator[None]:
+    """Registers ``{module name: hook(module, inputs, output)}`` and removes every handle on exit,
+    exceptions included."""
+    handles = []
+    try:
+        for name, module in get_modules(model, list(hooks)).items():
+            handles.append(module.register_forward_hook(hooks[name]))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Records the output of each named module on every forward: ``{name: Tensor [B, C, H, W]}``.
+
+    The dict holds the latest forward's outputs only (nothing accumulates across batches).
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise TypeError(f"layer {name!r} returned {type(output).__name__} "
+                                f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps")
+            store[name] = output
+
+        return hook
+
+    with forward_hooks(model, {n: make(n) for n in names}):
+        yield store
+
+
+def count_forward_hooks(model: nn.Module) -> int:
+    """Number of forward hooks registered on any submodule (tests assert it returns to its old value)."""
+    return sum(len(m._forward_hooks) for m in model.modules())

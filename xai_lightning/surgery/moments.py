@@ -1,0 +1,409 @@
+"""Single-pass, mergeable running sums for the matching score ``Z`` (DESIGN.md section 6).
+
+For standalone channel i (map a = h_i x w_i) and CLIP channel j (map b), with P the larger size per
+dimension and U, V the bilinear (align_corners=False) upsampling of the smaller map to P:
+
+    Z_ij = mean_{n,p} ((U s_i)_p - mu_i) / sigma_i * ((V c_j)_p - nu_j) / tau_j
+
+with mu, sigma the exact dataset mean and population std of each channel at its own resolution.
+Everything follows from sums gathered in ONE pass:
+
+* Rows of U sum to 1, so (U s - mu) = U (s - mu): statistics are needed only at the end.
+* sum_p (U s)_p c_p = sum_q s_q (U^T c)_q: the larger map is projected through the adjoint of the
+  smaller map's upsampling (separable: one small matrix per dimension) and the GEMM runs at the
+  smaller resolution. Sums of upsampled maps are weighted sums at the native resolution (weights
+  U^T 1), and squared norms of upsampled maps are quadratic forms with U^T U (for ``pearson``).
+* Cancellation (|mean| >> std): every channel is shifted by a constant K (its first batch's mean,
+  float32, so x - K is exact by Sterbenz' lemma); sums of shifted values accumulate in float64.
+  Two sets of sums with different shifts merge exactly by re-shifting one of them, so batches and
+  DDP ranks combine without loss (``merge``, ``all_reduce``).
+
+Channels layers of equal map size are concatenated, so each (standalone size, CLIP size) pair is
+one large GEMM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+SCORES = ("reference", "pearson")
+Size = tuple[int, int]
+SumFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def near_constant(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Channels that carry no signal: std <= 1e-6 * (1 + |mean|). They are never matched or swapped."""
+    return std <= 1e-6 * (1.0 + mean.abs())
+
+
+@lru_cache(maxsize=64)
+def _upsample_1d(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float64: the 1-D operator of ``interpolate(mode='linear', align_corners=False)``.
+    2-D bilinear interpolation is the separable product of two of them."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in)  # n_in unit signals
+    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)  # [n_in, 1, n_out]
+    return up[:, 0, :].T.contiguous()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    channels: int
+    size: Size
+
+
+class _Side:
+    """Layers of one model grouped by map size; channel offsets in layer order."""
+
+    def __init__(self, acts: Mapping[str, torch.Tensor]) -> None:
+        self.layers = [LayerSpec(n, int(t.shape[1]), (int(t.shape[2]), int(t.shape[3]))) for n, t in acts.items()]
+        self.sizes: list[Size] = list(dict.fromkeys(spec.size for spec in self.layers))
+        self.by_size = {s: [spec for spec in self.layers if spec.size == s] for s in self.sizes}
+        offsets, start = {}, 0
+        for spec in self.layers:
+            offsets[spec.name] = start
+            start += spec.channels
+        self.offsets, self.total = offsets, start
+        # global (layer-order) channel index of every channel in a size group's concatenation
+        self.index = {
+            s: torch.cat([torch.arange(offsets[spec.name], offsets[spec.name] + spec.channels)
+                          for spec in self.by_size[s]])
+            for s in self.sizes
+        }
+
+    def check(self, acts: Mapping[str, torch.Tensor], what: str) -> None:
+        got = [(n, tuple(t.shape[1:])) for n, t in acts.items()]
+        want = [(spec.name, (spec.channels, *spec.size)) for spec in self.layers]
+        if got != want:
+            raise ValueError(f"{what} activations changed layout between batches: expected {want}, got {got}")
+
+    def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor]) -> dict[Size, torch.Tensor]:
+        """Shifted float32 maps concatenated per size: {size: [B, C_size, h, w]}."""
+        out = {}
+        for s in self.sizes:
+            parts = [acts[spec.name].float() for spec in self.by_size[s]]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            out[s] = x - shift[s].view(1, -1, 1, 1)
+        return out
+
+
+def _pair_terms(x: torch.Tensor, own: Size, other: Size, need_sq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """For maps x [B, C, h, w] paired with maps of size ``other``:
+
+    Returns:
+        gemm operand [B, C, m] at m = min size (dims where x is larger go through the adjoint of the
+        other side's upsampling); weighted sum [C] = sum over images and P of the (upsampled) maps;
+        for pearson, the sum of squares [C] of the upsampled maps (quadratic form with U^T U).
+    """
+    dev = x.device
+    y = x
+    wsum = x
+    sq_form = x
+    for dim, (n_own, n_other) in ((2, (own[0], other[0])), (3, (own[1], other[1]))):
+        if n_own > n_other:  # the other side is upsampled to n_own: project x through its adjoint
+            adj = _upsample_1d(n_other, n_own).to(dev, torch.float32)  # [n_own, n_other]
+            y = torch.movedim(torch.movedim(y, dim, -1) @ adj, -1, dim)
+        elif n_own < n_other:  # x itself is upsampled: column sums weight its native positions
+            up = _upsample_1d(n_own, n_other)
+            w = up.sum(0).to(dev, torch.float32)  # [n_own]
+            shape = [1, 1, 1, 1]
+            shape[dim] = n_own
+            wsum = wsum * w.view(shape)
+            if need_sq:
+                gram = (up.T @ up).to(dev, torch.float32)  # [n_own, n_own]
+                sq_form = torch.movedim(torch.movedim(sq_form, dim, -1) @ gram, -1, dim)
+    weighted = wsum.sum(dim=(0, 2, 3), dtype=torch.float64)
+    sq = (x * sq_form).sum(dim=(0, 2, 3), dtype=torch.float64) if need_sq else None
+    return y.flatten(2), weighted, sq
+
+
+class CrossMoments:
+    """Running sums from which ``Z`` and the per-channel statistics follow exactly.
+
+    Feed aligned batches with ``update(standalone_acts, clip_acts)`` (dicts ``{layer: [B, C, H, W]}``,
+    the same images in both); combine with ``merge`` (another process's or shard's sums) or
+    ``all_reduce(sum_fn)`` (DDP: ``sum_fn`` sums a tensor over ranks); read ``scores()`` and ``stats()``.
+    """
+
+    def __init__(self, score: str = "reference") -> None:
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
+        self.score = score
+        self.s: _Side | None = None
+        self.c: _Side | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    # ---- state layout -------------------------------------------------------------------------
+    def _keys(self) -> list[str]:
+        assert self.s is not None and self.c is not None
+        keys = []
+        for tag, side in (("s", self.s), ("c", self.c)):
+            for size in side.sizes:
+                keys += [f"{tag}{size}.shift", f"{tag}{size}.n", f"{tag}{size}.sum", f"{tag}{size}.sumsq"]
+        for a in self.s.sizes:
+            for b in self.c.sizes:
+                keys += [f"{a}x{b}.n", f"{a}x{b}.sum_s", f"{a}x{b}.sum_c", f"{a}x{b}.cross"]
+                if self.score == "pearson":
+                    keys += [f"{a}x{b}.sq_s", f"{a}x{b}.sq_c"]
+        return keys
+
+    def _init(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
+        self.s, self.c = _Side(s_acts), _Side(c_acts)
+        dev = next(iter(s_acts.values())).device
+        f64 = dict(device=dev, dtype=torch.float64)
+        st: dict[str, torch.Tensor] = {}
+        for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
+            for size in side.sizes:
+                ch = sum(spec.channels for spec in side.by_size[size])
+                x = torch.cat([acts[spec.name].detach().float() for spec in side.by_size[size]], dim=1)
+                st[f"{tag}{size}.shift"] = x.mean(dim=(0, 2, 3))  # float32: x - K is exact near K
+                st[f"{tag}{size}.n"] = torch.zeros((), **f64)
+                st[f"{tag}{size}.sum"] = torch.zeros(ch, **f64)
+                st[f"{tag}{size}.sumsq"] = torch.zeros(ch, **f64)
+        for a in self.s.sizes:
+            cs = len(self.s.index[a])
+            for b in self.c.sizes:
+                cc = len(self.c.index[b])
+                st[f"{a}x{b}.n"] = torch.zeros((), **f64)
+                st[f"{a}x{b}.sum_s"] = torch.zeros(cs, **f64)
+                st[f"{a}x{b}.sum_c"] = torch.zeros(cc, **f64)
+                st[f"{a}x{b}.cross"] = torch.zeros(cs, cc, **f64)
+                if self.score == "pearson":
+                    st[f"{a}x{b}.sq_s"] = torch.zeros(cs, **f64)
+                    st[f"{a}x{b}.sq_c"] = torch.zeros(cc, **f64)
+        self.state = st
+
+    @property
+    def count(self) -> float:
+        """Number of images folded in so far."""
+        if not self.state:
+            return 0.0
+        size = self.s.sizes[0]
+        return float(self.state[f"s{size}.n"]) / (size[0] * size[1])
+
+    # ---- accumulation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, standalone: Mapping[str, torch.Tensor], clip: Mapping[str, torch.Tensor]) -> None:
+        """Fold one batch in. Both dicts hold [B, C, H, W] maps of the same B images."""
+        if not standalone or not clip:
+            raise ValueError("update needs at least one standalone and one CLIP layer")
+        batch = {int(t.shape[0]) for t in (*standalone.values(), *clip.values())}
+        if len(batch) != 1:
+            raise ValueError(f"standalone and CLIP activations disagree on the batch size: {sorted(batch)}")
+        if self.s is None:
+            self._init(standalone, clip)
+        self.s.check(standalone, "standalone")
+        self.c.check(clip, "CLIP")
+        st = self.state
+        s_groups = self.s.grouped(standalone, {a: st[f"s{a}.shift"] for a in self.s.sizes})
+        c_groups = self.c.grouped(clip, {b: st[f"c{b}.shift"] for b in self.c.sizes})
+        for tag, groups in (("s", s_groups), ("c", c_groups)):
+            for size, x in groups.items():
+                st[f"{tag}{size}.n"] += x.shape[0] * size[0] * size[1]
+                st[f"{tag}{size}.sum"] += x.sum(dim=(0, 2, 3), dtype=torch.float64)
+                st[f"{tag}{size}.sumsq"] += (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
+        pearson = self.score == "pearson"
+        for a, xs in s_groups.items():
+            for b, xc in c_groups.items():
+                ys, ws, sqs = _pair_terms(xs, a, b, pearson)
+                yc, wc, sqc = _pair_terms(xc, b, a, pearson)
+                key = f"{a}x{b}"
+                bsz = xs.shape[0]
+                st[f"{key}.n"] += bsz * max(a[0], b[0]) * max(a[1], b[1])
+                st[f"{key}.sum_s"] += ws
+                st[f"{key}.sum_c"] += wc
+                # the GEMM at the smaller resolution: [C_s, B*m] @ [B*m, C_c]
+                lhs = ys.transpose(0, 1).reshape(ys.shape[1], -1)
+                rhs = yc.transpose(0, 1).reshape(yc.shape[1], -1)
+                st[f"{key}.cross"] += (lhs @ rhs.T).double()
+                if pearson:
+                    st[f"{key}.sq_s"] += sqs
+                    st[f"{key}.sq_c"] += sqc
+
+    def _reshift(self, new_shift: Mapping[str, torch.Tensor]) -> None:
+        """Re-express every sum around new per-channel shifts (exact, float64)."""
+        st = self.state
+        d: dict[str, torch.Tensor] = {}
+        for tag, side in (("s", self.s), ("c", self.c)):
+            for size in side.sizes:
+                k = f"{tag}{size}"
+                delta = st[f"{k}.shift"].double() - new_shift[k].double()  # y_new = y_old + delta
+                n = st[f"{k}.n"]
+                st[f"{k}.sumsq"] += 2 * delta * st[f"{k}.sum"] + n * delta * delta
+                st[f"{k}.sum"] += n * delta
+                st[f"{k}.shift"] = new_shift[k].to(st[f"{k}.shift"].dtype)
+                d[k] = delta
+        for a in self.s.sizes:
+            for b in self.c.sizes:
+                key, ds, dc = f"{a}x{b}", d[f"s{a}"], d[f"c{b}"]
+                n = st[f"{key}.n"]
+                cross = st[f"{key}.cross"]
+                cross.add_(torch.outer(ds, st[f"{key}.sum_c"]))
+                cross.add_(torch.outer(st[f"{key}.sum_s"], dc))
+                cross.add_(torch.outer(ds, dc), alpha=float(n))
+                if self.score == "pearson":
+                    st[f"{key}.sq_s"] += 2 * ds * st[f"{key}.sum_s"] + n * ds * ds
+                    st[f"{key}.sq_c"] += 2 * dc * st[f"{key}.sum_c"] + n * dc * dc
+                st[f"{key}.sum_s"] += n * ds
+                st[f"{key}.sum_c"] += n * dc
+
+    def _shift_keys(self) -> list[str]:
+        return [f"{tag}{size}" for tag, side in (("s", self.s), ("c", self.c)) for size in side.sizes]
+
+    def merge(self, other: CrossMoments) -> CrossMoments:
+        """Adds ``other``'s sums (same layers) into this one. Returns self."""
+        if other.s is None:
+            return self
+        if self.s is None:
+            self.s, self.c, self.score = other.s, other.c, other.score
+            self.state = {k: v.clone() for k, v in other.state.items()}
+            return self
+        if [x.layers for x in (self.s, self.c)] != [x.layers for x in (other.s, other.c)] or self.score != other.score:
+            raise ValueError("cannot merge CrossMoments of different layers or scores")
+        other = other.clone()
+        other._reshift({k: self.state[f"{k}.shift"] for k in self._shift_keys()})
+        for key in self._keys():
+            if not key.endswith(".shift"):
+                self.state[key] += other.state[key].to(self.state[key].device)
+        return self
+
+    def clone(self) -> CrossMoments:
+        out = CrossMoments(self.score)
+        out.s, out.c = self.s, self.c
+        out.state = {k: v.clone() for k, v in self.state.items()}
+        return out
+
+    @torch.no_grad()
+    def all_reduce(self, sum_fn: SumFn) -> None:
+        """Sums across processes. ``sum_fn(t)`` returns t summed over ranks (e.g. through the Lightning
+        strategy). Two collectives: a tiny one agrees on a common shift (count-weighted mean of the
+        ranks' shifts), then one packed float64 buffer carries every sum. Every rank must call it."""
+        if self.s is None:
+            raise RuntimeError("all_reduce before any update: every rank needs at least one batch")
+        keys = self._shift_keys()
+        small = torch.cat([torch.cat([self.state[f"{k}.shift"].double() * self.state[f"{k}.n"],
+                                      self.state[f"{k}.n"].view(1)]) for k in keys])
+        small = sum_fn(small)
+        common, start = {}, 0
+        for k in keys:
+            ch = self.state[f"{k}.shift"].numel()
+            weighted, n = small[start:start + ch], small[start + ch]
+            common[k] = (weighted / n.clamp_min(1.0)).to(self.state[f"{k}.shift"].dtype)
+            start += ch + 1
+        self._reshift(common)
+        sum_keys = [k for k in self._keys() if not k.endswith(".shift")]
+        flat = sum_fn(torch.cat([self.state[k].reshape(-1) for k in sum_keys]))
+        start = 0
+        for k in sum_keys:
+            n = self.state[k].numel()
+            self.state[k] = flat[start:start + n].view_as(self.state[k]).clone()
+            start += n
+
+    # ---- results ------------------------------------------------------------------------------
+    def _side_stats(self, tag: str, side: _Side) -> dict[Size, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """{size: (mean - shift, mean, std)} per channel, float64, exact population moments."""
+        out = {}
+        for size in side.sizes:
+            k = f"{tag}{size}"
+            n = self.state[f"{k}.n"]
+            m_shifted = self.state[f"{k}.sum"] / n
+            var = (self.state[f"{k}.sumsq"] / n - m_shifted * m_shifted).clamp_min(0.0)
+            out[size] = (m_shifted, m_shifted + self.state[f"{k}.shift"].double(), var.sqrt())
+        return out
+
+    def stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-layer channel statistics: ``{"standalone"|"clip": {layer: mean/std/valid tensors}}``
+        flattened as ``{side: {"mean": [n], "std": [n], "valid": [n]}}`` in layer order."""
+        if self.s is None:
+            raise RuntimeError("no data folded in yet")
+        out = {}
+        for tag, side, label in (("s", self.s, "standalone"), ("c", self.c, "clip")):
+            mean = torch.empty(side.total, dtype=torch.float64, device=self.state[f"{tag}{side.sizes[0]}.sum"].device)
+            std = torch.empty_like(mean)
+            for size, (_, mu, sd) in self._side_stats(tag, side).items():
+                idx = side.index[size].to(mean.device)
+                mean[idx], std[idx] = mu, sd
+            out[label] = {"mean": mean, "std": std, "valid": ~near_constant(mean, std)}
+        return out
+
+    @torch.no_grad()
+    def scores(self) -> torch.Tensor:
+        """``Z`` [n_standalone_channels, n_clip_channels] float32, rows/columns in layer then channel order.
+        Rows and columns of near-constant channels are 0."""
+        if self.s is None:
+            raise RuntimeError("no data folded in yet")
+        s_stats, c_stats = self._side_stats("s", self.s), self._side_stats("c", self.c)
+        dev = self.state[f"s{self.s.sizes[0]}.sum"].device
+        z = torch.zeros(self.s.total, self.c.total, dtype=torch.float32, device=dev)
+        for a in self.s.sizes:
+            ms_native, mu_s, sd_s = s_stats[a]
+            for b in self.c.sizes:
+                mc_native, mu_c, sd_c = c_stats[b]
+                key = f"{a}x{b}"
+                n = self.state[f"{key}.n"]
+                sum_s, sum_c = self.state[f"{key}.sum_s"], self.state[f"{key}.sum_c"]
+                centred = self.state[f"{key}.cross"] - torch.outer(sum_s, sum_c) / n  # about the P-grid means
+                if self.score == "reference":
+                    # (U s - mu) = (U s - mean_P) + (mean_P - mu); both means relative to the same shift
+                    off_s, off_c = sum_s / n - ms_native, sum_c / n - mc_native
+                    num = centred + n * torch.outer(off_s, off_c)
+                    den = n * torch.outer(sd_s, sd_c)
+                    valid_s, valid_c = ~near_constant(mu_s, sd_s), ~near_constant(mu_c, sd_c)
+                else:
+                    var_s = (self.state[f"{key}.sq_s"] / n - (sum_s / n) ** 2).clamp_min(0.0)
+                    var_c = (self.state[f"{key}.sq_c"] / n - (sum_c / n) ** 2).clamp_min(0.0)
+                    num = centred
+                    den = n * torch.outer(var_s.sqrt(), var_c.sqrt())
+                    valid_s = ~near_constant(mu_s, sd_s) & ~near_constant(sum_s / n, var_s.sqrt())
+                    valid_c = ~near_constant(mu_c, sd_c) & ~near_constant(sum_c / n, var_c.sqrt())
+                block = torch.where(torch.outer(valid_s, valid_c), num / den.clamp_min(1e-300), 0.0)
+                rows = self.s.index[a].to(dev)
+                cols = self.c.index[b].to(dev)
+                z[rows.view(-1, 1), cols.view(1, -1)] = block.float()
+        return z
+
+    # ---- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        layers = None if self.s is None else {
+            "standalone": [(x.name, x.channels, x.size) for x in self.s.layers],
+            "clip": [(x.name, x.channels, x.size) for x in self.c.layers],
+        }
+        return {"score": self.score, "layers": layers, "state": {k: v.cpu() for k, v in self.state.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.score = sd["score"]
+        if sd["layers"] is None:
+            self.s = self.c = None
+            self.state = {}
+            return
+        meta = {}
+        for label in ("standalone", "clip"):
+            meta[label] = {n: torch.empty(1, c, *size) for n, c, size in sd["layers"][label]}
+        self.s, self.c = _Side(meta["standalone"]), _Side(meta["clip"])
+        self.state = {k: v.clone() for k, v in sd["state"].items()}
+
+
+def matching_scores(standalone_batches, clip_batches, score: str = "reference") -> torch.Tensor:
+    """``Z`` from aligned iterables of activation dicts ``{layer: Tensor[B, C, H, W]}`` in one pass.
+
+    Args:
+        standalone_batches: batches of the standalone model's maps (same layers in every batch).
+        clip_batches: CLIP's maps of the same images, batch for batch.
+        score: ``reference`` (the paper's formula with exact statistics) or ``pearson``.
+
+    Returns:
+        Tensor [n_s, n_c] float32, rows/columns in layer order, then channel order.
+    """
+    moments = CrossMoments(score)
+    n_batches = 0
+    for s_acts, c_acts in zip(standalone_batches, clip_batches, strict=True):
+        moments.update(s_acts, c_acts)
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("matching_scores got no batches")
+    return moments.scores()

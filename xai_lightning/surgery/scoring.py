@@ -1,0 +1,184 @@
+"""Caption scoring: per-image outcomes folded into additive counts, and the verdict they support.
+
+Per image, with similarities ``sims[level, caption]`` (level 0 = plain CLIP, level L = all listed
+layers swapped) and the null control's level-L similarities under random matchings:
+
+* views ``clip`` (level 0), ``surgery`` (level L), ``influence`` (level L - level 0): the argmax caption
+  names a concept and a value; ``share`` = fraction of images whose argmax falls in the concept,
+  ``correct`` / ``wrong`` = ... and its value is / is not the image's (the paper's four columns).
+* ``zeroshot_acc`` = within-concept argmax at level 0 is right (can the probe see the concept at all?);
+  ``retention`` = the same at level L (how much of the concept survives when CLIP must look through
+  the model's features).
+* ``effect`` = verdict metric (``share`` or ``retention``) minus its value under random matching, with
+  a bootstrap 95% interval over images; the dominant concept has the largest effect.
+
+Everything is a count that adds across batches and DDP ranks (``all_reduce``), including the
+histogram of per-image effects the bootstrap resamples, so 1 and N processes give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xai_lightning.surgery.concepts import CaptionSet
+
+VIEWS = ("clip", "surgery", "influence")
+VERDICTS = ("share", "retention")
+SumFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ProbeSummary:
+    concepts: list[str]
+    captions: list[str]
+    keys: list[str]
+    verdict: str
+    images: int
+    metrics: dict[str, float]  # flat, logged as probe/<name>
+    dominant: str
+    sim_mean: np.ndarray  # [L + 1, K] mean similarity per level and caption
+    null_sim_mean: np.ndarray  # [K]
+    sim_range: tuple[float, float]  # min / max cosine at level 0
+
+
+class ProbeCounts:
+    """Additive outcome counts for one probed epoch."""
+
+    def __init__(self, captions: CaptionSet, levels: int, null_draws: int, device: torch.device | str = "cpu") -> None:
+        self.captions, self.levels, self.draws = captions, levels, null_draws
+        nc, k = len(captions.names), len(captions.captions)
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.t: dict[str, torch.Tensor] = {
+            "images": z(()),
+            "defined": z(nc),  # images whose attribute value is known (e.g. not gray for colour)
+            "share": z(len(VIEWS), nc),
+            "correct": z(len(VIEWS), nc),
+            "wrong": z(len(VIEWS), nc),
+            "zeroshot": z(nc),
+            "retention": z(nc),
+            "null_share": z(nc),  # summed over draws
+            "null_retention": z(nc),
+            # per-image effect histogram: bin = I * (D + 1) + k, value I - k / D
+            "hist_share": z(nc, 2 * (null_draws + 1)),
+            "hist_retention": z(nc, 2 * (null_draws + 1)),
+            "sim_sum": z(levels + 1, k),
+            "null_sim_sum": z(k),
+        }
+        self.sim_min, self.sim_max = float("inf"), float("-inf")
+
+    def _within(self, sims: torch.Tensor, concept: int) -> torch.Tensor:
+        """Within-concept argmax value index [B] from sims [B, K]."""
+        cols = self.captions.caption_slice(concept).to(sims.device)
+        return self.captions.value_of.to(sims.device)[cols][sims[:, cols].argmax(dim=1)]
+
+    @torch.no_grad()
+    def update(self, sims: torch.Tensor, null_sims: torch.Tensor, targets: torch.Tensor) -> None:
+        """Fold a batch in.
+
+        Args:
+            sims: [L + 1, B, K] cosine similarities per level.
+            null_sims: [D, B, K] level-L similarities under D random matchings.
+            targets: [n_concepts, B] the image's value index per concept, -1 where undefined.
+        """
+        t = self.t
+        sims, null_sims, targets = sims.double(), null_sims.double(), targets.long()
+        concept_of = self.captions.concept_of.to(sims.device)
+        value_of = self.captions.value_of.to(sims.device)
+        nc = len(self.captions.names)
+        defined = targets >= 0  # [nc, B]
+        t["images"] += sims.shape[1]
+        t["defined"] += defined.sum(dim=1)
+        views = (sims[0], sims[-1], sims[-1] - sims[0])
+        for v, s in enumerate(views):
+            top = s.argmax(dim=1)
+            c_top, v_top = concept_of[top], value_of[top]
+            for c in range(nc):
+                hit = c_top == c
+                t["share"][v, c] += hit.sum()
+                t["correct"][v, c] += (hit & defined[c] & (v_top == targets[c])).sum()
+                t["wrong"][v, c] += (hit & defined[c] & (v_top != targets[c])).sum()
+        d = self.draws
+        for c in range(nc):
+            ok = defined[c]
+            t["zeroshot"][c] += ((self._within(sims[0], c) == targets[c]) & ok).sum()
+            kept = (self._within(sims[-1], c) == targets[c]) & ok
+            t["retention"][c] += kept.sum()
+            share_i = concept_of[views[2].argmax(dim=1)] == c
+            null_share_k = torch.zeros_like(targets[c])
+            null_ret_k = torch.zeros_like(targets[c])
+            for j in range(d):
+                null_share_k += (concept_of[(null_sims[j] - sims[0]).argmax(dim=1)] == c).long()
+                null_ret_k += ((self._within(null_sims[j], c) == targets[c]) & ok).long()
+            t["null_share"][c] += null_share_k.sum()
+            t["null_retention"][c] += null_ret_k.sum()
+            bins = 2 * (d + 1)
+            t["hist_share"][c] += torch.bincount(share_i.long() * (d + 1) + null_share_k, minlength=bins).double()
+            t["hist_retention"][c] += torch.bincount((kept.long() * (d + 1) + null_ret_k)[ok], minlength=bins).double()
+        t["sim_sum"] += sims.sum(dim=1)
+        t["null_sim_sum"] += null_sims.mean(dim=0).sum(dim=0) if d else 0.0
+        self.sim_min = min(self.sim_min, float(sims[0].min()))
+        self.sim_max = max(self.sim_max, float(sims[0].max()))
+
+    def all_reduce(self, sum_fn: SumFn, max_fn: SumFn | None = None) -> None:
+        """Sums every count over ranks (one packed collective); ``max_fn`` (optional) reduces the range."""
+        keys = list(self.t)
+        flat = sum_fn(torch.cat([self.t[k].reshape(-1) for k in keys]))
+        start = 0
+        for k in keys:
+            n = self.t[k].numel()
+            self.t[k] = flat[start:start + n].view_as(self.t[k]).clone()
+            start += n
+        if max_fn is not None:
+            mm = max_fn(torch.tensor([-self.sim_min, self.sim_max], dtype=torch.float64, device=flat.device))
+            self.sim_min, self.sim_max = -float(mm[0]), float(mm[1])
+
+    def summary(self, verdict: str = "retention", bootstrap: int = 2000, seed: int = 0) -> ProbeSummary:
+        """Metrics of the epoch. Bootstrap intervals resample images from the per-image effect histogram."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict metric {verdict!r}; allowed: {', '.join(VERDICTS)}")
+        t = {k: v.cpu().numpy() for k, v in self.t.items()}
+        n = max(float(t["images"]), 1.0)
+        d = self.draws
+        values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
+        rng = np.random.default_rng(seed)
+        m: dict[str, float] = {}
+        effects = {}
+        for c, name in enumerate(self.captions.names):
+            defined = max(float(t["defined"][c]), 1.0)
+            for v, view in enumerate(VIEWS):
+                key = "share" if view == "influence" else f"share_{view}"
+                m[f"{key}/{name}"] = t["share"][v, c] / n
+            m[f"correct/{name}"] = t["correct"][2, c] / n
+            m[f"wrong/{name}"] = t["wrong"][2, c] / n
+            m[f"zeroshot_acc/{name}"] = t["zeroshot"][c] / defined
+            m[f"retention/{name}"] = t["retention"][c] / defined
+            m[f"null_share/{name}"] = t["null_share"][c] / (n * max(d, 1))
+            m[f"null_retention/{name}"] = t["null_retention"][c] / (defined * max(d, 1))
+            for metric in VERDICTS:
+                hist = t[f"hist_{metric}"][c]
+                total = hist.sum()
+                point = float(hist @ values / total) if total else float("nan")
+                m[f"effect_{metric}/{name}"] = point
+                if metric == verdict:
+                    if total and d:
+                        draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values / total
+                        lo, hi = np.percentile(draws, [2.5, 97.5])
+                    else:
+                        lo = hi = float("nan")
+                    m[f"effect/{name}"] = point
+                    m[f"effect_lo/{name}"] = float(lo)
+                    m[f"effect_hi/{name}"] = float(hi)
+                    effects[name] = point
+        for k, key in enumerate(self.captions.keys):
+            m[f"delta/{key}"] = (t["sim_sum"][-1, k] - t["sim_sum"][0, k]) / n
+        finite = {k: v for k, v in effects.items() if np.isfinite(v)}
+        dominant = max(finite, key=finite.get) if finite else "none"
+        return ProbeSummary(
+            concepts=list(self.captions.names), captions=list(self.captions.captions), keys=list(self.captions.keys),
+            verdict=verdict, images=int(n), metrics={k: float(v) for k, v in m.items()}, dominant=dominant,
+            sim_mean=t["sim_sum"] / n, null_sim_mean=t["null_sim_sum"] / n, sim_range=(self.sim_min, self.sim_max),
+        )
