@@ -1,0 +1,178 @@
+"""CLIPModule: trains the small domain probe CLIP on captioned coloured digits (open_clip + ClipLoss).
+
+The data must have colours independent of digits (``color_mode: random``) so that the probe learns
+colour and shape equally; captions come from templates that name the colour, the digit, both, or
+neither. Zero-shot accuracy is measured with the probe's own caption templates
+(``xai_lightning.surgery.DEFAULT_CONCEPTS``), which are among the training templates.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from typing_extensions import override
+
+from xai_lightning.clip import OPENAI_MEAN, OPENAI_STD, ProbeCLIP, build_open_clip, clip_preprocess
+from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# The embedded probe's architecture: ModifiedResNet vision tower (surgery layers visual.layer1..4, like
+# RN50), small text transformer with open_clip's BPE vocabulary. ~8.5M parameters.
+PROBE_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 32, "patch_size": None},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+
+TEMPLATES: dict[str, list[str]] = {
+    "color": [DEFAULT_CONCEPTS["color"]["template"].format("{color}"), "a {color} handwritten digit",
+              "a {color} number", "a digit drawn in {color}"],
+    "digit": [DEFAULT_CONCEPTS["shape"]["template"].format("{digit}"), "a photo of the number {digit}.",
+              "a handwritten {word}", "the digit {digit}"],
+    "both": ["a photo of a {color} digit with the value {digit}.", "a {color} handwritten {word}",
+             "a {color} {digit}", "the number {digit} in {color}"],
+    "neither": ["a photo of a digit", "a handwritten number"],
+}
+KIND_WEIGHTS = {"color": 0.3, "digit": 0.3, "both": 0.35, "neither": 0.05}
+
+
+class CLIPModule(L.LightningModule):
+    """Contrastive training of a small open_clip CLIP on dict batches (``image``, ``digit``, ``color``).
+
+    Logged: ``train/loss``, ``val/zeroshot_digit_acc``, ``val/zeroshot_color_acc``, ``train/logit_scale``.
+
+    Args:
+        model_cfg: open_clip CLIP config (``PROBE_CLIP_CFG`` by default).
+        class_names, color_names: linked from the datamodule (the values the zero-shot check names).
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay.
+    """
+
+    def __init__(
+        self,
+        model_cfg: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        color_names: Sequence[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        caption_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        cfg = dict(model_cfg or PROBE_CLIP_CFG)
+        self.save_hyperparameters({"model_cfg": cfg, "lr": lr, "weight_decay": weight_decay,
+                                   "warmup_steps": warmup_steps, "caption_seed": caption_seed,
+                                   "class_names": list(class_names or []), "color_names": list(color_names or [])})
+        if num_classes is not None and class_names and len(class_names) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names")
+        self.model = build_open_clip(cfg)
+        self.image_size = cfg["vision_cfg"]["image_size"]
+        from open_clip.loss import ClipLoss
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.loss_fn = ClipLoss()
+        self.tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+        self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
+        self._caption_rng = random.Random(caption_seed)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return clip_preprocess(images, self.image_size, self.mean, self.std)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(list(captions)).to(self.device)).float()
+
+    def to_probe_clip(self) -> ProbeCLIP:
+        """A frozen copy for probing (the module itself keeps training)."""
+        import copy
+
+        cfg = self.hparams.model_cfg
+        return ProbeCLIP(copy.deepcopy(self.model), self.image_size, OPENAI_MEAN, OPENAI_STD,
+                         cfg["text_cfg"]["context_length"], name="CLIPModule")
+
+    # ---- captions -----------------------------------------------------------------------------
+    def _names(self) -> tuple[list[str], list[str]]:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        classes = self.hparams.class_names or list(getattr(dm, "class_names", []))
+        colors = self.hparams.color_names or list(getattr(dm, "color_names", []))
+        if not classes or not colors:
+            raise ValueError("CLIPModule needs class_names and color_names (linked from the datamodule)")
+        return classes, colors
+
+    def caption(self, digit: int, color: str | None, rng: random.Random) -> str:
+        kinds = [k for k in KIND_WEIGHTS if color is not None or k in ("digit", "neither")]
+        kind = rng.choices(kinds, weights=[KIND_WEIGHTS[k] for k in kinds])[0]
+        tpl = rng.choice(TEMPLATES[kind])
+        return tpl.format(color=color, digit=digit, word=DIGIT_WORDS[int(digit)] if 0 <= int(digit) <= 9 else digit)
+
+    def batch_captions(self, batch: Mapping[str, torch.Tensor]) -> list[str]:
+        _, colors = self._names()
+        return [self.caption(int(d), colors[int(c)] if int(c) >= 0 else None, self._caption_rng)
+                for d, c in zip(batch["digit"].tolist(), batch["color"].tolist())]
+
+    # ---- steps --------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = self.preprocess(batch["image"])
+        tokens = self.tokenizer(self.batch_captions(batch)).to(self.device)
+        img, txt, scale = self.model(x, tokens)
+        loss = self.loss_fn(img, txt, scale)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def zeroshot_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        classes, colors = self._names()
+        shape_tpl, color_tpl = DEFAULT_CONCEPTS["shape"]["template"], DEFAULT_CONCEPTS["color"]["template"]
+        with torch.no_grad():
+            digit_text = F.normalize(self.encode_text([shape_tpl.format(c) for c in classes]), dim=-1)
+            color_text = F.normalize(self.encode_text([color_tpl.format(c) for c in colors]), dim=-1)
+        return digit_text, color_text
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._zs_text = self.zeroshot_text()
+        self._zs = torch.zeros(4, device=self.device)  # digit hits, digit n, colour hits, colour n
+
+    @override
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx != 0:
+            return
+        emb = F.normalize(self.model.encode_image(self.preprocess(batch["image"])).float(), dim=-1)
+        digit_text, color_text = self._zs_text
+        pred_d = (emb @ digit_text.T).argmax(-1)
+        pred_c = (emb @ color_text.T).argmax(-1)
+        colored = batch["color"] >= 0
+        self._zs += torch.stack([(pred_d == batch["label"]).sum(), torch.tensor(len(pred_d), device=self.device),
+                                 ((pred_c == batch["color"]) & colored).sum(), colored.sum()]).float()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        zs = self.trainer.strategy.reduce(self._zs, reduce_op="sum")
+        self.log("val/zeroshot_digit_acc", zs[0] / zs[1].clamp_min(1), prog_bar=True)
+        self.log("val/zeroshot_color_acc", zs[2] / zs[3].clamp_min(1), prog_bar=True)
+
+    @override
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}], lr=hp.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            progress = (step - hp.warmup_steps) / max(total - hp.warmup_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
