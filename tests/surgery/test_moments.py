@@ -82,6 +82,18 @@ def test_merge_equals_single_pass_and_stats_are_population_moments():
     assert torch.allclose(stats["std"], std, atol=1e-7, rtol=1e-6)
 
 
+def test_reset_reuses_buffers_and_refits_from_scratch():
+    s, c = _activations(8, seed=5)
+    s2, c2 = _activations(8, seed=6)
+    m = CrossMoments()
+    m.update(s, c)
+    cross = m.state[next(k for k in m.state if k.endswith(".cross"))]
+    m.reset()
+    m.update(s2, c2)
+    assert m.state[next(k for k in m.state if k.endswith(".cross"))].data_ptr() == cross.data_ptr()
+    assert torch.allclose(m.scores(), matching_scores([s2], [c2]), atol=1e-6, rtol=0)
+
+
 def test_state_dict_roundtrip():
     s, c = _activations(4, seed=3)
     m = CrossMoments("pearson")

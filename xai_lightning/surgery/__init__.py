@@ -11,7 +11,14 @@ from xai_lightning.surgery.matching import METHODS, Matching, layer_summaries, m
 from xai_lightning.surgery.moments import SCORES, CrossMoments, matching_scores, near_constant
 from xai_lightning.surgery.pipeline import ClipLike, SurgeryPipeline, check_options
 from xai_lightning.surgery.scoring import VERDICTS, VIEWS, ProbeCounts, ProbeSummary
-from xai_lightning.surgery.transplant import SurgeryPlan, build_plan, resize_maps, select_swaps, transplant
+from xai_lightning.surgery.transplant import (
+    StandardizedMaps,
+    SurgeryPlan,
+    build_plan,
+    resize_maps,
+    select_swaps,
+    transplant,
+)
 
 __all__ = [
     "DEFAULT_CONCEPTS", "CaptionSet", "resolve_concepts",
@@ -20,5 +27,5 @@ __all__ = [
     "SCORES", "CrossMoments", "matching_scores", "near_constant",
     "ClipLike", "SurgeryPipeline", "check_options",
     "VERDICTS", "VIEWS", "ProbeCounts", "ProbeSummary",
-    "SurgeryPlan", "build_plan", "resize_maps", "select_swaps", "transplant",
+    "StandardizedMaps", "SurgeryPlan", "build_plan", "resize_maps", "select_swaps", "transplant",
 ]

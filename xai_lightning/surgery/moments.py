@@ -83,43 +83,65 @@ class _Side:
             raise ValueError(f"{what} activations changed layout between batches: expected {want}, got {got}")
 
     def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor]) -> dict[Size, torch.Tensor]:
-        """Shifted float32 maps concatenated per size: {size: [B, C_size, h, w]}."""
+        """Shifted float32 maps concatenated per size, channel-first: {size: [C_size, B, h, w]}, written in
+        one pass (no separate concatenation or transpose copies)."""
         out = {}
         for s in self.sizes:
-            parts = [acts[spec.name].float() for spec in self.by_size[s]]
-            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            out[s] = x - shift[s].view(1, -1, 1, 1)
+            first = acts[self.by_size[s][0].name]
+            total = sum(spec.channels for spec in self.by_size[s])
+            x = torch.empty(total, first.shape[0], *s, dtype=torch.float32, device=first.device)
+            start = 0
+            for spec in self.by_size[s]:
+                stop = start + spec.channels
+                torch.sub(acts[spec.name].float().transpose(0, 1), shift[s][start:stop].view(-1, 1, 1, 1),
+                          out=x[start:stop])
+                start = stop
+            out[s] = x
         return out
 
 
-def _pair_terms(x: torch.Tensor, own: Size, other: Size, need_sq: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """For maps x [B, C, h, w] paired with maps of size ``other``:
+def _pair_terms(x: torch.Tensor, own: Size, other: Size, need_sq: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """For shifted maps x [C, B, h, w] (channel-first) paired with maps of size ``other``:
 
     Returns:
-        gemm operand [B, C, m] at m = min size (dims where x is larger go through the adjoint of the
-        other side's upsampling); weighted sum [C] = sum over images and P of the (upsampled) maps;
-        for pearson, the sum of squares [C] of the upsampled maps (quadratic form with U^T U).
+        gemm operand [C, B * m] at m = min size (dims where x is larger go through the adjoint of the
+        other side's upsampling); the sum [C] over images and P of the upsampled maps, or None when x
+        is not upsampled (then it is x's plain sum); for pearson, the sum of squares [C] of the upsampled
+        maps (quadratic form with U^T U), None likewise.
+    Per-batch sums are float32 on shifted (near-centred) data; the caller accumulates them in float64.
     """
     dev = x.device
     y = x
-    wsum = x
-    sq_form = x
+    weighted, sq_form = x, x
+    upsampled = False
+    def along(t: torch.Tensor, dim: int, mat: torch.Tensor) -> torch.Tensor:  # apply mat [n, n'] along h or w
+        return torch.matmul(mat.T, t) if dim == 2 else torch.matmul(t, mat)  # stays contiguous
+
+    adj = [_upsample_1d(n_other, n_own).to(dev, torch.float32) if n_own > n_other else None  # [n_own, n_other]
+           for n_own, n_other in ((own[0], other[0]), (own[1], other[1]))]
+    if adj[0] is not None and adj[1] is not None and own[0] * own[1] * other[0] * other[1] <= 10_000:
+        # small maps: both dimensions in one GEMM with the Kronecker product (measured fastest on CPU)
+        y = (y.reshape(-1, own[0] * own[1]) @ torch.kron(adj[0], adj[1])).view(y.shape[0], y.shape[1], *other)
+    else:
+        for dim, a in ((3, adj[1]), (2, adj[0])):
+            if a is not None:  # the other side is upsampled to our size: project x through its adjoint
+                y = along(y, dim, a)
     for dim, (n_own, n_other) in ((2, (own[0], other[0])), (3, (own[1], other[1]))):
-        if n_own > n_other:  # the other side is upsampled to n_own: project x through its adjoint
-            adj = _upsample_1d(n_other, n_own).to(dev, torch.float32)  # [n_own, n_other]
-            y = torch.movedim(torch.movedim(y, dim, -1) @ adj, -1, dim)
-        elif n_own < n_other:  # x itself is upsampled: column sums weight its native positions
+        if n_own < n_other:  # x itself is upsampled: column sums weight its native positions
+            upsampled = True
             up = _upsample_1d(n_own, n_other)
-            w = up.sum(0).to(dev, torch.float32)  # [n_own]
             shape = [1, 1, 1, 1]
             shape[dim] = n_own
-            wsum = wsum * w.view(shape)
+            weighted = weighted * up.sum(0).to(dev, torch.float32).view(shape)
             if need_sq:
-                gram = (up.T @ up).to(dev, torch.float32)  # [n_own, n_own]
-                sq_form = torch.movedim(torch.movedim(sq_form, dim, -1) @ gram, -1, dim)
-    weighted = wsum.sum(dim=(0, 2, 3), dtype=torch.float64)
-    sq = (x * sq_form).sum(dim=(0, 2, 3), dtype=torch.float64) if need_sq else None
-    return y.flatten(2), weighted, sq
+                sq_form = along(sq_form, dim, (up.T @ up).to(dev, torch.float32))  # U^T U, symmetric
+    gemm = y.reshape(y.shape[0], -1)
+    if not upsampled:
+        return gemm, None, None
+    wsum = weighted.sum(dim=(1, 2, 3)).double()
+    sq = (x * sq_form).sum(dim=(1, 2, 3)).double() if need_sq else None
+    return gemm, wsum, sq
 
 
 class CrossMoments:
@@ -137,6 +159,7 @@ class CrossMoments:
         self.s: _Side | None = None
         self.c: _Side | None = None
         self.state: dict[str, torch.Tensor] = {}
+        self._fresh = True
 
     # ---- state layout -------------------------------------------------------------------------
     def _keys(self) -> list[str]:
@@ -160,8 +183,7 @@ class CrossMoments:
         for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
             for size in side.sizes:
                 ch = sum(spec.channels for spec in side.by_size[size])
-                x = torch.cat([acts[spec.name].detach().float() for spec in side.by_size[size]], dim=1)
-                st[f"{tag}{size}.shift"] = x.mean(dim=(0, 2, 3))  # float32: x - K is exact near K
+                st[f"{tag}{size}.shift"] = torch.zeros(ch, device=dev)
                 st[f"{tag}{size}.n"] = torch.zeros((), **f64)
                 st[f"{tag}{size}.sum"] = torch.zeros(ch, **f64)
                 st[f"{tag}{size}.sumsq"] = torch.zeros(ch, **f64)
@@ -177,6 +199,22 @@ class CrossMoments:
                     st[f"{a}x{b}.sq_s"] = torch.zeros(cs, **f64)
                     st[f"{a}x{b}.sq_c"] = torch.zeros(cc, **f64)
         self.state = st
+        self._fresh = True
+
+    def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
+        """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
+        for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
+            for size in side.sizes:
+                self.state[f"{tag}{size}.shift"] = torch.cat(
+                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in side.by_size[size]])
+        self._fresh = False
+
+    def reset(self) -> None:
+        """Zero every sum but keep the layout and the buffers (no re-allocation between epochs); the next
+        batch sets fresh shifts."""
+        for key, value in self.state.items():
+            value.zero_()
+        self._fresh = True
 
     @property
     def count(self) -> float:
@@ -200,30 +238,34 @@ class CrossMoments:
         self.s.check(standalone, "standalone")
         self.c.check(clip, "CLIP")
         st = self.state
+        if self._fresh:  # the first batch after _init or reset() sets the shifts
+            self._set_shifts(standalone, clip)
         s_groups = self.s.grouped(standalone, {a: st[f"s{a}.shift"] for a in self.s.sizes})
         c_groups = self.c.grouped(clip, {b: st[f"c{b}.shift"] for b in self.c.sizes})
+        native: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for tag, groups in (("s", s_groups), ("c", c_groups)):
             for size, x in groups.items():
-                st[f"{tag}{size}.n"] += x.shape[0] * size[0] * size[1]
-                st[f"{tag}{size}.sum"] += x.sum(dim=(0, 2, 3), dtype=torch.float64)
-                st[f"{tag}{size}.sumsq"] += (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
+                total = x.sum(dim=(1, 2, 3)).double()  # float32 per batch on shifted data, float64 across
+                squares = (x * x).sum(dim=(1, 2, 3)).double()
+                native[f"{tag}{size}"] = total, squares
+                st[f"{tag}{size}.n"] += x.shape[1] * size[0] * size[1]
+                st[f"{tag}{size}.sum"] += total
+                st[f"{tag}{size}.sumsq"] += squares
         pearson = self.score == "pearson"
         for a, xs in s_groups.items():
             for b, xc in c_groups.items():
                 ys, ws, sqs = _pair_terms(xs, a, b, pearson)
                 yc, wc, sqc = _pair_terms(xc, b, a, pearson)
                 key = f"{a}x{b}"
-                bsz = xs.shape[0]
+                bsz = xs.shape[1]
                 st[f"{key}.n"] += bsz * max(a[0], b[0]) * max(a[1], b[1])
-                st[f"{key}.sum_s"] += ws
-                st[f"{key}.sum_c"] += wc
-                # the GEMM at the smaller resolution: [C_s, B*m] @ [B*m, C_c]
-                lhs = ys.transpose(0, 1).reshape(ys.shape[1], -1)
-                rhs = yc.transpose(0, 1).reshape(yc.shape[1], -1)
-                st[f"{key}.cross"] += (lhs @ rhs.T).double()
+                st[f"{key}.sum_s"] += native[f"s{a}"][0] if ws is None else ws
+                st[f"{key}.sum_c"] += native[f"c{b}"][0] if wc is None else wc
+                # the GEMM at the smaller resolution: [C_s, B*m] @ [B*m, C_c], accumulated in float64
+                st[f"{key}.cross"].add_(ys @ yc.T)
                 if pearson:
-                    st[f"{key}.sq_s"] += sqs
-                    st[f"{key}.sq_c"] += sqc
+                    st[f"{key}.sq_s"] += native[f"s{a}"][1] if sqs is None else sqs
+                    st[f"{key}.sq_c"] += native[f"c{b}"][1] if sqc is None else sqc
 
     def _reshift(self, new_shift: Mapping[str, torch.Tensor]) -> None:
         """Re-express every sum around new per-channel shifts (exact, float64)."""
@@ -262,6 +304,7 @@ class CrossMoments:
         if self.s is None:
             self.s, self.c, self.score = other.s, other.c, other.score
             self.state = {k: v.clone() for k, v in other.state.items()}
+            self._fresh = other._fresh
             return self
         if [x.layers for x in (self.s, self.c)] != [x.layers for x in (other.s, other.c)] or self.score != other.score:
             raise ValueError("cannot merge CrossMoments of different layers or scores")
@@ -270,11 +313,12 @@ class CrossMoments:
         for key in self._keys():
             if not key.endswith(".shift"):
                 self.state[key] += other.state[key].to(self.state[key].device)
+        self._fresh = False  # the shifts now carry data
         return self
 
     def clone(self) -> CrossMoments:
         out = CrossMoments(self.score)
-        out.s, out.c = self.s, self.c
+        out.s, out.c, out._fresh = self.s, self.c, self._fresh
         out.state = {k: v.clone() for k, v in self.state.items()}
         return out
 
@@ -347,21 +391,21 @@ class CrossMoments:
                 key = f"{a}x{b}"
                 n = self.state[f"{key}.n"]
                 sum_s, sum_c = self.state[f"{key}.sum_s"], self.state[f"{key}.sum_c"]
-                centred = self.state[f"{key}.cross"] - torch.outer(sum_s, sum_c) / n  # about the P-grid means
+                block = self.state[f"{key}.cross"].clone()
+                block.addr_(sum_s, sum_c, alpha=-1.0 / float(n))  # centred about the P-grid means
                 if self.score == "reference":
                     # (U s - mu) = (U s - mean_P) + (mean_P - mu); both means relative to the same shift
-                    off_s, off_c = sum_s / n - ms_native, sum_c / n - mc_native
-                    num = centred + n * torch.outer(off_s, off_c)
-                    den = n * torch.outer(sd_s, sd_c)
+                    block.addr_(sum_s / n - ms_native, sum_c / n - mc_native, alpha=float(n))
+                    scale_s, scale_c = sd_s, sd_c
                     valid_s, valid_c = ~near_constant(mu_s, sd_s), ~near_constant(mu_c, sd_c)
                 else:
-                    var_s = (self.state[f"{key}.sq_s"] / n - (sum_s / n) ** 2).clamp_min(0.0)
-                    var_c = (self.state[f"{key}.sq_c"] / n - (sum_c / n) ** 2).clamp_min(0.0)
-                    num = centred
-                    den = n * torch.outer(var_s.sqrt(), var_c.sqrt())
-                    valid_s = ~near_constant(mu_s, sd_s) & ~near_constant(sum_s / n, var_s.sqrt())
-                    valid_c = ~near_constant(mu_c, sd_c) & ~near_constant(sum_c / n, var_c.sqrt())
-                block = torch.where(torch.outer(valid_s, valid_c), num / den.clamp_min(1e-300), 0.0)
+                    scale_s = (self.state[f"{key}.sq_s"] / n - (sum_s / n) ** 2).clamp_min(0.0).sqrt()
+                    scale_c = (self.state[f"{key}.sq_c"] / n - (sum_c / n) ** 2).clamp_min(0.0).sqrt()
+                    valid_s = ~near_constant(mu_s, sd_s) & ~near_constant(sum_s / n, scale_s)
+                    valid_c = ~near_constant(mu_c, sd_c) & ~near_constant(sum_c / n, scale_c)
+                inv_s = torch.where(valid_s, 1.0 / (n * scale_s).clamp_min(1e-300), 0.0)
+                inv_c = torch.where(valid_c, 1.0 / scale_c.clamp_min(1e-300), 0.0)
+                block.mul_(inv_s.view(-1, 1)).mul_(inv_c.view(1, -1))  # invalid rows/columns become 0
                 rows = self.s.index[a].to(dev)
                 cols = self.c.index[b].to(dev)
                 z[rows.view(-1, 1), cols.view(1, -1)] = block.float()
@@ -373,7 +417,8 @@ class CrossMoments:
             "standalone": [(x.name, x.channels, x.size) for x in self.s.layers],
             "clip": [(x.name, x.channels, x.size) for x in self.c.layers],
         }
-        return {"score": self.score, "layers": layers, "state": {k: v.cpu() for k, v in self.state.items()}}
+        return {"score": self.score, "layers": layers, "fresh": self._fresh,
+                "state": {k: v.cpu() for k, v in self.state.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         self.score = sd["score"]
@@ -386,6 +431,7 @@ class CrossMoments:
             meta[label] = {n: torch.empty(1, c, *size) for n, c, size in sd["layers"][label]}
         self.s, self.c = _Side(meta["standalone"]), _Side(meta["clip"])
         self.state = {k: v.clone() for k, v in sd["state"].items()}
+        self._fresh = sd.get("fresh", False)
 
 
 def matching_scores(standalone_batches, clip_batches, score: str = "reference") -> torch.Tensor:

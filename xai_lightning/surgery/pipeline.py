@@ -26,7 +26,7 @@ from xai_lightning.surgery.layers import capture, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
 from xai_lightning.surgery.scoring import VERDICTS, ProbeCounts, ProbeSummary
-from xai_lightning.surgery.transplant import INTERPOLATIONS, SurgeryPlan, build_plan, transplant
+from xai_lightning.surgery.transplant import INTERPOLATIONS, StandardizedMaps, SurgeryPlan, build_plan, transplant
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -143,6 +143,7 @@ class SurgeryPipeline:
             raise RuntimeError("call fit_finish() before scoring")
         if standalone_maps is None:
             standalone_maps = self.standalone_maps(images)
+        standalone_maps = StandardizedMaps(self.plan, standalone_maps)  # once per batch, shared by all swaps
         x = self.clip.preprocess(images)
         levels = [self._similarity(x)]
         for i in range(1, len(self.clip_layers) + 1):
@@ -169,7 +170,13 @@ class SurgeryPipeline:
             self.counts.all_reduce(sum_fn, max_fn)
         return self.counts.summary(verdict, bootstrap, self.seed)
 
+    def to(self, device: torch.device | str) -> SurgeryPipeline:
+        """Moves the CLIP and the text embeddings (the standalone model is the caller's)."""
+        self.clip.to(device)
+        self.text_features = self.text_features.to(device)
+        return self
+
     def reset(self) -> None:
-        """Forget this epoch's sums (the next probed epoch fits afresh)."""
-        self.moments = CrossMoments(self.score)
+        """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused)."""
+        self.moments.reset()
         self.plan, self.null_matchings, self.counts = None, [], None

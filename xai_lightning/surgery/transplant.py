@@ -131,9 +131,34 @@ def resize_maps(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") 
     return F.interpolate(x, size=size, mode=mode)
 
 
+class StandardizedMaps:
+    """The standalone model's maps of one batch, standardized with the plan's dataset statistics and
+    grouped by map size (one tensor per size), so that every transplant of the batch (the matched one
+    and each null draw) only gathers channels."""
+
+    def __init__(self, plan: SurgeryPlan, standalone_maps: Mapping[str, torch.Tensor]) -> None:
+        sizes = list(dict.fromkeys(size for _, _, size in plan.standalone))
+        self.sizes = sizes
+        group_of, pos_of = torch.empty(plan.n_standalone, dtype=torch.long), torch.empty(plan.n_standalone, dtype=torch.long)
+        self.groups: list[torch.Tensor] = []
+        slices = plan.standalone_slices()
+        for g, size in enumerate(sizes):
+            names = [name for name, _, sz in plan.standalone if sz == size]
+            missing = [n for n in names if n not in standalone_maps]
+            if missing:
+                raise KeyError(f"standalone maps lack layer {missing[0]!r} needed by the plan")
+            x = torch.cat([standalone_maps[n].float() for n in names], dim=1)  # [B, C_g, h, w]
+            idx = torch.cat([torch.arange(slices[n].start, slices[n].stop) for n in names])
+            group_of[idx], pos_of[idx] = g, torch.arange(len(idx))
+            idx = idx.to(x.device)
+            self.groups.append((x - plan.s_mean[idx].view(1, -1, 1, 1)) / plan.s_std[idx].view(1, -1, 1, 1))
+        dev = self.groups[0].device
+        self.group_of, self.pos_of = group_of.to(dev), pos_of.to(dev)
+
+
 def transplant_maps(
     plan: SurgeryPlan,
-    standalone_maps: Mapping[str, torch.Tensor],
+    standalone_maps: Mapping[str, torch.Tensor] | StandardizedMaps,
     clip_layer: str,
     interpolation: str = "bilinear",
     matching: Matching | None = None,
@@ -141,24 +166,19 @@ def transplant_maps(
     """(channel indices within ``clip_layer`` [n], replacement maps [B, n, H, W]) for one CLIP layer:
     the matched standalone maps standardized with their dataset statistics, resized to the CLIP map
     size, and de-standardized with the CLIP channel's statistics."""
+    maps = standalone_maps if isinstance(standalone_maps, StandardizedMaps) else StandardizedMaps(plan, standalone_maps)
     matching = matching or plan.matching
     sl = plan.clip_slices()[clip_layer]
     (h, w), = [size for name, _, size in plan.clip if name == clip_layer]
     local = plan.swap[sl].nonzero().flatten()  # [n]
     glob = local + sl.start
     src = matching.source[glob]
-    any_map = next(iter(standalone_maps.values()))
-    out = torch.empty(any_map.shape[0], len(local), h, w, device=any_map.device, dtype=torch.float32)
-    for name, s_sl in plan.standalone_slices().items():
-        pick = ((src >= s_sl.start) & (src < s_sl.stop)).nonzero().flatten()
-        if len(pick) == 0:
-            continue
-        if name not in standalone_maps:
-            raise KeyError(f"standalone maps lack layer {name!r} needed by the plan")
-        ch = src[pick]
-        x = standalone_maps[name].float()[:, ch - s_sl.start]  # [B, n_pick, h_s, w_s]
-        x = (x - plan.s_mean[ch].view(1, -1, 1, 1)) / plan.s_std[ch].view(1, -1, 1, 1)
-        out[:, pick] = resize_maps(x, (h, w), interpolation)
+    out = torch.empty(maps.groups[0].shape[0], len(local), h, w, device=maps.groups[0].device, dtype=torch.float32)
+    group = maps.group_of[src]
+    for g, x in enumerate(maps.groups):
+        pick = (group == g).nonzero().flatten()
+        if len(pick):
+            out[:, pick] = resize_maps(x[:, maps.pos_of[src[pick]]], (h, w), interpolation)
     out = out * plan.c_std[glob].view(1, -1, 1, 1) + plan.c_mean[glob].view(1, -1, 1, 1)
     return local, out
 
@@ -167,7 +187,7 @@ def transplant_maps(
 def transplant(
     clip_model: nn.Module,
     plan: SurgeryPlan,
-    standalone_maps: Mapping[str, torch.Tensor],
+    standalone_maps: Mapping[str, torch.Tensor] | StandardizedMaps,
     layers: Sequence[str],
     interpolation: str = "bilinear",
     matching: Matching | None = None,
@@ -175,6 +195,8 @@ def transplant(
     """Within the block, CLIP's ``layers`` output the transplanted maps on their swapped channels
     (cumulative over all listed layers) and keep their own values elsewhere. Hooks are removed on exit,
     exceptions included. ``matching`` overrides the plan's (the random-matching null control)."""
+    if not isinstance(standalone_maps, StandardizedMaps):
+        standalone_maps = StandardizedMaps(plan, standalone_maps)
     replacements = {layer: transplant_maps(plan, standalone_maps, layer, interpolation, matching) for layer in layers}
 
     def make(layer: str):
