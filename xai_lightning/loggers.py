@@ -67,8 +67,8 @@ class WandbLogger(_LightningWandbLogger):
     def __init__(self, *args: Any, offline: bool = False, project: str = "xai-lightning", **kwargs: Any) -> None:
         mode, reason = decide_wandb_mode(offline)
         self.mode = mode
-        if mode != "online":
-            kwargs.setdefault("mode", mode)
+        if mode != "online" or kwargs.get("mode") is None:  # the CLI passes every wandb.init kwarg, mode=None too
+            kwargs["mode"] = mode
         super().__init__(*args, offline=mode == "offline", project=project, **kwargs)
         if mode == "offline":
             self._announce_offline(reason)

@@ -273,14 +273,15 @@ class SurgeryProbe(Callback):
         self.last_summary = summary
         self.history.append({"epoch": trainer.current_epoch, "dominant": summary.dominant,
                              **{k: float(v) for k, v in metrics.items()}})
+        out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
-            self._report(trainer, summary, plan, metrics)
+            self._report(trainer, summary, plan, metrics, out_dir)
 
     # ---- rank-0 outputs ---------------------------------------------------------------------------
     def _out_dir(self, trainer: L.Trainer) -> str:
         return self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "probe")
 
-    def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float]) -> None:
+    def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float], out: str) -> None:
         epoch = trainer.current_epoch
         lines = [f"SurgeryProbe epoch {epoch}: dominant concept = {summary.dominant} "
                  f"(verdict {summary.verdict} - null, {summary.images} images, {metrics['probe/seconds']:.1f}s)"]
@@ -297,7 +298,6 @@ class SurgeryProbe(Callback):
                 rank_zero_warn(f"SurgeryProbe: the probe CLIP's zero-shot accuracy for {c!r} is {acc:.2f} "
                                f"(< {self.zeroshot_warn}); it cannot see this concept, so its effect means little. "
                                f"Use a probe CLIP that knows it (README: 'The probe CLIP').")
-        out = self._out_dir(trainer)
         rows = _table_rows(summary)
         buf = io.StringIO()
         writer = csv.writer(buf)

@@ -1,0 +1,31 @@
+"""The probe gives the same numbers on 1 process and on 2 gloo processes (ddp_spawn) for the same data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.callbacks.test_surgery_probe import _csv_metrics, _trainer
+from tests.helpers.modules import TinyClassifier, tiny_datamodule
+from xai_lightning.callbacks import SurgeryProbe
+
+
+@pytest.mark.ddp
+def test_two_processes_give_the_single_process_numbers(tmp_path):
+    """Uses the shipped probe CLIP: a random CLIP's caption similarities are near-ties, where float
+    rounding of a different batch composition may flip an argmax."""
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    # 48 probe images, 24 per rank: nothing is padded; scoring takes all 48 (24 per rank)
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        out = tmp_path / f"d{devices}"
+        probe = SurgeryProbe(clip={"embedded": "colordigits"}, null_draws=3, bootstrap=200, max_score_samples=48)
+        trainer = _trainer(out, [probe], devices=devices, strategy=strategy)
+        trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
+        results[devices] = {k: v for k, v in _csv_metrics(out).items() if k.startswith("probe/")
+                            and "seconds" not in k}
+    assert results[1]["probe/images"] == results[2]["probe/images"] == 48
+    assert results[1].keys() == results[2].keys()
+    for k, v in results[1].items():
+        assert results[2][k] == pytest.approx(v, abs=1e-4), k

@@ -1,0 +1,41 @@
+"""A tiny LightningModule with ClassifierModule's conventions (dict batches, forward on images)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from tests.helpers.tiny import TinyCNN
+from xai_lightning.data import ColorMNISTDataModule
+
+
+class TinyClassifier(L.LightningModule):
+    def __init__(self, num_classes: int = 2, fail_on_probe_batch: int | None = None) -> None:
+        super().__init__()
+        self.net = TinyCNN(num_classes)
+        self.fail_on_probe_batch = fail_on_probe_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch["image"]), batch["label"])
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if self.fail_on_probe_batch is not None and dataloader_idx == 2 and batch_idx == self.fail_on_probe_batch:
+            raise RuntimeError("boom in validation")
+        acc = (self(batch["image"]).argmax(-1) == batch["label"]).float().mean()
+        self.log("val/acc", acc, add_dataloader_idx=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def tiny_datamodule(data_dir: str, **kw) -> ColorMNISTDataModule:
+    args = dict(source="synthetic", data_dir=data_dir, train_per_class=20, test_per_class=8, real_world_per_class=8,
+                probe_per_class=24, image_size=32, batch_size=16, eval_batch_size=12, seed=3)
+    args.update(kw)
+    return ColorMNISTDataModule(**args)

@@ -1,0 +1,66 @@
+"""ClassifierModule: normalization and the grayscale pre-processor inside forward, retraining, errors."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from xai_lightning.data import colorize
+from xai_lightning.models import ClassifierModule
+
+
+def test_forward_normalizes_inside_and_grayscale_removes_color():
+    torch.manual_seed(0)
+    m = ClassifierModule(num_classes=2, backbone="resnet18", normalization="clip", input_transform="grayscale").eval()
+    intensity = torch.rand(3, 32, 32)
+    rgb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    red = colorize(intensity, torch.tensor([0, 0, 0]), rgb)
+    green = colorize(intensity, torch.tensor([1, 1, 1]), rgb)
+    with torch.no_grad():
+        assert torch.allclose(m(red), m(green), atol=1e-6)  # the debiasing pre-processor sees no colour
+        gray = intensity[:, None].expand(-1, 3, -1, -1)
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        assert torch.allclose(m(red), m.net((gray - mean) / std), atol=1e-6)
+    plain = ClassifierModule(num_classes=2, backbone="resnet18").eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(red), plain(green), atol=1e-3)
+
+
+def test_init_checkpoint_retrains_from_saved_weights(tmp_path):
+    torch.manual_seed(1)
+    src = ClassifierModule(num_classes=2, backbone="resnet18")
+    path = str(tmp_path / "biased.ckpt")
+    torch.save({"state_dict": src.state_dict()}, path)
+    dst = ClassifierModule(num_classes=2, backbone="resnet18", input_transform="grayscale", init_checkpoint=path)
+    assert all(torch.equal(a, b) for a, b in zip(src.net.state_dict().values(), dst.net.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit backbone 'resnet34'"):
+        ClassifierModule(num_classes=2, backbone="resnet34", init_checkpoint=path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ClassifierModule(init_checkpoint=str(tmp_path / "nope.ckpt"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backbone": "vgg11"}, "unknown backbone 'vgg11'; allowed: resnet18, resnet34, resnet50"),
+    ({"input_transform": "sepia"}, "allowed: none, grayscale"),
+    ({"normalization": "cifar"}, "allowed: imagenet, clip, none"),
+    ({"optimizer": "lbfgs"}, "allowed: adam, adamw, sgd"),
+    ({"backbone": "resnet18", "weights": "IMAGENET_V9"}, "allowed: DEFAULT, IMAGENET1K_V1"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ClassifierModule(**kwargs)
+
+
+def test_logs_the_documented_keys(tmp_path):
+    from tests.helpers.modules import tiny_datamodule
+
+    L.seed_everything(0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(ClassifierModule(num_classes=2, backbone="resnet18"), tiny_datamodule(str(tmp_path)))
+    keys = set(trainer.callback_metrics)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "real_world/acc", "probe_set/acc"} <= keys
+    trainer.test(trainer.lightning_module, tiny_datamodule(str(tmp_path)))
+    assert {"test/acc", "real_world/acc"} <= set(trainer.callback_metrics)
