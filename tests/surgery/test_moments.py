@@ -91,7 +91,12 @@ def test_reset_reuses_buffers_and_refits_from_scratch():
     m.reset()
     m.update(s2, c2)
     assert m.state[next(k for k in m.state if k.endswith(".cross"))].data_ptr() == cross.data_ptr()
-    assert torch.allclose(m.scores(), matching_scores([s2], [c2]), atol=1e-6, rtol=0)
+    expected = matching_scores([s2], [c2])
+    assert torch.allclose(m.scores(), expected, atol=1e-6, rtol=0)
+    assert torch.allclose(m.scores(inplace=True), expected, atol=1e-6, rtol=0)  # consumes the cross sums
+    m.reset()  # buffers consumed in place are re-created
+    m.update(s2, c2)
+    assert torch.allclose(m.scores(), expected, atol=1e-6, rtol=0)
 
 
 def test_state_dict_roundtrip():

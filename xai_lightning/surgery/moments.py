@@ -69,6 +69,14 @@ class _Side:
             offsets[spec.name] = start
             start += spec.channels
         self.offsets, self.total = offsets, start
+        # per size group: (global start, global stop, start within the group) of each layer
+        self.ranges: dict[Size, list[tuple[int, int, int]]] = {}
+        for size in self.sizes:
+            local, spans = 0, []
+            for spec in self.by_size[size]:
+                spans.append((offsets[spec.name], offsets[spec.name] + spec.channels, local))
+                local += spec.channels
+            self.ranges[size] = spans
         # global (layer-order) channel index of every channel in a size group's concatenation
         self.index = {
             s: torch.cat([torch.arange(offsets[spec.name], offsets[spec.name] + spec.channels)
@@ -82,11 +90,12 @@ class _Side:
         if got != want:
             raise ValueError(f"{what} activations changed layout between batches: expected {want}, got {got}")
 
-    def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor]) -> dict[Size, torch.Tensor]:
+    def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor],
+                sizes: list[Size] | None = None) -> dict[Size, torch.Tensor]:
         """Shifted float32 maps concatenated per size, channel-first: {size: [C_size, B, h, w]}, written in
         one pass (no separate concatenation or transpose copies)."""
         out = {}
-        for s in self.sizes:
+        for s in sizes or self.sizes:
             first = acts[self.by_size[s][0].name]
             total = sum(spec.channels for spec in self.by_size[s])
             x = torch.empty(total, first.shape[0], *s, dtype=torch.float32, device=first.device)
@@ -214,6 +223,12 @@ class CrossMoments:
         batch sets fresh shifts."""
         for key, value in self.state.items():
             value.zero_()
+        for a in self.s.sizes if self.s is not None else []:
+            for b in self.c.sizes:
+                cross = self.state[f"{a}x{b}.cross"]
+                if cross.numel() == 0:  # consumed by scores(inplace=True)
+                    shape = (len(self.s.index[a]), len(self.c.index[b]))
+                    self.state[f"{a}x{b}.cross"] = torch.zeros(shape, dtype=torch.float64, device=cross.device)
         self._fresh = True
 
     @property
@@ -240,25 +255,19 @@ class CrossMoments:
         st = self.state
         if self._fresh:  # the first batch after _init or reset() sets the shifts
             self._set_shifts(standalone, clip)
-        s_groups = self.s.grouped(standalone, {a: st[f"s{a}.shift"] for a in self.s.sizes})
-        c_groups = self.c.grouped(clip, {b: st[f"c{b}.shift"] for b in self.c.sizes})
-        native: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for tag, groups in (("s", s_groups), ("c", c_groups)):
-            for size, x in groups.items():
-                total = x.sum(dim=(1, 2, 3)).double()  # float32 per batch on shifted data, float64 across
-                squares = (x * x).sum(dim=(1, 2, 3)).double()
-                native[f"{tag}{size}"] = total, squares
-                st[f"{tag}{size}.n"] += x.shape[1] * size[0] * size[1]
-                st[f"{tag}{size}.sum"] += total
-                st[f"{tag}{size}.sumsq"] += squares
+        c_groups = self.c.grouped(clip, {b: st[f"c{b}.shift"] for b in self.c.sizes})  # CLIP maps are few
+        native: dict[str, torch.Tensor] = {}
+        for b, xc in c_groups.items():
+            native[f"c{b}"] = self._fold_native(f"c{b}", xc, b)
         pearson = self.score == "pearson"
-        for a, xs in s_groups.items():
+        for a in self.s.sizes:  # one standalone size group at a time: its copy is freed before the next
+            xs = self.s.grouped(standalone, {a: st[f"s{a}.shift"]}, sizes=[a])[a]
+            native[f"s{a}"] = self._fold_native(f"s{a}", xs, a)
             for b, xc in c_groups.items():
                 ys, ws, sqs = _pair_terms(xs, a, b, pearson)
                 yc, wc, sqc = _pair_terms(xc, b, a, pearson)
                 key = f"{a}x{b}"
-                bsz = xs.shape[1]
-                st[f"{key}.n"] += bsz * max(a[0], b[0]) * max(a[1], b[1])
+                st[f"{key}.n"] += xs.shape[1] * max(a[0], b[0]) * max(a[1], b[1])
                 st[f"{key}.sum_s"] += native[f"s{a}"][0] if ws is None else ws
                 st[f"{key}.sum_c"] += native[f"c{b}"][0] if wc is None else wc
                 # the GEMM at the smaller resolution: [C_s, B*m] @ [B*m, C_c], accumulated in float64
@@ -266,6 +275,16 @@ class CrossMoments:
                 if pearson:
                     st[f"{key}.sq_s"] += native[f"s{a}"][1] if sqs is None else sqs
                     st[f"{key}.sq_c"] += native[f"c{b}"][1] if sqc is None else sqc
+            del xs
+
+    def _fold_native(self, key: str, x: torch.Tensor, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds a group's per-channel sums at its own resolution; returns (sum, sum of squares) of the batch."""
+        total = x.sum(dim=(1, 2, 3)).double()  # float32 per batch on shifted data, float64 across batches
+        squares = (x * x).sum(dim=(1, 2, 3)).double()
+        self.state[f"{key}.n"] += x.shape[1] * size[0] * size[1]
+        self.state[f"{key}.sum"] += total
+        self.state[f"{key}.sumsq"] += squares
+        return total, squares
 
     def _reshift(self, new_shift: Mapping[str, torch.Tensor]) -> None:
         """Re-express every sum around new per-channel shifts (exact, float64)."""
@@ -376,9 +395,10 @@ class CrossMoments:
         return out
 
     @torch.no_grad()
-    def scores(self) -> torch.Tensor:
+    def scores(self, inplace: bool = False) -> torch.Tensor:
         """``Z`` [n_standalone_channels, n_clip_channels] float32, rows/columns in layer then channel order.
-        Rows and columns of near-constant channels are 0."""
+        Rows and columns of near-constant channels are 0. ``inplace=True`` computes in the cross-moment
+        buffers (saves memory; the sums are consumed: call ``reset()`` before folding in more data)."""
         if self.s is None:
             raise RuntimeError("no data folded in yet")
         s_stats, c_stats = self._side_stats("s", self.s), self._side_stats("c", self.c)
@@ -391,7 +411,7 @@ class CrossMoments:
                 key = f"{a}x{b}"
                 n = self.state[f"{key}.n"]
                 sum_s, sum_c = self.state[f"{key}.sum_s"], self.state[f"{key}.sum_c"]
-                block = self.state[f"{key}.cross"].clone()
+                block = self.state[f"{key}.cross"] if inplace else self.state[f"{key}.cross"].clone()
                 block.addr_(sum_s, sum_c, alpha=-1.0 / float(n))  # centred about the P-grid means
                 if self.score == "reference":
                     # (U s - mu) = (U s - mean_P) + (mean_P - mu); both means relative to the same shift
@@ -406,9 +426,12 @@ class CrossMoments:
                 inv_s = torch.where(valid_s, 1.0 / (n * scale_s).clamp_min(1e-300), 0.0)
                 inv_c = torch.where(valid_c, 1.0 / scale_c.clamp_min(1e-300), 0.0)
                 block.mul_(inv_s.view(-1, 1)).mul_(inv_c.view(1, -1))  # invalid rows/columns become 0
-                rows = self.s.index[a].to(dev)
-                cols = self.c.index[b].to(dev)
-                z[rows.view(-1, 1), cols.view(1, -1)] = block.float()
+                for r0, r1, i in self.s.ranges[a]:  # layer by layer: slices, no index tensors
+                    for c0, c1, j in self.c.ranges[b]:
+                        z[r0:r1, c0:c1] = block[i:i + r1 - r0, j:j + c1 - c0]
+                if inplace:
+                    self.state[f"{key}.cross"] = torch.empty(0, dtype=block.dtype, device=dev)  # consumed
+                    del block
         return z
 
     # ---- checkpointing ------------------------------------------------------------------------
@@ -452,4 +475,4 @@ def matching_scores(standalone_batches, clip_batches, score: str = "reference") 
         n_batches += 1
     if n_batches == 0:
         raise ValueError("matching_scores got no batches")
-    return moments.scores()
+    return moments.scores(inplace=True)
