@@ -16,7 +16,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
     rounding of a different batch composition may flip an argmax."""
     torch.manual_seed(0)
     model = TinyClassifier()
-    # 48 probe images, 24 per rank: nothing is padded; scoring takes all 48 (24 per rank)
+    # 48 probe images, 24 per rank: nothing is padded; fit on one half, score the other
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         out = tmp_path / f"d{devices}"
@@ -25,7 +25,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
         trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
         results[devices] = {k: v for k, v in _csv_metrics(out).items() if k.startswith("probe/")
                             and "seconds" not in k}
-    assert results[1]["probe/images"] == results[2]["probe/images"] == 48
+    assert results[1]["probe/images"] == results[2]["probe/images"] > 12
     assert results[1].keys() == results[2].keys()
     for k, v in results[1].items():
         assert results[2][k] == pytest.approx(v, abs=1e-4), k

@@ -13,6 +13,7 @@ import torch
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
 from xai_lightning.callbacks import SurgeryProbe
+from xai_lightning.callbacks.surgery_probe import holdout_mask
 from xai_lightning.clip import save_probe_clip
 from xai_lightning.surgery import DEFAULT_CONCEPTS, SurgeryPipeline, count_forward_hooks, resolve_concepts
 
@@ -62,7 +63,8 @@ def test_logs_every_contract_key_finite(tmp_path, clip_file):
     missing = [k for k in keys if k not in logged]
     assert not missing
     assert all(math.isfinite(logged[k]) for k in keys)
-    assert logged["probe/images"] == 48
+    held_out = int(holdout_mask(torch.arange(48), fit=False).sum())
+    assert 12 <= held_out <= 36 and logged["probe/images"] == held_out  # the held-out half of 48 probe images
     # shares of the two concepts partition the images; effect interval brackets the effect
     assert logged["probe/share/shape"] + logged["probe/share/color"] == pytest.approx(1.0)
     for c in ("shape", "color"):
@@ -82,11 +84,13 @@ def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
     pipe = SurgeryPipeline(model, tiny_clip(seed=1), resolve_concepts(DEFAULT_CONCEPTS, dm.attributes),
                            "convs", "stages", null_draws=3)
     with torch.no_grad():
-        for batch in dm.dataloader("probe_set"):
-            pipe.fit_batch(batch["image"])
+        for batch in dm.dataloader("probe_set"):  # fit on one half of the probe set ...
+            fit = holdout_mask(batch["index"], fit=True)
+            pipe.fit_batch(batch["image"][fit])
         pipe.fit_finish()
-        for batch in dm.dataloader("probe_set"):
-            pipe.score_batch(batch["image"], torch.stack([batch["label"], batch["color"]]))
+        for batch in dm.dataloader("probe_set"):  # ... score the other half
+            held = holdout_mask(batch["index"], fit=False)
+            pipe.score_batch(batch["image"][held], torch.stack([batch["label"], batch["color"]])[:, held])
     summary = pipe.score_finish(verdict="retention", bootstrap=200)
     assert torch.equal(pipe.moments.scores(), probe.pipe.moments.scores())
     for k, v in summary.metrics.items():
@@ -119,6 +123,16 @@ def test_probe_never_alters_training(tmp_path, clip_file):
     for (n, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(p1, p2), n
     assert float(metrics1["val/acc/dataloader_idx_0"]) == float(metrics2["val/acc/dataloader_idx_0"])
+
+
+def test_holdout_halves_are_disjoint_balanced_and_shard_evenly():
+    index = torch.arange(10_000)
+    fit, held = holdout_mask(index, True), holdout_mask(index, False)
+    assert not bool((fit & held).any()) and bool((fit | held).all())
+    assert abs(float(fit.float().mean()) - 0.5) < 0.02
+    for world in (2, 3, 4, 8):  # DistributedSampler(shuffle=False): rank r gets indices r, r + W, ...
+        for rank in range(world):
+            assert abs(float(fit[rank::world].float().mean()) - 0.5) < 0.05
 
 
 def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):

@@ -126,15 +126,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, idle_rank: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         s, c = _activations(10, seed=4)
         sb, cb = _batches(s, c, [1, 3, 6, 8])  # rank 0: batches 0, 2, 4; rank 1: batches 1, 3
         m = CrossMoments()
-        for i in range(rank, len(sb), 2):
-            m.update(sb[i], cb[i])
+        if rank == idle_rank:  # saw no data: joins with zero counts and the layout of empty maps
+            m.init_layout(({k: v[:0] for k, v in s.items()}, {k: v[:0] for k, v in c.items()}))
+        else:
+            for i in (range(len(sb)) if idle_rank is not None else range(rank, len(sb), 2)):
+                m.update(sb[i], cb[i])
 
         def sum_fn(t: torch.Tensor) -> torch.Tensor:
             dist.all_reduce(t)
@@ -147,9 +150,10 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 @pytest.mark.ddp
-def test_two_gloo_processes_give_the_single_process_z(tmp_path):
+@pytest.mark.parametrize("idle_rank", [None, 1])
+def test_two_gloo_processes_give_the_single_process_z(tmp_path, idle_rank):
     out = str(tmp_path / "z")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_free_port(), out, idle_rank), nprocs=2, join=True)
     s, c = _activations(10, seed=4)
     single = matching_scores(*_batches(s, c, [4]))
     for rank in range(2):

@@ -70,6 +70,10 @@ class SurgeryProbe(Callback):
         fit_split: validation dataloader (name in the datamodule's ``val_split_names``, or index) whose
             batches fit statistics and matching.
         score_splits: validation dataloaders scored with captions after matching.
+        holdout: where a score split is the fit split, fit on a fixed pseudo-random half of it (by ``index``) and
+            score the other half.
+            Fitting and scoring the same images inflates the verdict: the argmax matching picks, among tens
+            of thousands of channels, those that happen to correlate with the concept in that very sample.
         max_score_samples: images scored per epoch (over all ranks, from the start of each split).
         null_draws: random matchings of the null control. bootstrap: resamples of the effect interval.
         every_n_epochs: probe every n-th epoch (and always under ``validate``).
@@ -91,6 +95,7 @@ class SurgeryProbe(Callback):
         verdict: str = "retention",
         fit_split: str | int = "probe_set",
         score_splits: Sequence[str | int] = ("probe_set",),
+        holdout: bool = True,
         max_score_samples: int = 1000,
         null_draws: int = 8,
         bootstrap: int = 2000,
@@ -117,7 +122,7 @@ class SurgeryProbe(Callback):
         self.concepts = dict(concepts or DEFAULT_CONCEPTS)
         self.score, self.matching, self.swap_fraction = score, matching, float(swap_fraction)
         self.interpolation, self.verdict = interpolation, verdict
-        self.fit_split, self.score_splits = fit_split, list(score_splits)
+        self.fit_split, self.score_splits, self.holdout = fit_split, list(score_splits), bool(holdout)
         self.max_score_samples, self.null_draws, self.bootstrap = int(max_score_samples), int(null_draws), int(bootstrap)
         self.every_n_epochs, self.seed, self.zeroshot_warn = int(every_n_epochs), int(seed), float(zeroshot_warn)
         self.save_dir = save_dir
@@ -202,6 +207,9 @@ class SurgeryProbe(Callback):
         images = batch["image"]
         acts = dict(self._acts)
         self._acts.clear()
+        if self.holdout and self.fit_index in self.score_indices:
+            keep = self._half(batch, fit=True)
+            images, acts = images[keep], {n: a[keep] for n, a in acts.items()}
         missing = [n for n in self.pipe.standalone_layers if n not in acts]
         if missing:
             raise RuntimeError(f"SurgeryProbe: validation_step did not run the hooked layers {missing[:3]}; the "
@@ -209,7 +217,7 @@ class SurgeryProbe(Callback):
         bad = [n for n, a in acts.items() if not torch.isfinite(a).all()]
         if bad:
             self._skip_reason = f"non-finite activations in {bad[0]} (batch {batch_idx})"
-        elif self._skip_reason is None:
+        elif self._skip_reason is None and len(images):
             self.pipe.fit_batch(images, acts)
         self._fit_seconds += time.perf_counter() - t0
 
@@ -222,17 +230,31 @@ class SurgeryProbe(Callback):
             return None
         return lambda t: trainer.strategy.reduce(t, reduce_op=torch.distributed.ReduceOp.MAX)
 
+    def _half(self, batch: Mapping[str, torch.Tensor], fit: bool) -> torch.Tensor:
+        if "index" not in batch:
+            raise ValueError("SurgeryProbe(holdout=True) needs batch['index'] (the sample's position in its split) "
+                             "to fit and score on disjoint samples; ColorMNISTDataModule provides it")
+        return holdout_mask(batch["index"], fit)
+
     def _score_batches(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """This rank's share of the scored images. Which images are scored depends only on their ``index``
+        (those below ``max_score_samples``, or below twice that among the held-out half), so 1 and N
+        processes score the same set."""
         loaders = trainer.val_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        per_rank = max(self.max_score_samples // trainer.world_size, 1)
         for idx in self.score_indices:
-            seen = 0
+            held_out = self.holdout and idx == self.fit_index
+            limit = self.max_score_samples * (2 if held_out else 1)
             for batch in loaders[idx]:
-                if seen >= per_rank:
-                    break
-                batch = {k: v[: per_rank - seen] for k, v in batch.items()}
-                seen += len(batch["image"])
+                if "index" in batch:
+                    keep = batch["index"] < limit
+                    if held_out:
+                        keep &= self._half(batch, fit=False)
+                    if not bool(keep.any()):
+                        if int(batch["index"].min()) >= limit:
+                            break
+                        continue
+                    batch = {k: v[keep] for k, v in batch.items()}
                 yield move_data_to_device(batch, pl_module.device)
 
     @override
@@ -250,6 +272,8 @@ class SurgeryProbe(Callback):
                            f"{self._skip_reason or 'non-finite activations on another rank'}")
             pl_module.log("probe/skipped", 1.0)
             return
+        if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
+            self.pipe.moments.init_layout(self._layout_acts(trainer, pl_module))
         # The probe must not change training: keep every RNG as it was (iterating a DataLoader draws seeds).
         with _preserved_rng(pl_module.device):
             plan = self.pipe.fit_finish(self._sum(trainer))
@@ -276,6 +300,16 @@ class SurgeryProbe(Callback):
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
             self._report(trainer, summary, plan, metrics, out_dir)
+
+    @torch.no_grad()
+    def _layout_acts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, dict]:
+        """Empty-batch activations of both models (their shapes define the running sums' layout)."""
+        size = int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
+        empty = torch.zeros(1, 3, size, size, device=pl_module.device)
+        s_acts = {k: v[:0] for k, v in self.pipe.standalone_maps(empty).items()}
+        with capture(self.pipe.clip.model, self.pipe.clip_layers) as c_acts:
+            self.pipe.clip.encode_image(self.pipe.clip.preprocess(empty))
+        return s_acts, {k: v[:0] for k, v in c_acts.items()}
 
     # ---- rank-0 outputs ---------------------------------------------------------------------------
     def _out_dir(self, trainer: L.Trainer) -> str:
@@ -334,6 +368,13 @@ class SurgeryProbe(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def holdout_mask(index: torch.Tensor, fit: bool) -> torch.Tensor:
+    """The fit (or the held-out) half of a split, by sample index: a multiplicative hash, so that any DDP
+    sharding (rank = index mod world size) splits evenly, unlike index parity."""
+    in_fit = (index.long() * 2654435761) % 4294967296 < 2147483648
+    return in_fit if fit else ~in_fit
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ VAL_SPLITS = ("val", "real_world", "probe_set", "test", "train")
 
 
 class ColorDigits(Dataset):
-    """Coloured digits; items are dicts ``image`` [3, S, S] float in [0, 1], ``label``, ``digit``, ``color``."""
+    """Coloured digits; items are dicts ``image`` [3, S, S] float in [0, 1], ``label``, ``digit``, ``color``
+    and ``index`` (position in the split: lets consumers hold out samples independently of batching)."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class ColorDigits(Dataset):
             "label": self.label[i],
             "digit": self.digit[i],
             "color": self.color[i],
+            "index": torch.tensor(i),
         }
 
 

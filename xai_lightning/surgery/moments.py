@@ -210,6 +210,12 @@ class CrossMoments:
         self.state = st
         self._fresh = True
 
+    def init_layout(self, acts: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]) -> None:
+        """Zero sums with the layout of these (possibly empty) activations, e.g. for a DDP rank that saw no
+        data but must join ``all_reduce``."""
+        if self.s is None:
+            self._init(*acts)
+
     def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
         """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
         for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
