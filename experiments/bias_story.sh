@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The flagship story in one command: train the colour-biased model, then the debiased one (grayscale
+# pre-processor, same data), then compare them side by side.
+#
+#   bash experiments/bias_story.sh OUT_DIR [ARGS...]
+#
+# Every extra ARG goes to both `fit` runs, e.g. another digit pair and palette:
+#   bash experiments/bias_story.sh runs/story_14 --data.digits '[1,4]' --data.colors '[cyan,magenta]'
+# Add `--model.init_args.init_checkpoint OUT_DIR/biased/version_0/checkpoints/last.ckpt` yourself to
+# retrain the debiased model from the biased one (it is a separate run here for a clean comparison).
+#
+# Writes OUT_DIR/{biased,debiased}/version_0 (CSV metrics, config, checkpoints, probe plans),
+# OUT_DIR/wandb (one W&B group, job_type biased/debiased), OUT_DIR/report.md, OUT_DIR/summary.json and
+# the report's PNG plots.
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: bash experiments/bias_story.sh OUT_DIR [ARGS...]" >&2
+  exit 2
+fi
+out="$1"
+shift
+if [ -e "$out/biased" ] || [ -e "$out/debiased" ]; then
+  echo "bias_story: $out already holds runs; choose a new OUT_DIR" >&2
+  exit 2
+fi
+mkdir -p "$out"
+export XAI_RUN_DIR="$out"
+export XAI_GROUP="${XAI_GROUP:-story-$(basename "$out")-$(date +%Y%m%d-%H%M%S)}"
+start=$(date +%s)
+python -m xai_lightning fit --config configs/quickstart.yaml "$@"
+python -m xai_lightning fit --config configs/quickstart_debiased.yaml "$@"
+python -m xai_lightning.report "$out/biased/version_0" "$out/debiased/version_0" --out "$out" --names biased debiased
+echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"

@@ -1,0 +1,123 @@
+"""Which probe settings separate a colour-reliant from a shape-reliant model? Paper-faithful vs ours.
+
+    python experiments/probe_ablation.py STORY_DIR [--out STORY_DIR/ablation.md]
+
+Loads the two checkpoints of a ``bias_story.sh`` run (biased, debiased) and the quickstart data, and runs
+the surgery under several settings with the shipped probe CLIP:
+
+* ``paper``: the authors' protocol: fit and score on the coloured *test* split (where every 5 is red and
+  every 8 green), the same images for both, verdict = the influence share (DESIGN.md, spec 7/9).
+* ``paper, probe set``: the same, but on the probe set (colour independent of the digit), in-sample.
+* ``ours``: probe set, fit and score on disjoint halves, verdict = retention (the default).
+* single changes from ``ours``: swap fraction, model layers, score, matching.
+
+For each model and setting: the colour and shape effects of both verdict metrics and the concept each
+names; the counterfactual ground truth is colour for the biased model and shape for the debiased one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from xai_lightning.clip import load_clip
+from xai_lightning.data import ColorMNISTDataModule
+from xai_lightning.io import atomic_write_text
+from xai_lightning.models import ClassifierModule
+from xai_lightning.report import load_run
+from xai_lightning.surgery import SurgeryPipeline, resolve_concepts
+
+SETTINGS = [  # name, fit split, score split, holdout, pipeline kwargs
+    ("paper: test split, in-sample", "test", "test", False, {}),
+    ("paper: probe set, in-sample", "probe_set", "probe_set", False, {}),
+    ("ours: probe set, held out", "probe_set", "probe_set", True, {}),
+    ("ours + swap_fraction 0.25", "probe_set", "probe_set", True, {"swap_fraction": 0.25}),
+    ("ours + blocks (post-residual)", "probe_set", "probe_set", True, {"standalone_layers": "blocks"}),
+    ("ours + score pearson", "probe_set", "probe_set", True, {"score": "pearson"}),
+    ("ours + one_to_one matching", "probe_set", "probe_set", True, {"matching": "one_to_one"}),
+]
+
+
+def model_and_data(run_dir: str) -> tuple[ClassifierModule, ColorMNISTDataModule, dict]:
+    run = load_run(run_dir)
+    cfg = run.config
+    model_args = dict(cfg["model"]["init_args"])
+    model_args.pop("init_checkpoint", None)
+    model = ClassifierModule(**model_args)
+    ckpt = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    data_args = dict(cfg["data"]["init_args"])
+    dm = ColorMNISTDataModule(**data_args)
+    dm.setup()
+    probe = next(cb["init_args"] for cb in cfg["trainer"]["callbacks"] if cb["class_path"].endswith("SurgeryProbe"))
+    return model.eval(), dm, probe
+
+
+def halves(index: torch.Tensor, fit: bool) -> torch.Tensor:
+    from xai_lightning.callbacks.surgery_probe import holdout_mask
+
+    return holdout_mask(index, fit)
+
+
+@torch.no_grad()
+def run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, max_score=500) -> dict:
+    args = dict(standalone_layers=probe_cfg.get("standalone_layers", "convs"), clip_layers=probe_cfg.get("clip_layers", "stages"),
+                null_draws=probe_cfg.get("null_draws", 8))
+    args.update(kwargs)
+    pipe = SurgeryPipeline(model, clip, resolve_concepts(probe_cfg["concepts"], dm.attributes), **args)
+    for b in dm.dataloader(fit_split):
+        keep = halves(b["index"], True) if holdout else torch.ones_like(b["index"], dtype=torch.bool)
+        if keep.any():
+            pipe.fit_batch(b["image"][keep])
+    pipe.fit_finish()
+    scored = 0
+    for b in dm.dataloader(score_split):
+        keep = halves(b["index"], False) if holdout else torch.ones_like(b["index"], dtype=torch.bool)
+        keep &= torch.arange(len(keep)) < max_score - scored
+        if keep.any():
+            pipe.score_batch(b["image"][keep], torch.stack([b["label"], b["color"]])[:, keep])
+            scored += int(keep.sum())
+    summary = pipe.score_finish(verdict="retention", bootstrap=1000)
+    m = summary.metrics
+    out = {k: m[k] for k in m if k.startswith(("effect_share/", "effect_retention/"))}
+    for metric in ("share", "retention"):
+        out[f"dominant_{metric}"] = max(summary.concepts, key=lambda c: m[f"effect_{metric}/{c}"])
+    out["images"] = summary.images
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("story_dir")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    t0 = time.time()
+    models = {name: model_and_data(os.path.join(args.story_dir, name, "version_0")) for name in ("biased", "debiased")}
+    truth = {"biased": "color", "debiased": "shape"}
+    clip = load_clip(models["biased"][2].get("clip", {"embedded": "colordigits"}))
+    lines = ["# Probe settings: which ones tell the biased from the debiased model?", "",
+             "Effects are metric − null (random matching). ✓ = the verdict agrees with the counterfactual ground truth "
+             "(biased: colour, debiased: shape).", "",
+             "| setting | model | share effect colour / shape | verdict (share) | retention effect colour / shape | "
+             "verdict (retention) |", "|---|---|---|---|---|---|"]
+    for name, fit_split, score_split, holdout, kwargs in SETTINGS:
+        for model_name, (model, dm, probe_cfg) in models.items():
+            r = run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs)
+            ok = {m: "✓" if r[f"dominant_{m}"] == truth[model_name] else "✗" for m in ("share", "retention")}
+            lines.append(f"| {name} | {model_name} | {r['effect_share/color']:+.3f} / {r['effect_share/shape']:+.3f} | "
+                         f"{r['dominant_share']} {ok['share']} | {r['effect_retention/color']:+.3f} / "
+                         f"{r['effect_retention/shape']:+.3f} | {r['dominant_retention']} {ok['retention']} |")
+            print(lines[-1], flush=True)
+    lines += ["", f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads; `python experiments/probe_ablation.py "
+              f"{args.story_dir}`", ""]
+    out = args.out or os.path.join(args.story_dir, "ablation.md")
+    atomic_write_text(out, "\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Side-by-side comparison of runs: a markdown table, PNG plots and a JSON summary.
+
+    python -m xai_lightning.report RUN_DIR [RUN_DIR ...] --out DIR [--names biased debiased]
+
+A run directory is a CSV logger version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
+``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "dominant": concept}}``),
+``DIR/learning_curves.png``, ``DIR/concepts_per_epoch.png`` and ``DIR/effect_vs_null.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from xai_lightning.io import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    name: str
+    path: str
+    epochs: dict[int, dict[str, float]]  # epoch -> metrics logged at that epoch
+    config: dict = field(default_factory=dict)
+
+    def final(self) -> dict[str, float]:
+        """Last value of every metric (the latest epoch that logged it)."""
+        out: dict[str, float] = {}
+        for epoch in sorted(self.epochs):
+            out.update(self.epochs[epoch])
+        return out
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        xs = [e for e in sorted(self.epochs) if key in self.epochs[e]]
+        return xs, [self.epochs[e][key] for e in xs]
+
+    def concepts(self) -> list[str]:
+        return sorted({k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")},
+                      key=lambda c: (c != "shape", c))
+
+    def dominant(self) -> str:
+        final = self.final()
+        effects = {c: final[f"probe/effect/{c}"] for c in self.concepts() if math.isfinite(final[f"probe/effect/{c}"])}
+        return max(effects, key=effects.get) if effects else "none"
+
+    def cf_dominant(self) -> str | None:
+        final = self.final()
+        if "cf/color_flip_rate" not in final:
+            return None
+        return "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
+
+
+def load_run(path: str, name: str | None = None) -> Run:
+    metrics_path = os.path.join(path, "metrics.csv")
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(f"{path!r} is not a run directory: no metrics.csv (pass a CSV logger version dir, "
+                                f"e.g. runs/quickstart/biased/version_0)")
+    epochs: dict[int, dict[str, float]] = {}
+    with open(metrics_path) as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for k, v in row.items():
+                if k not in ("epoch", "step") and v not in ("", None):
+                    epochs.setdefault(epoch, {})[k] = float(v)
+    config = {}
+    config_path = os.path.join(path, "config.yaml")
+    if os.path.isfile(config_path):
+        import yaml
+
+        with open(config_path) as f:
+            config = yaml.safe_load(f) or {}
+    if name is None:
+        name = _job_type(config) or os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return Run(name, path, epochs, config)
+
+
+def _job_type(config: dict) -> str | None:
+    loggers = (config.get("trainer") or {}).get("logger") or []
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, dict) and (logger.get("init_args") or {}).get("job_type"):
+            return logger["init_args"]["job_type"]
+    return None
+
+
+def summary(runs: Sequence[Run]) -> dict[str, dict]:
+    out = {}
+    for run in runs:
+        entry = {k: v for k, v in run.final().items()}
+        entry["dominant"] = run.dominant()
+        if run.cf_dominant() is not None:
+            entry["cf_dominant"] = run.cf_dominant()
+        out[run.name] = entry
+    return out
+
+
+def _fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
+    finals = [r.final() for r in runs]
+    concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
+    head = "| | " + " | ".join(r.name for r in runs) + " |\n|---|" + "---|" * len(runs) + "\n"
+    rows = []
+
+    def row(label: str, cells: list[str]) -> None:
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for key, label in (("val/acc", "val/acc"), ("test/acc", "test/acc"), ("real_world/acc", "real_world/acc (random colours)"),
+                       ("probe_set/acc", "probe_set/acc")):
+        row(label, [_fmt(f.get(key)) for f in finals])
+    row("**dominant concept (probe)**", [f"**{r.dominant()}**" for r in runs])
+    row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
+    verdicts = {_probe_arg(r, "verdict") or "retention" for r in runs}
+    for c in concepts:
+        row(f"effect/{c} [95% CI] ({'/'.join(sorted(verdicts))} − null)",
+            [f"{_fmt(f.get(f'probe/effect/{c}'), sign=True)} [{_fmt(f.get(f'probe/effect_lo/{c}'), sign=True)}, "
+             f"{_fmt(f.get(f'probe/effect_hi/{c}'), sign=True)}]" for f in finals])
+    for c in concepts:
+        row(f"retention/{c} (null)", [f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))})"
+                                      for f in finals])
+    for c in concepts:
+        row(f"influence share/{c} (null) — paper", [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})"
+                                                    for f in finals])
+    for c in concepts:
+        row(f"effect_share/{c} · effect_retention/{c}",
+            [f"{_fmt(f.get(f'probe/effect_share/{c}'), sign=True)} · {_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)}"
+             for f in finals])
+    for c in concepts:
+        row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
+    row("cf/color_flip_rate", [_fmt(f.get("cf/color_flip_rate")) for f in finals])
+    row("cf/shape_flip_rate", [_fmt(f.get("cf/shape_flip_rate")) for f in finals])
+    row("probe seconds / train-epoch seconds", [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}"
+                                                for f in finals])
+    lines = ["# Run comparison", "", "Final epoch of each run. Effects are the probe's verdict metric minus its value "
+             "under random matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
+             "effect. The counterfactual columns are the ground truth: the fraction of predictions that change when only "
+             "the colour, or only the digit, is changed.", "", head + "\n".join(rows), ""]
+    for r in runs:
+        agree = r.cf_dominant()
+        if agree is not None:
+            verdict = "agrees with" if agree == r.dominant() else "DISAGREES with"
+            lines.append(f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
+                         f"({agree}).")
+    lines.append("")
+    lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
+    lines.append("")
+    lines.append("Runs: " + ", ".join(f"`{r.name}` = `{r.path}`" for r in runs))
+    return "\n".join(lines) + "\n"
+
+
+def _probe_arg(run: Run, key: str):
+    for cb in (run.config.get("trainer") or {}).get("callbacks") or []:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("SurgeryProbe"):
+            return (cb.get("init_args") or {}).get(key)
+    return None
+
+
+def _save(fig, path: str) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plots(runs: Sequence[Run], out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    # 1. learning curves with the real-world curve
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False, sharey=True)
+    for ax, run in zip(axes[0], runs):
+        for key, style in (("train/acc", "-"), ("val/acc", "-"), ("test/acc", "--"), ("real_world/acc", "-")):
+            xs, ys = run.series(key)
+            if xs:
+                ax.plot(xs, ys, style, marker="o", ms=3, label=key, lw=2.2 if key == "real_world/acc" else 1.4)
+        ax.set_title(run.name)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0.0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Learning curves: validation looks perfect, deployment (real_world) tells the truth", fontsize=10)
+    _save(fig, os.path.join(out, "learning_curves.png"))
+    plt.close(fig)
+    names.append("learning_curves.png")
+    # 2. concept effects and shares per epoch
+    fig, axes = plt.subplots(2, len(runs), figsize=(4.6 * len(runs), 6.0), squeeze=False, sharex=True)
+    for j, run in enumerate(runs):
+        for c in run.concepts():
+            xs, ys = run.series(f"probe/effect/{c}")
+            _, lo = run.series(f"probe/effect_lo/{c}")
+            _, hi = run.series(f"probe/effect_hi/{c}")
+            if xs:
+                line, = axes[0][j].plot(xs, ys, marker="o", label=c)
+                axes[0][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+            xs, share = run.series(f"probe/share/{c}")
+            _, null = run.series(f"probe/null_share/{c}")
+            if xs:
+                line, = axes[1][j].plot(xs, share, marker="o", label=f"{c} share")
+                axes[1][j].plot(xs, null, ls="--", color=line.get_color(), label=f"{c} null")
+        axes[0][j].axhline(0, color="k", lw=0.8)
+        axes[0][j].set_title(f"{run.name}: dominant = {run.dominant()}")
+        axes[1][j].set_xlabel("epoch")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("effect (verdict − null), 95% CI")
+    axes[1][0].set_ylabel("influence share (paper)")
+    axes[0][-1].legend(fontsize=8)
+    axes[1][-1].legend(fontsize=8)
+    _save(fig, os.path.join(out, "concepts_per_epoch.png"))
+    plt.close(fig)
+    names.append("concepts_per_epoch.png")
+    # 3. verdict metric vs its null value, final epoch
+    concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(runs) * len(concepts), 3.4))
+    x, ticks, labels = 0.0, [], []
+    for run in runs:
+        f = run.final()
+        for c in concepts:
+            metric, null = f.get(f"probe/retention/{c}", math.nan), f.get(f"probe/null_retention/{c}", math.nan)
+            ax.bar(x - 0.2, metric, 0.4, color="tab:blue")
+            ax.bar(x + 0.2, null, 0.4, color="tab:gray")
+            eff, lo, hi = (f.get(f"probe/effect{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
+            ax.text(x, max(metric, null) + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
+            ticks.append(x)
+            labels.append(f"{run.name}\n{c}")
+            x += 1.0
+        x += 0.5
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("within-concept accuracy after surgery")
+    ax.legend(["retention (matched)", "null (random matching)"], fontsize=8, loc="upper right")
+    ax.set_title("Effect = retention − null (final epoch)", fontsize=10)
+    _save(fig, os.path.join(out, "effect_vs_null.png"))
+    plt.close(fig)
+    names.append("effect_vs_null.png")
+    return names
+
+
+def write_report(run_dirs: Sequence[str], out: str, names: Sequence[str] | None = None) -> dict[str, dict]:
+    if names and len(names) != len(run_dirs):
+        raise ValueError(f"--names has {len(names)} entries for {len(run_dirs)} run directories")
+    runs = [load_run(d, names[i] if names else None) for i, d in enumerate(run_dirs)]
+    if len({r.name for r in runs}) != len(runs):
+        raise ValueError(f"run names must be distinct, got {[r.name for r in runs]}; pass --names")
+    os.makedirs(out, exist_ok=True)
+    images = plots(runs, out)
+    data = summary(runs)
+    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(out, "report.md"), markdown(runs, images))
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m xai_lightning.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="CSV logger version directories")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--names", nargs="+", default=None, help="column names (default: W&B job_type or folder)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data = write_report(args.runs, args.out, args.names)
+    for name, entry in data.items():
+        log.info(f"{name}: dominant={entry['dominant']} val/acc={_fmt(entry.get('val/acc'))} "
+                 f"real_world/acc={_fmt(entry.get('real_world/acc'))}")
+    log.info(f"wrote {os.path.join(args.out, 'report.md')}")
+
+
+if __name__ == "__main__":
+    main()
