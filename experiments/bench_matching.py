@@ -41,8 +41,11 @@ def layer_shapes(image_size: int) -> tuple[list[tuple[str, int, int, int]], list
     out = []
     for model, spec, fwd in (
         (torchvision.models.resnet50(), "convs", lambda m, x: m(x)),
-        (open_clip.create_model("RN50", pretrained=None, force_image_size=image_size), "stages",
-         lambda m, x: m.encode_image(x)),
+        (
+            open_clip.create_model("RN50", pretrained=None, force_image_size=image_size),
+            "stages",
+            lambda m, x: m.encode_image(x),
+        ),
     ):
         names = resolve_layers(model, spec)
         with capture(model, names) as acts, torch.no_grad():
@@ -74,6 +77,7 @@ def gemm_flops(s_shapes, c_shapes, images: int, naive: bool) -> float:
 
 def naive_z(s_batches, c_batches) -> torch.Tensor:
     """The reference's pattern: two passes, both maps upsampled to the larger size, float64 einsum."""
+
     def stats(batches):
         s1, s2, n = {}, {}, {}
         for acts in batches:
@@ -139,8 +143,14 @@ def _worker(impl: str, args: dict, queue) -> None:
             a @ b
         sync()
         seconds = time.perf_counter() - t0
-        queue.put({"impl": "matmul", "gflops": round(2.0 * 22720 * 3840 * k * n_batches / seconds / 1e9, 1),
-                   "seconds": round(seconds, 3), "shape": [22720, k, 3840]})
+        queue.put(
+            {
+                "impl": "matmul",
+                "gflops": round(2.0 * 22720 * 3840 * k * n_batches / seconds / 1e9, 1),
+                "seconds": round(seconds, 3),
+                "shape": [22720, k, 3840],
+            }
+        )
         return
     fn = naive_z if impl == "naive" else ours_z
     if dev == "cuda":
@@ -158,9 +168,16 @@ def _worker(impl: str, args: dict, queue) -> None:
     peak = (torch.cuda.max_memory_allocated() if dev == "cuda" else _rss_kb("VmHWM:") * 1024) - base
     flops = gemm_flops(s_shapes, c_shapes, args["images"], naive=impl == "naive")
     torch.save(z.cpu(), args["out"] + f".{impl}.pt")
-    queue.put({"impl": impl, "seconds": round(seconds, 3), "peak_mb": round(peak / 2**20, 1),
-               "gflops": round(flops / seconds / 1e9, 1), "gemm_gflop": round(flops / 1e9, 1),
-               "z_shape": list(z.shape)})
+    queue.put(
+        {
+            "impl": impl,
+            "seconds": round(seconds, 3),
+            "peak_mb": round(peak / 2**20, 1),
+            "gflops": round(flops / seconds / 1e9, 1),
+            "gemm_gflop": round(flops / 1e9, 1),
+            "z_shape": list(z.shape),
+        }
+    )
 
 
 def run(impl: str, args: dict) -> dict:
@@ -187,19 +204,26 @@ def main() -> None:
         ap.error("--images must be a multiple of --batch-size")
     args = vars(a)
     results = {}
-    for impl in (["ours", "matmul"] if a.skip_naive else ["naive", "ours", "matmul"]):
+    for impl in ["ours", "matmul"] if a.skip_naive else ["naive", "ours", "matmul"]:
         results[impl] = run(impl, args)
     if not a.skip_naive:
         diff = float((torch.load(a.out + ".naive.pt") - torch.load(a.out + ".ours.pt")).abs().max())
         for impl in ("naive", "ours"):
             results[impl]["max_abs_diff"] = diff
         results["ours"]["speedup_vs_naive"] = round(results["naive"]["seconds"] / results["ours"]["seconds"], 2)
-        results["ours"]["memory_ratio_vs_naive"] = round(results["ours"]["peak_mb"] / max(results["naive"]["peak_mb"], 1e-9), 4)
+        results["ours"]["memory_ratio_vs_naive"] = round(
+            results["ours"]["peak_mb"] / max(results["naive"]["peak_mb"], 1e-9), 4
+        )
     results["ours"]["fraction_of_matmul"] = round(results["ours"]["gflops"] / results["matmul"]["gflops"], 3)
-    meta = {"device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0), "images": a.images,
-            "batch_size": a.batch_size, "image_size": a.image_size, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count()}
-    for impl, r in results.items():
+    meta = {
+        "device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
+        "images": a.images,
+        "batch_size": a.batch_size,
+        "image_size": a.image_size,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
+    for r in results.values():
         print(json.dumps({**r, **meta}))
 
 

@@ -6,10 +6,10 @@
 #
 # Every extra ARG goes to both `fit` runs, e.g. another digit pair and palette:
 #   bash experiments/bias_story.sh runs/story_14 --data.digits '[1,4]' --data.colors '[cyan,magenta]'
-# Add `--model.init_args.init_checkpoint OUT_DIR/biased/version_0/checkpoints/last.ckpt` yourself to
+# Add `--model.init_args.init_checkpoint OUT_DIR/biased/checkpoints/last.ckpt` yourself to
 # retrain the debiased model from the biased one (it is a separate run here for a clean comparison).
 #
-# Writes OUT_DIR/{biased,debiased}/version_0 (CSV metrics, config, checkpoints, probe plans),
+# Writes OUT_DIR/{biased,debiased}/ (version_N: CSV metrics, config, probe plans; checkpoints/),
 # OUT_DIR/wandb (one W&B group, job_type biased/debiased), OUT_DIR/report.md, OUT_DIR/summary.json and
 # the report's PNG plots.
 set -euo pipefail
@@ -29,5 +29,5 @@ export XAI_GROUP="${XAI_GROUP:-story-$(basename "$out")-$(date +%Y%m%d-%H%M%S)}"
 start=$(date +%s)
 python -m xai_lightning fit --config configs/quickstart.yaml "$@"
 python -m xai_lightning fit --config configs/quickstart_debiased.yaml "$@"
-python -m xai_lightning.report "$out/biased/version_0" "$out/debiased/version_0" --out "$out" --names biased debiased
+python -m xai_lightning.report "$out/biased" "$out/debiased" --out "$out" --names biased debiased
 echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"

@@ -28,6 +28,7 @@ from xai_lightning.report import load_run
 
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+
     def ranks(v):
         v = np.asarray(v, dtype=float)
         order = v.argsort(kind="stable")
@@ -45,8 +46,8 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def run_one(out: str, strength: float, seed: int, config: str, extra: list[str]) -> str:
     run_dir = os.path.join(out, f"bias{strength:g}_seed{seed}")
-    version = os.path.join(run_dir, "biased", "version_0")
-    if os.path.isfile(os.path.join(version, "metrics.csv")) and os.path.isfile(os.path.join(run_dir, "DONE")):
+    version = os.path.join(run_dir, "biased")
+    if os.path.isfile(os.path.join(run_dir, "DONE")):
         print(f"[sweep] reuse {version}", flush=True)
         return version
     if os.path.exists(run_dir):  # an interrupted run: start it again from scratch
@@ -54,8 +55,21 @@ def run_one(out: str, strength: float, seed: int, config: str, extra: list[str])
 
         shutil.rmtree(run_dir)
     env = dict(os.environ, XAI_RUN_DIR=run_dir, XAI_GROUP=os.environ.get("XAI_GROUP", f"sweep-{os.path.basename(out)}"))
-    cmd = [sys.executable, "-m", "xai_lightning", "fit", "--config", config, "--data.bias_strength", str(strength),
-           "--data.seed", str(seed), "--seed_everything", str(seed), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xai_lightning",
+        "fit",
+        "--config",
+        config,
+        "--data.bias_strength",
+        str(strength),
+        "--data.seed",
+        str(seed),
+        "--seed_everything",
+        str(seed),
+        *extra,
+    ]
     t0 = time.time()
     print(f"[sweep] bias_strength={strength} seed={seed}: {' '.join(cmd)}", flush=True)
     with open(os.path.join(out, f"bias{strength:g}_seed{seed}.log"), "w") as log:
@@ -73,8 +87,8 @@ def main() -> None:
     argv = sys.argv[1:]
     extra: list[str] = []
     if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
-        argv = argv[:argv.index("--")]
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 0.9, 1.0])
@@ -88,18 +102,25 @@ def main() -> None:
         for seed in args.seeds:
             final = load_run(run_one(args.out, strength, seed, args.config, extra)).final()
             cf = "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
-            rows.append({
-                "bias_strength": strength, "seed": seed, "val/acc": final.get("val/acc"),
-                "real_world/acc": final.get("real_world/acc"),
-                "cf/color_flip_rate": final["cf/color_flip_rate"], "cf/shape_flip_rate": final["cf/shape_flip_rate"],
-                "cf_dominant": cf,
-                "effect_retention/color": final["probe/effect_retention/color"],
-                "effect_retention/shape": final["probe/effect_retention/shape"],
-                "effect_share/color": final["probe/effect_share/color"],
-                "effect_lo/color": final["probe/effect_lo/color"], "effect_hi/color": final["probe/effect_hi/color"],
-                "dominant_retention": dominant(final, "retention"), "dominant_share": dominant(final, "share"),
-                "planted": "color" if strength > 0 else "shape",
-            })
+            rows.append(
+                {
+                    "bias_strength": strength,
+                    "seed": seed,
+                    "val/acc": final.get("val/acc"),
+                    "real_world/acc": final.get("real_world/acc"),
+                    "cf/color_flip_rate": final["cf/color_flip_rate"],
+                    "cf/shape_flip_rate": final["cf/shape_flip_rate"],
+                    "cf_dominant": cf,
+                    "effect_retention/color": final["probe/effect_retention/color"],
+                    "effect_retention/shape": final["probe/effect_retention/shape"],
+                    "effect_share/color": final["probe/effect_share/color"],
+                    "effect_lo/color": final["probe/effect_lo/color"],
+                    "effect_hi/color": final["probe/effect_hi/color"],
+                    "dominant_retention": dominant(final, "retention"),
+                    "dominant_share": dominant(final, "share"),
+                    "planted": "color" if strength > 0 else "shape",
+                }
+            )
     flips = [r["cf/color_flip_rate"] for r in rows]
     result = {"runs": rows, "seconds": round(time.time() - t0, 1)}
     for metric in ("retention", "share"):
@@ -108,21 +129,33 @@ def main() -> None:
         result[f"planted_{metric}"] = float(np.mean([r[f"dominant_{metric}"] == r["planted"] for r in rows]))
     atomic_write_text(os.path.join(args.out, "sweep.json"), json.dumps(result, indent=2) + "\n")
 
-    md = ["# Planted-bias sweep", "",
-          f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); {result['seconds']} s.", "",
-          "| bias_strength | seed | val/acc | real_world/acc | cf color flip | cf shape flip | effect_retention/color "
-          "[95% CI] | effect_share/color | dominant (retention) | dominant (share) | counterfactual |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "# Planted-bias sweep",
+        "",
+        f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); {result['seconds']} s.",
+        "",
+        "| bias_strength | seed | val/acc | real_world/acc | cf color flip | cf shape flip | effect_retention/color "
+        "[95% CI] | effect_share/color | dominant (retention) | dominant (share) | counterfactual |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['bias_strength']:g} | {r['seed']} | {r['val/acc']:.3f} | {r['real_world/acc']:.3f} | "
-                  f"{r['cf/color_flip_rate']:.3f} | {r['cf/shape_flip_rate']:.3f} | {r['effect_retention/color']:+.3f} "
-                  f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}] | {r['effect_share/color']:+.3f} | "
-                  f"{r['dominant_retention']} | {r['dominant_share']} | {r['cf_dominant']} |")
-    md += ["", "| verdict metric | Spearman(colour effect, cf colour flip rate) | detection rate (vs counterfactual) | "
-               "names the planted concept |", "|---|---|---|---|"]
+        md.append(
+            f"| {r['bias_strength']:g} | {r['seed']} | {r['val/acc']:.3f} | {r['real_world/acc']:.3f} | "
+            f"{r['cf/color_flip_rate']:.3f} | {r['cf/shape_flip_rate']:.3f} | {r['effect_retention/color']:+.3f} "
+            f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}] | {r['effect_share/color']:+.3f} | "
+            f"{r['dominant_retention']} | {r['dominant_share']} | {r['cf_dominant']} |"
+        )
+    md += [
+        "",
+        "| verdict metric | Spearman(colour effect, cf colour flip rate) | detection rate (vs counterfactual) | "
+        "names the planted concept |",
+        "|---|---|---|---|",
+    ]
     for metric in ("retention", "share"):
-        md.append(f"| {metric} | {result[f'spearman_{metric}']:+.3f} | {result[f'detection_{metric}']:.2f} | "
-                  f"{result[f'planted_{metric}']:.2f} |")
+        md.append(
+            f"| {metric} | {result[f'spearman_{metric}']:+.3f} | {result[f'detection_{metric}']:.2f} | "
+            f"{result[f'planted_{metric}']:.2f} |"
+        )
     md += ["", "![sweep](sweep.png)", ""]
     atomic_write_text(os.path.join(args.out, "sweep.md"), "\n".join(md))
 
@@ -135,8 +168,15 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     for ax, metric in zip(axes, ("retention", "share")):
-        sc = ax.scatter(flips, [r[f"effect_{metric}/color"] for r in rows], c=[r["bias_strength"] for r in rows],
-                        cmap="viridis", vmin=0, vmax=1, s=40)
+        sc = ax.scatter(
+            flips,
+            [r[f"effect_{metric}/color"] for r in rows],
+            c=[r["bias_strength"] for r in rows],
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            s=40,
+        )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("counterfactual colour flip rate (ground truth)")
         ax.set_ylabel(f"probe colour effect ({metric} − null)")

@@ -40,13 +40,26 @@ def main() -> None:
         for name, digits, colors, per_class in SETTINGS:
             t0 = time.time()
             per = 800 if source.endswith(".npz") else per_class  # t10k has 892-1135 images per digit
-            dm = ColorMNISTDataModule(source=source, data_dir=args.data_dir, digits=digits, colors=colors,
-                                      color_mode="random", train_per_class=5, test_per_class=0,
-                                      real_world_per_class=0, probe_per_class=per,
-                                      image_size=clip.image_size, eval_batch_size=500, seed=args.seed)
+            dm = ColorMNISTDataModule(
+                source=source,
+                data_dir=args.data_dir,
+                digits=digits,
+                colors=colors,
+                color_mode="random",
+                train_per_class=5,
+                test_per_class=0,
+                real_world_per_class=0,
+                probe_per_class=per,
+                image_size=clip.image_size,
+                eval_batch_size=500,
+                seed=args.seed,
+            )
             res = zeroshot_accuracy(clip, dm.dataloader("probe_set"), dm.class_names, dm.color_names)
-            print(json.dumps({"clip": args.clip, "data": label, "setting": name, **res,
-                              "seconds": round(time.time() - t0, 1)}))
+            print(
+                json.dumps(
+                    {"clip": args.clip, "data": label, "setting": name, **res, "seconds": round(time.time() - t0, 1)}
+                )
+            )
     path = clip.name
     n = sum(p.numel() for p in clip.model.parameters())
     size = os.path.getsize(args.clip) if os.path.isfile(args.clip) else None

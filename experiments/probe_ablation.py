@@ -64,8 +64,11 @@ def halves(index: torch.Tensor, fit: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, max_score=500) -> dict:
-    args = dict(standalone_layers=probe_cfg.get("standalone_layers", "convs"), clip_layers=probe_cfg.get("clip_layers", "stages"),
-                null_draws=probe_cfg.get("null_draws", 8))
+    args = dict(
+        standalone_layers=probe_cfg.get("standalone_layers", "convs"),
+        clip_layers=probe_cfg.get("clip_layers", "stages"),
+        null_draws=probe_cfg.get("null_draws", 8),
+    )
     args.update(kwargs)
     pipe = SurgeryPipeline(model, clip, resolve_concepts(probe_cfg["concepts"], dm.attributes), **args)
     for b in dm.dataloader(fit_split):
@@ -96,24 +99,35 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     t0 = time.time()
-    models = {name: model_and_data(os.path.join(args.story_dir, name, "version_0")) for name in ("biased", "debiased")}
+    models = {name: model_and_data(os.path.join(args.story_dir, name)) for name in ("biased", "debiased")}
     truth = {"biased": "color", "debiased": "shape"}
     clip = load_clip(models["biased"][2].get("clip", {"embedded": "colordigits"}))
-    lines = ["# Probe settings: which ones tell the biased from the debiased model?", "",
-             "Effects are metric − null (random matching). ✓ = the verdict agrees with the counterfactual ground truth "
-             "(biased: colour, debiased: shape).", "",
-             "| setting | model | share effect colour / shape | verdict (share) | retention effect colour / shape | "
-             "verdict (retention) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Probe settings: which ones tell the biased from the debiased model?",
+        "",
+        "Effects are metric − null (random matching). ✓ = the verdict agrees with the counterfactual ground truth "
+        "(biased: colour, debiased: shape).",
+        "",
+        "| setting | model | share effect colour / shape | verdict (share) | retention effect colour / shape | "
+        "verdict (retention) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, fit_split, score_split, holdout, kwargs in SETTINGS:
         for model_name, (model, dm, probe_cfg) in models.items():
             r = run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs)
             ok = {m: "✓" if r[f"dominant_{m}"] == truth[model_name] else "✗" for m in ("share", "retention")}
-            lines.append(f"| {name} | {model_name} | {r['effect_share/color']:+.3f} / {r['effect_share/shape']:+.3f} | "
-                         f"{r['dominant_share']} {ok['share']} | {r['effect_retention/color']:+.3f} / "
-                         f"{r['effect_retention/shape']:+.3f} | {r['dominant_retention']} {ok['retention']} |")
+            lines.append(
+                f"| {name} | {model_name} | {r['effect_share/color']:+.3f} / {r['effect_share/shape']:+.3f} | "
+                f"{r['dominant_share']} {ok['share']} | {r['effect_retention/color']:+.3f} / "
+                f"{r['effect_retention/shape']:+.3f} | {r['dominant_retention']} {ok['retention']} |"
+            )
             print(lines[-1], flush=True)
-    lines += ["", f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads; `python experiments/probe_ablation.py "
-              f"{args.story_dir}`", ""]
+    lines += [
+        "",
+        f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads; `python experiments/probe_ablation.py "
+        f"{args.story_dir}`",
+        "",
+    ]
     out = args.out or os.path.join(args.story_dir, "ablation.md")
     atomic_write_text(out, "\n".join(lines))
     print(f"wrote {out}")

@@ -13,9 +13,19 @@ from xai_lightning.data import ColorMNISTDataModule
 
 
 def _fresh(tmp_path, digits, colors, per_class):
-    dm = ColorMNISTDataModule(data_dir=str(tmp_path), digits=digits, colors=colors, color_mode="random",
-                              train_per_class=5, test_per_class=0, real_world_per_class=0,
-                              probe_per_class=per_class, image_size=32, eval_batch_size=200, seed=2024)
+    dm = ColorMNISTDataModule(
+        data_dir=str(tmp_path),
+        digits=digits,
+        colors=colors,
+        color_mode="random",
+        train_per_class=5,
+        test_per_class=0,
+        real_world_per_class=0,
+        probe_per_class=per_class,
+        image_size=32,
+        eval_batch_size=200,
+        seed=2024,
+    )
     return dm.dataloader("probe_set"), dm.class_names, dm.color_names
 
 
@@ -24,8 +34,9 @@ def test_embedded_probe_sees_digits_and_colors_on_new_data(tmp_path):
     assert clip.image_size == 32 and sum(p.numel() for p in clip.model.parameters()) < 10e6
     with torch.no_grad():
         two = zeroshot_accuracy(clip, *_fresh(tmp_path, [5, 8], ["red", "green"], 150))
-        ten = zeroshot_accuracy(clip, *_fresh(tmp_path, list(range(10)),
-                                               ["red", "green", "blue", "yellow", "cyan", "magenta"], 30))
+        ten = zeroshot_accuracy(
+            clip, *_fresh(tmp_path, list(range(10)), ["red", "green", "blue", "yellow", "cyan", "magenta"], 30)
+        )
     assert two["digit_acc"] >= 0.95 and two["color_acc"] >= 0.95, two
     assert ten["digit_acc"] >= 0.8 and ten["color_acc"] >= 0.9, ten
 
@@ -51,13 +62,16 @@ def test_missing_weights_offline_fail_fast_with_instructions(tmp_path, monkeypat
     assert "RN50/openai" in msg and str(tmp_path) in msg and "checkpoint:" in msg and "download" in msg
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"embedded": "imagenet"}, "unknown embedded CLIP 'imagenet'; available: colordigits"),
-    ({"model": "RN50", "pretrained": "laion9b"}, "unknown pretrained tag 'laion9b' for 'RN50'; available: openai"),
-    ({"model": "RN51"}, "unknown open_clip model 'RN51'"),
-    ({"modle": "RN50"}, "unknown CLIP spec keys"),
-    ({"checkpoint": "/nonexistent/clip.pt"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"embedded": "imagenet"}, "unknown embedded CLIP 'imagenet'; available: colordigits"),
+        ({"model": "RN50", "pretrained": "laion9b"}, "unknown pretrained tag 'laion9b' for 'RN50'; available: openai"),
+        ({"model": "RN51"}, "unknown open_clip model 'RN51'"),
+        ({"modle": "RN50"}, "unknown CLIP spec keys"),
+        ({"checkpoint": "/nonexistent/clip.pt"}, "does not exist"),
+    ],
+)
 def test_bad_specs(spec, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_clip(spec)

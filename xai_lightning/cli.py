@@ -14,6 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
+from xai_lightning.io import check_writable
 from xai_lightning.loggers import WandbLogger
 
 
@@ -34,6 +35,30 @@ class XAILightningCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _check_outputs(self) -> None:
+        """Every output location must be writable before training starts (not after the first epoch)."""
+        trainer = self.trainer
+        paths = {trainer.default_root_dir}
+        for logger in trainer.loggers:
+            save_dir = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
+            if save_dir:
+                paths.add(str(save_dir))
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "dirpath", None):
+                paths.add(str(cb.dirpath))
+        if trainer.is_global_zero:
+            for path in sorted(paths):
+                check_writable(path)
+
+    def before_fit(self) -> None:
+        self._check_outputs()
+
+    def before_validate(self) -> None:
+        self._check_outputs()
+
+    def before_test(self) -> None:
+        self._check_outputs()
 
 
 def main(args: list[str] | None = None, run: bool = True) -> XAILightningCLI:

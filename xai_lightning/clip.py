@@ -47,8 +47,15 @@ class ProbeCLIP(nn.Module):
     ``model`` is the module whose layers are hooked (``visual.layer1`` ... for ResNet towers).
     """
 
-    def __init__(self, model: nn.Module, image_size: int, mean: Sequence[float] = OPENAI_MEAN,
-                 std: Sequence[float] = OPENAI_STD, context_length: int = 77, name: str = "clip") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        context_length: int = 77,
+        name: str = "clip",
+    ) -> None:
         super().__init__()
         import open_clip
 
@@ -83,8 +90,9 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: to
     """[B, 3, H, W] in [0, 1] -> resized (bicubic, anti-aliased when shrinking) to size x size, normalized."""
     x = images.float()
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
-                          antialias=x.shape[-1] > size).clamp_(0.0, 1.0)
+        x = F.interpolate(
+            x, size=(size, size), mode="bicubic", align_corners=False, antialias=x.shape[-1] > size
+        ).clamp_(0.0, 1.0)
     return (x - mean) / std
 
 
@@ -95,13 +103,21 @@ def build_open_clip(model_cfg: Mapping[str, Any]) -> nn.Module:
     return CLIP(**copy.deepcopy(dict(model_cfg)))
 
 
-def save_probe_clip(path: str, clip: ProbeCLIP, model_cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
-                    half: bool = True) -> None:
+def save_probe_clip(
+    path: str, clip: ProbeCLIP, model_cfg: Mapping[str, Any], meta: Mapping[str, Any] | None = None, half: bool = True
+) -> None:
     """Writes a self-contained probe CLIP file (config + weights, fp16 by default), atomically."""
     state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in clip.model.state_dict().items()}
-    data = {"format": "xai_lightning.probe_clip/1", "model_cfg": dict(model_cfg), "state_dict": state,
-            "image_size": clip.image_size, "mean": clip.mean.flatten().tolist(), "std": clip.std.flatten().tolist(),
-            "context_length": clip.context_length, "meta": dict(meta or {})}
+    data = {
+        "format": "xai_lightning.probe_clip/1",
+        "model_cfg": dict(model_cfg),
+        "state_dict": state,
+        "image_size": clip.image_size,
+        "mean": clip.mean.flatten().tolist(),
+        "std": clip.std.flatten().tolist(),
+        "context_length": clip.context_length,
+        "meta": dict(meta or {}),
+    }
     atomic_write(path, lambda f: torch.save(data, f))
 
 
@@ -114,11 +130,17 @@ def _load_probe_file(path: str, name: str) -> ProbeCLIP:
     if "state_dict" in data and "hyper_parameters" in data and "model_cfg" in data["hyper_parameters"]:
         hp = data["hyper_parameters"]  # a CLIPModule Lightning checkpoint
         model = build_open_clip(hp["model_cfg"])
-        model.load_state_dict({k[len("model."):]: v for k, v in data["state_dict"].items() if k.startswith("model.")})
-        return ProbeCLIP(model, hp["model_cfg"]["vision_cfg"]["image_size"],
-                         context_length=hp["model_cfg"]["text_cfg"]["context_length"], name=name)
-    raise ValueError(f"{path}: not a probe CLIP file or CLIPModule checkpoint; for open_clip weights of a "
-                     f"built-in architecture use {{model: RN50, checkpoint: {path}}}")
+        model.load_state_dict({k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")})
+        return ProbeCLIP(
+            model,
+            hp["model_cfg"]["vision_cfg"]["image_size"],
+            context_length=hp["model_cfg"]["text_cfg"]["context_length"],
+            name=name,
+        )
+    raise ValueError(
+        f"{path}: not a probe CLIP file or CLIPModule checkpoint; for open_clip weights of a "
+        f"built-in architecture use {{model: RN50, checkpoint: {path}}}"
+    )
 
 
 def _hub_offline() -> bool:
@@ -144,8 +166,10 @@ def cached_pretrained(model: str, tag: str, cache_dir: str | None) -> tuple[str 
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise ValueError(f"unknown pretrained tag {tag!r} for {model!r}; available: {', '.join(tags) or 'none'} "
-                         f"(open_clip.list_pretrained() lists all)")
+        raise ValueError(
+            f"unknown pretrained tag {tag!r} for {model!r}; available: {', '.join(tags) or 'none'} "
+            f"(open_clip.list_pretrained() lists all)"
+        )
     looked: list[str] = []
     if cfg.get("hf_hub"):
         from huggingface_hub import try_to_load_from_cache
@@ -165,13 +189,16 @@ def cached_pretrained(model: str, tag: str, cache_dir: str | None) -> tuple[str 
     return None, looked, cfg
 
 
-def _open_clip_by_name(model: str, pretrained: str | None, checkpoint: str | None, cache_dir: str | None,
-                       image_size: int | None) -> ProbeCLIP:
+def _open_clip_by_name(
+    model: str, pretrained: str | None, checkpoint: str | None, cache_dir: str | None, image_size: int | None
+) -> ProbeCLIP:
     import open_clip
 
     if model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model!r}; CNN towers include RN50, RN101, RN50x4, RN50x16, "
-                         f"convnext_base_w; all: open_clip.list_models()")
+        raise ValueError(
+            f"unknown open_clip model {model!r}; CNN towers include RN50, RN101, RN50x4, RN50x16, "
+            f"convnext_base_w; all: open_clip.list_models()"
+        )
     cfg: dict = {}
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
@@ -189,9 +216,11 @@ def _open_clip_by_name(model: str, pretrained: str | None, checkpoint: str | Non
                 why = "HF_HUB_OFFLINE is set" if _hub_offline() else f"{urlparse(target).hostname} is unreachable"
                 raise FileNotFoundError(
                     f"CLIP weights {model}/{pretrained} are not cached and cannot be downloaded ({why}). Looked in: "
-                    f"{'; '.join(looked)}. Pre-download them where there is internet with `python -m xai_lightning.clip "
-                    f"download --model {model} --pretrained {pretrained} --cache-dir DIR` and pass cache_dir: DIR, or "
-                    f"pass a local file as {{model: {model}, pretrained: {pretrained}, checkpoint: /path/to/weights}}.")
+                    f"{'; '.join(looked)}. Pre-download them where there is internet with "
+                    f"`python -m xai_lightning.clip download --model {model} --pretrained {pretrained} "
+                    f"--cache-dir DIR` and pass cache_dir: DIR, or "
+                    f"pass a local file as {{model: {model}, pretrained: {pretrained}, checkpoint: /path/to/weights}}."
+                )
             from open_clip.pretrained import download_pretrained
 
             log.info(f"downloading CLIP weights {model}/{pretrained} ...")
@@ -204,8 +233,14 @@ def _open_clip_by_name(model: str, pretrained: str | None, checkpoint: str | Non
     size = image_size or vision.get("image_size", 224)
     size = size if isinstance(size, int) else size[0]
     ctx = open_clip.get_model_config(model)["text_cfg"].get("context_length", 77)
-    return ProbeCLIP(clip, size, cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD), ctx,
-                     name=f"{model}/{pretrained or os.path.basename(checkpoint or 'random')}")
+    return ProbeCLIP(
+        clip,
+        size,
+        cfg.get("mean", OPENAI_MEAN),
+        cfg.get("std", OPENAI_STD),
+        ctx,
+        name=f"{model}/{pretrained or os.path.basename(checkpoint or 'random')}",
+    )
 
 
 def load_clip(spec: Mapping[str, Any] | str) -> ProbeCLIP:
@@ -221,13 +256,19 @@ def load_clip(spec: Mapping[str, Any] | str) -> ProbeCLIP:
         if name not in EMBEDDED:
             raise ValueError(f"unknown embedded CLIP {name!r}; available: {', '.join(EMBEDDED)}")
         if not os.path.isfile(EMBEDDED[name]):
-            raise FileNotFoundError(f"embedded CLIP {name!r} is missing at {EMBEDDED[name]}; reinstall the package or "
-                                    f"retrain it (README: 'The probe CLIP')")
+            raise FileNotFoundError(
+                f"embedded CLIP {name!r} is missing at {EMBEDDED[name]}; reinstall the package or "
+                f"retrain it (README: 'The probe CLIP')"
+            )
         return _load_probe_file(EMBEDDED[name], f"embedded:{name}")
     if "model" in spec:
-        return _open_clip_by_name(spec["model"], spec.get("pretrained"), spec.get("checkpoint"),
-                                  os.path.expanduser(spec["cache_dir"]) if spec.get("cache_dir") else None,
-                                  spec.get("image_size"))
+        return _open_clip_by_name(
+            spec["model"],
+            spec.get("pretrained"),
+            spec.get("checkpoint"),
+            os.path.expanduser(spec["cache_dir"]) if spec.get("cache_dir") else None,
+            spec.get("image_size"),
+        )
     if "checkpoint" in spec:
         path = spec["checkpoint"]
         if not os.path.isfile(path):
@@ -255,8 +296,12 @@ def _main(argv: Sequence[str] | None = None) -> None:
         return
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     clip = _load_probe_file(args.checkpoint, os.path.basename(args.out))
-    meta = {"source_checkpoint": os.path.basename(args.checkpoint), "epoch": ckpt.get("epoch"),
-            "global_step": ckpt.get("global_step"), "hyper_parameters": ckpt.get("hyper_parameters", {})}
+    meta = {
+        "source_checkpoint": os.path.basename(args.checkpoint),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "hyper_parameters": ckpt.get("hyper_parameters", {}),
+    }
     save_probe_clip(args.out, clip, ckpt["hyper_parameters"]["model_cfg"], meta)
     n = sum(p.numel() for p in clip.model.parameters())
     log.info(f"wrote {args.out}: {n / 1e6:.2f}M parameters, {os.path.getsize(args.out) / 2**20:.1f} MiB (fp16)")
@@ -267,14 +312,21 @@ if __name__ == "__main__":
 
 
 @torch.no_grad()
-def zeroshot_accuracy(clip: ProbeCLIP, batches, class_names: Sequence[str], color_names: Sequence[str],
-                      templates: Mapping[str, str] | None = None) -> dict[str, float]:
+def zeroshot_accuracy(
+    clip: ProbeCLIP,
+    batches,
+    class_names: Sequence[str],
+    color_names: Sequence[str],
+    templates: Mapping[str, str] | None = None,
+) -> dict[str, float]:
     """Zero-shot digit and colour accuracy with the probe's caption templates on dict batches
     (``image``, ``label``, ``color``; gray images count for digits only), plus the cosine range."""
     from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS
 
-    templates = templates or {"digit": DEFAULT_CONCEPTS["shape"]["template"],
-                              "color": DEFAULT_CONCEPTS["color"]["template"]}
+    templates = templates or {
+        "digit": DEFAULT_CONCEPTS["shape"]["template"],
+        "color": DEFAULT_CONCEPTS["color"]["template"],
+    }
     digit_text = F.normalize(clip.encode_text([templates["digit"].format(c) for c in class_names]), dim=-1)
     color_text = F.normalize(clip.encode_text([templates["color"].format(c) for c in color_names]), dim=-1)
     hits = torch.zeros(4, dtype=torch.float64)
@@ -283,10 +335,21 @@ def zeroshot_accuracy(clip: ProbeCLIP, batches, class_names: Sequence[str], colo
         emb = F.normalize(clip.encode_image(clip.preprocess(batch["image"].to(clip.mean.device))), dim=-1)
         sd, sc = emb @ digit_text.T, emb @ color_text.T
         colored = batch["color"].to(emb.device) >= 0
-        hits += torch.tensor([(sd.argmax(-1).cpu() == batch["label"]).sum().item(), len(emb),
-                              ((sc.argmax(-1) == batch["color"].to(emb.device)) & colored).sum().item(),
-                              colored.sum().item()], dtype=torch.float64)
+        hits += torch.tensor(
+            [
+                (sd.argmax(-1).cpu() == batch["label"]).sum().item(),
+                len(emb),
+                ((sc.argmax(-1) == batch["color"].to(emb.device)) & colored).sum().item(),
+                colored.sum().item(),
+            ],
+            dtype=torch.float64,
+        )
         both = torch.cat([sd, sc], dim=1)
         lo, hi = min(lo, float(both.min())), max(hi, float(both.max()))
-    return {"digit_acc": float(hits[0] / hits[1]), "color_acc": float(hits[2] / max(hits[3], 1)),
-            "images": int(hits[1]), "cos_min": lo, "cos_max": hi}
+    return {
+        "digit_acc": float(hits[0] / hits[1]),
+        "color_acc": float(hits[2] / max(hits[3], 1)),
+        "images": int(hits[1]),
+        "cos_min": lo,
+        "cos_max": hi,
+    }

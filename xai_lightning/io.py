@@ -27,3 +27,16 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None], mode: int = 0o64
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def check_writable(path: str, what: str = "output directory") -> None:
+    """Creates ``path`` if needed and proves it writable, or raises one clear error (before any long work)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to the {what} {path!r} ({type(err).__name__}: {err}); choose a writable location"
+        ) from None

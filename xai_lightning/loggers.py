@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,50 @@ class WandbLogger(_LightningWandbLogger):
         if mode == "offline":
             self._announce_offline(reason)
 
+    # ---- W&B failing mid-run must not stop training: warn once, stop using W&B, other loggers go on ----
+    @property
+    def failed(self) -> bool:
+        return getattr(self, "_failed", False)
+
+    def _fail(self, what: str, err: Exception) -> None:
+        if not self.failed:
+            rank_zero_warn(
+                f"W&B failed during {what} ({type(err).__name__}: {err}); training continues without "
+                f"W&B, the other loggers (CSV) keep every metric"
+            )
+        self._failed = True
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if self.failed:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any W&B error: degrade, never crash the run
+            self._fail(what, err)
+            return None
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guard("log_metrics", super().log_metrics, metrics, step)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._guard("log_hyperparams", super().log_hyperparams, params, *args, **kwargs)
+
+    def log_table(self, *args, **kwargs) -> None:
+        self._guard("log_table", super().log_table, *args, **kwargs)
+
+    def log_image(self, *args, **kwargs) -> None:
+        self._guard("log_image", super().log_image, *args, **kwargs)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self._guard("after_save_checkpoint", super().after_save_checkpoint, checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        self._guard("finalize", super().finalize, status)
+
     @rank_zero_only
     def _announce_offline(self, reason: str) -> None:
         where = os.path.join(self._save_dir or ".", "wandb")
-        log.warning(f"W&B offline ({reason}): run files go to {where}/offline-run-*; "
-                    f"upload later with `wandb sync {where}/offline-run-*`")
+        log.warning(
+            f"W&B offline ({reason}): run files go to {where}/offline-run-*; "
+            f"upload later with `wandb sync {where}/offline-run-*`"
+        )

@@ -2,7 +2,8 @@
 
     python -m xai_lightning.report RUN_DIR [RUN_DIR ...] --out DIR [--names biased debiased]
 
-A run directory is a CSV logger version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
+A run directory is a CSV logger dir (``runs/quickstart/biased``: its ``version_N`` folders are merged, so
+a resumed run reads as one) or a single version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
 ``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "dominant": concept}}``),
 ``DIR/learning_curves.png``, ``DIR/concepts_per_epoch.png`` and ``DIR/effect_vs_null.png``.
 """
@@ -43,8 +44,9 @@ class Run:
         return xs, [self.epochs[e][key] for e in xs]
 
     def concepts(self) -> list[str]:
-        return sorted({k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")},
-                      key=lambda c: (c != "shape", c))
+        return sorted(
+            {k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")}, key=lambda c: (c != "shape", c)
+        )
 
     def dominant(self) -> str:
         final = self.final()
@@ -58,29 +60,43 @@ class Run:
         return "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
 
 
+def _versions(path: str) -> list[str]:
+    """A version dir itself, or every ``version_N`` of a run dir in order (a resumed run logs a new version)."""
+    if os.path.isfile(os.path.join(path, "metrics.csv")):
+        return [path]
+    found = [d for d in os.listdir(path) if d.startswith("version_") and d[8:].isdigit()] if os.path.isdir(path) else []
+    found = [os.path.join(path, d) for d in sorted(found, key=lambda d: int(d[8:]))]
+    found = [d for d in found if os.path.isfile(os.path.join(d, "metrics.csv"))]
+    if not found:
+        raise FileNotFoundError(
+            f"{path!r} is not a run directory: no metrics.csv in it or in version_N/ below it "
+            f"(e.g. runs/quickstart/biased or runs/quickstart/biased/version_0)"
+        )
+    return found
+
+
 def load_run(path: str, name: str | None = None) -> Run:
-    metrics_path = os.path.join(path, "metrics.csv")
-    if not os.path.isfile(metrics_path):
-        raise FileNotFoundError(f"{path!r} is not a run directory: no metrics.csv (pass a CSV logger version dir, "
-                                f"e.g. runs/quickstart/biased/version_0)")
+    """Metrics per epoch from a run (all its versions merged; a later version wins for the same epoch)."""
+    versions = _versions(path)
     epochs: dict[int, dict[str, float]] = {}
-    with open(metrics_path) as f:
-        for row in csv.DictReader(f):
-            if not row.get("epoch"):
-                continue
-            epoch = int(float(row["epoch"]))
-            for k, v in row.items():
-                if k not in ("epoch", "step") and v not in ("", None):
-                    epochs.setdefault(epoch, {})[k] = float(v)
+    for version in versions:
+        with open(os.path.join(version, "metrics.csv")) as f:
+            for row in csv.DictReader(f):
+                if not row.get("epoch"):
+                    continue
+                epoch = int(float(row["epoch"]))
+                for k, v in row.items():
+                    if k not in ("epoch", "step") and v not in ("", None):
+                        epochs.setdefault(epoch, {})[k] = float(v)
     config = {}
-    config_path = os.path.join(path, "config.yaml")
+    config_path = os.path.join(versions[-1], "config.yaml")
     if os.path.isfile(config_path):
         import yaml
 
         with open(config_path) as f:
             config = yaml.safe_load(f) or {}
     if name is None:
-        name = _job_type(config) or os.path.basename(os.path.dirname(os.path.abspath(path)))
+        name = _job_type(config) or os.path.basename(os.path.dirname(os.path.abspath(versions[-1])))
     return Run(name, path, epochs, config)
 
 
@@ -118,42 +134,71 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     def row(label: str, cells: list[str]) -> None:
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    for key, label in (("val/acc", "val/acc"), ("test/acc", "test/acc"), ("real_world/acc", "real_world/acc (random colours)"),
-                       ("probe_set/acc", "probe_set/acc")):
+    for key, label in (
+        ("val/acc", "val/acc"),
+        ("test/acc", "test/acc"),
+        ("real_world/acc", "real_world/acc (random colours)"),
+        ("probe_set/acc", "probe_set/acc"),
+    ):
         row(label, [_fmt(f.get(key)) for f in finals])
     row("**dominant concept (probe)**", [f"**{r.dominant()}**" for r in runs])
     row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
     verdicts = {_probe_arg(r, "verdict") or "retention" for r in runs}
     for c in concepts:
-        row(f"effect/{c} [95% CI] ({'/'.join(sorted(verdicts))} − null)",
-            [f"{_fmt(f.get(f'probe/effect/{c}'), sign=True)} [{_fmt(f.get(f'probe/effect_lo/{c}'), sign=True)}, "
-             f"{_fmt(f.get(f'probe/effect_hi/{c}'), sign=True)}]" for f in finals])
+        row(
+            f"effect/{c} [95% CI] ({'/'.join(sorted(verdicts))} − null)",
+            [
+                f"{_fmt(f.get(f'probe/effect/{c}'), sign=True)} [{_fmt(f.get(f'probe/effect_lo/{c}'), sign=True)}, "
+                f"{_fmt(f.get(f'probe/effect_hi/{c}'), sign=True)}]"
+                for f in finals
+            ],
+        )
     for c in concepts:
-        row(f"retention/{c} (null)", [f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))})"
-                                      for f in finals])
+        row(
+            f"retention/{c} (null)",
+            [f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))})" for f in finals],
+        )
     for c in concepts:
-        row(f"influence share/{c} (null) — paper", [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})"
-                                                    for f in finals])
+        row(
+            f"influence share/{c} (null) — paper",
+            [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
+        )
     for c in concepts:
-        row(f"effect_share/{c} · effect_retention/{c}",
-            [f"{_fmt(f.get(f'probe/effect_share/{c}'), sign=True)} · {_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)}"
-             for f in finals])
+        row(
+            f"effect_share/{c} · effect_retention/{c}",
+            [
+                f"{_fmt(f.get(f'probe/effect_share/{c}'), sign=True)} · "
+                f"{_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)}"
+                for f in finals
+            ],
+        )
     for c in concepts:
         row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
     row("cf/color_flip_rate", [_fmt(f.get("cf/color_flip_rate")) for f in finals])
     row("cf/shape_flip_rate", [_fmt(f.get("cf/shape_flip_rate")) for f in finals])
-    row("probe seconds / train-epoch seconds", [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}"
-                                                for f in finals])
-    lines = ["# Run comparison", "", "Final epoch of each run. Effects are the probe's verdict metric minus its value "
-             "under random matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
-             "effect. The counterfactual columns are the ground truth: the fraction of predictions that change when only "
-             "the colour, or only the digit, is changed.", "", head + "\n".join(rows), ""]
+    row(
+        "probe seconds / train-epoch seconds",
+        [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}" for f in finals],
+    )
+    lines = [
+        "# Run comparison",
+        "",
+        "Final epoch of each run. Effects are the probe's verdict metric minus its value "
+        "under random matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
+        "effect. The counterfactual columns are the ground truth: the fraction of predictions that change when only "
+        "the colour, or only the digit, is changed.",
+        "",
+        head + "\n".join(rows),
+        "",
+    ]
     for r in runs:
         agree = r.cf_dominant()
         if agree is not None:
             verdict = "agrees with" if agree == r.dominant() else "DISAGREES with"
-            lines.append(f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
-                         f"({agree}).")
+            lines.append(
+                f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
+                f"({agree})."
+            )
     lines.append("")
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
     lines.append("")
@@ -206,12 +251,12 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
             _, lo = run.series(f"probe/effect_lo/{c}")
             _, hi = run.series(f"probe/effect_hi/{c}")
             if xs:
-                line, = axes[0][j].plot(xs, ys, marker="o", label=c)
+                (line,) = axes[0][j].plot(xs, ys, marker="o", label=c)
                 axes[0][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
             xs, share = run.series(f"probe/share/{c}")
             _, null = run.series(f"probe/null_share/{c}")
             if xs:
-                line, = axes[1][j].plot(xs, share, marker="o", label=f"{c} share")
+                (line,) = axes[1][j].plot(xs, share, marker="o", label=f"{c} share")
                 axes[1][j].plot(xs, null, ls="--", color=line.get_color(), label=f"{c} null")
         axes[0][j].axhline(0, color="k", lw=0.8)
         axes[0][j].set_title(f"{run.name}: dominant = {run.dominant()}")
@@ -267,17 +312,20 @@ def write_report(run_dirs: Sequence[str], out: str, names: Sequence[str] | None 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m xai_lightning.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="CSV logger version directories")
+    ap = argparse.ArgumentParser(
+        prog="python -m xai_lightning.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("runs", nargs="+", help="run directories (CSV logger dirs or version dirs)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--names", nargs="+", default=None, help="column names (default: W&B job_type or folder)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = write_report(args.runs, args.out, args.names)
     for name, entry in data.items():
-        log.info(f"{name}: dominant={entry['dominant']} val/acc={_fmt(entry.get('val/acc'))} "
-                 f"real_world/acc={_fmt(entry.get('real_world/acc'))}")
+        log.info(
+            f"{name}: dominant={entry['dominant']} val/acc={_fmt(entry.get('val/acc'))} "
+            f"real_world/acc={_fmt(entry.get('real_world/acc'))}"
+        )
     log.info(f"wrote {os.path.join(args.out, 'report.md')}")
 
 

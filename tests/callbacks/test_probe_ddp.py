@@ -23,8 +23,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path):
         probe = SurgeryProbe(clip={"embedded": "colordigits"}, null_draws=3, bootstrap=200, max_score_samples=48)
         trainer = _trainer(out, [probe], devices=devices, strategy=strategy)
         trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
-        results[devices] = {k: v for k, v in _csv_metrics(out).items() if k.startswith("probe/")
-                            and "seconds" not in k}
+        results[devices] = {k: v for k, v in _csv_metrics(out).items() if k.startswith("probe/") and "seconds" not in k}
     assert results[1]["probe/images"] == results[2]["probe/images"] > 12
     assert results[1].keys() == results[2].keys()
     for k, v in results[1].items():

@@ -17,8 +17,19 @@ from xai_lightning.callbacks.surgery_probe import holdout_mask
 from xai_lightning.clip import save_probe_clip
 from xai_lightning.surgery import DEFAULT_CONCEPTS, SurgeryPipeline, count_forward_hooks, resolve_concepts
 
-CONTRACT = ["share", "share_clip", "share_surgery", "null_share", "effect", "effect_lo", "effect_hi", "correct",
-            "wrong", "zeroshot_acc", "retention"]
+CONTRACT = [
+    "share",
+    "share_clip",
+    "share_surgery",
+    "null_share",
+    "effect",
+    "effect_lo",
+    "effect_hi",
+    "correct",
+    "wrong",
+    "zeroshot_acc",
+    "retention",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +40,29 @@ def clip_file(tmp_path_factory) -> str:
 
 
 def _probe(clip_file: str, **kw) -> SurgeryProbe:
-    args = dict(clip={"checkpoint": clip_file}, standalone_layers="convs", clip_layers="stages", null_draws=3,
-                bootstrap=200, max_score_samples=48)
+    args = dict(
+        clip={"checkpoint": clip_file},
+        standalone_layers="convs",
+        clip_layers="stages",
+        null_draws=3,
+        bootstrap=200,
+        max_score_samples=48,
+    )
     args.update(kw)
     return SurgeryProbe(**args)
 
 
 def _trainer(tmp_path, callbacks, **kw) -> L.Trainer:
-    args = dict(accelerator="cpu", devices=1, logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
-                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                callbacks=callbacks, num_sanity_val_steps=0)
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    )
     args.update(kw)
     return L.Trainer(**args)
 
@@ -58,8 +82,14 @@ def test_logs_every_contract_key_finite(tmp_path, clip_file):
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     logged = _csv_metrics(tmp_path)
     keys = [f"probe/{m}/{c}" for m in CONTRACT for c in ("shape", "color")]
-    keys += ["probe/delta/shape_5", "probe/delta/shape_8", "probe/delta/color_red", "probe/delta/color_green",
-             "probe/match/coverage", "probe/seconds"] + [f"probe/match/score_mean/visual.layer{i}" for i in range(1, 5)]
+    keys += [
+        "probe/delta/shape_5",
+        "probe/delta/shape_8",
+        "probe/delta/color_red",
+        "probe/delta/color_green",
+        "probe/match/coverage",
+        "probe/seconds",
+    ] + [f"probe/match/score_mean/visual.layer{i}" for i in range(1, 5)]
     missing = [k for k in keys if k not in logged]
     assert not missing
     assert all(math.isfinite(logged[k]) for k in keys)
@@ -81,8 +111,9 @@ def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
     trainer = _trainer(tmp_path, [probe])
     trainer.validate(model, dm)
     logged = _csv_metrics(tmp_path)
-    pipe = SurgeryPipeline(model, tiny_clip(seed=1), resolve_concepts(DEFAULT_CONCEPTS, dm.attributes),
-                           "convs", "stages", null_draws=3)
+    pipe = SurgeryPipeline(
+        model, tiny_clip(seed=1), resolve_concepts(DEFAULT_CONCEPTS, dm.attributes), "convs", "stages", null_draws=3
+    )
     with torch.no_grad():
         for batch in dm.dataloader("probe_set"):  # fit on one half of the probe set ...
             fit = holdout_mask(batch["index"], fit=True)

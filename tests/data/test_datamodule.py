@@ -16,7 +16,9 @@ SMALL = dict(train_per_class=40, test_per_class=10, real_world_per_class=30, pro
 
 def _arrays(dm: ColorMNISTDataModule) -> dict[str, torch.Tensor]:
     dm.setup()
-    return {f"{s}.{k}": getattr(ds, k) for s, ds in dm.datasets.items() for k in ("intensity", "digit", "label", "color")}
+    return {
+        f"{s}.{k}": getattr(ds, k) for s, ds in dm.datasets.items() for k in ("intensity", "digit", "label", "color")
+    }
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
@@ -57,8 +59,15 @@ def test_biased_colors_follow_class_with_strength(tmp_path):
 
 
 def test_real_world_and_probe_colors_independent_of_class(tmp_path):
-    dm = ColorMNISTDataModule(data_dir=str(tmp_path), train_per_class=5, test_per_class=5, real_world_per_class=600,
-                              probe_per_class=600, image_size=28, seed=4)
+    dm = ColorMNISTDataModule(
+        data_dir=str(tmp_path),
+        train_per_class=5,
+        test_per_class=5,
+        real_world_per_class=600,
+        probe_per_class=600,
+        image_size=28,
+        seed=4,
+    )
     dm.setup()
     for split in ("real_world", "probe_set"):
         ds = dm.datasets[split]
@@ -88,7 +97,9 @@ def test_grayscale_mode_dev_splits_gray_real_world_colored(tmp_path):
     assert (dm.datasets["real_world"].color >= 0).all()
     batch = next(iter(dm.dataloader("train")))
     assert batch["image"].shape == (len(dm.datasets["train"]), 3, 32, 32)  # 64 < batch_size
-    assert torch.equal(batch["image"][:, 0], batch["image"][:, 1]) and torch.equal(batch["image"][:, 1], batch["image"][:, 2])
+    assert torch.equal(batch["image"][:, 0], batch["image"][:, 1]) and torch.equal(
+        batch["image"][:, 1], batch["image"][:, 2]
+    )
     assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
 
 
@@ -107,8 +118,16 @@ def test_npz_source_and_its_errors(tmp_path):
     images, labels = generate_digits([3, 5, 8], 30, seed=9)
     path = str(tmp_path / "digits.npz")
     np.savez(path, images=images, labels=labels)
-    dm = ColorMNISTDataModule(source=path, data_dir=str(tmp_path), digits=[3, 8], train_per_class=10,
-                              test_per_class=5, real_world_per_class=5, probe_per_class=5, image_size=28)
+    dm = ColorMNISTDataModule(
+        source=path,
+        data_dir=str(tmp_path),
+        digits=[3, 8],
+        train_per_class=10,
+        test_per_class=5,
+        real_world_per_class=5,
+        probe_per_class=5,
+        image_size=28,
+    )
     dm.setup()
     used = torch.cat([dm.datasets[s].intensity.flatten(1) for s in ("train", "val", "test", "real_world", "probe_set")])
     assert len(torch.unique(used, dim=0)) == len(used) == 2 * 25  # disjoint splits
@@ -117,19 +136,29 @@ def test_npz_source_and_its_errors(tmp_path):
     with pytest.raises(ValueError, match=r"missing array\(s\) \['images', 'labels'\]"):
         ColorMNISTDataModule(source=bad, data_dir=str(tmp_path), **SMALL).setup()
     with pytest.raises(ValueError, match="ask for 45 per class"):
-        ColorMNISTDataModule(source=path, data_dir=str(tmp_path), digits=[3], train_per_class=30, test_per_class=5,
-                             real_world_per_class=5, probe_per_class=5).setup()
+        ColorMNISTDataModule(
+            source=path,
+            data_dir=str(tmp_path),
+            digits=[3],
+            train_per_class=30,
+            test_per_class=5,
+            real_world_per_class=5,
+            probe_per_class=5,
+        ).setup()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"digits": [5, 11]}, r"each must be in 0-9 \(got \[11\]\)"),
-    ({"colors": []}, "colors is empty"),
-    ({"colors": ["red", "mauve"]}, "unknown color 'mauve'; allowed names: red, green"),
-    ({"bias_strength": 1.5}, r"bias_strength=1.5 is outside \[0, 1\]"),
-    ({"color_mode": "sepia"}, "allowed: biased, random, grayscale"),
-    ({"source": "kmnist"}, "allowed: mnist, emnist, synthetic or a path to an .npz"),
-    ({"val_splits": ["val", "holdout"]}, "allowed entries val, real_world, probe_set"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"digits": [5, 11]}, r"each must be in 0-9 \(got \[11\]\)"),
+        ({"colors": []}, "colors is empty"),
+        ({"colors": ["red", "mauve"]}, "unknown color 'mauve'; allowed names: red, green"),
+        ({"bias_strength": 1.5}, r"bias_strength=1.5 is outside \[0, 1\]"),
+        ({"color_mode": "sepia"}, "allowed: biased, random, grayscale"),
+        ({"source": "kmnist"}, "allowed: mnist, emnist, synthetic or a path to an .npz"),
+        ({"val_splits": ["val", "holdout"]}, "allowed entries val, real_world, probe_set"),
+    ],
+)
 def test_bad_input_names_the_value_and_the_allowed_ones(tmp_path, kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         ColorMNISTDataModule(data_dir=str(tmp_path), **kwargs)

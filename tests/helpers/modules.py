@@ -11,10 +11,18 @@ from xai_lightning.data import ColorMNISTDataModule
 
 
 class TinyClassifier(L.LightningModule):
-    def __init__(self, num_classes: int = 2, fail_on_probe_batch: int | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 2, fail_on_probe_batch: int | None = None, nan_on_probe: bool = False
+    ) -> None:
         super().__init__()
         self.net = TinyCNN(num_classes)
         self.fail_on_probe_batch = fail_on_probe_batch
+        self.nan_on_probe = nan_on_probe
+        self._poison = False
+        self.net.conv2.register_forward_hook(self._maybe_poison)  # a layer that breaks on probe batches on request
+
+    def _maybe_poison(self, module, inputs, output):
+        return output * float("nan") if self._poison else output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -27,6 +35,7 @@ class TinyClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if self.fail_on_probe_batch is not None and dataloader_idx == 2 and batch_idx == self.fail_on_probe_batch:
             raise RuntimeError("boom in validation")
+        self._poison = self.nan_on_probe and dataloader_idx == 2
         acc = (self(batch["image"]).argmax(-1) == batch["label"]).float().mean()
         self.log("val/acc", acc, add_dataloader_idx=True)
 
@@ -35,7 +44,17 @@ class TinyClassifier(L.LightningModule):
 
 
 def tiny_datamodule(data_dir: str, **kw) -> ColorMNISTDataModule:
-    args = dict(source="synthetic", data_dir=data_dir, train_per_class=20, test_per_class=8, real_world_per_class=8,
-                probe_per_class=24, image_size=32, batch_size=16, eval_batch_size=12, seed=3)
+    args = dict(
+        source="synthetic",
+        data_dir=data_dir,
+        train_per_class=20,
+        test_per_class=8,
+        real_world_per_class=8,
+        probe_per_class=24,
+        image_size=32,
+        batch_size=16,
+        eval_batch_size=12,
+        seed=3,
+    )
     args.update(kw)
     return ColorMNISTDataModule(**args)

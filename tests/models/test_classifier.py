@@ -41,13 +41,16 @@ def test_init_checkpoint_retrains_from_saved_weights(tmp_path):
         ClassifierModule(init_checkpoint=str(tmp_path / "nope.ckpt"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"backbone": "vgg11"}, "unknown backbone 'vgg11'; allowed: resnet18, resnet34, resnet50"),
-    ({"input_transform": "sepia"}, "allowed: none, grayscale"),
-    ({"normalization": "cifar"}, "allowed: imagenet, clip, none"),
-    ({"optimizer": "lbfgs"}, "allowed: adam, adamw, sgd"),
-    ({"backbone": "resnet18", "weights": "IMAGENET_V9"}, "allowed: DEFAULT, IMAGENET1K_V1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backbone": "vgg11"}, "unknown backbone 'vgg11'; allowed: resnet18, resnet34, resnet50"),
+        ({"input_transform": "sepia"}, "allowed: none, grayscale"),
+        ({"normalization": "cifar"}, "allowed: imagenet, clip, none"),
+        ({"optimizer": "lbfgs"}, "allowed: adam, adamw, sgd"),
+        ({"backbone": "resnet18", "weights": "IMAGENET_V9"}, "allowed: DEFAULT, IMAGENET1K_V1"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClassifierModule(**kwargs)
@@ -57,8 +60,15 @@ def test_logs_the_documented_keys(tmp_path):
     from tests.helpers.modules import tiny_datamodule
 
     L.seed_everything(0)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(ClassifierModule(num_classes=2, backbone="resnet18"), tiny_datamodule(str(tmp_path)))
     keys = set(trainer.callback_metrics)
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "real_world/acc", "probe_set/acc"} <= keys

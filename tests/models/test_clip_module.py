@@ -28,8 +28,15 @@ def test_captions_cover_every_kind_and_the_probe_templates():
 def test_fit_logs_loss_and_zeroshot(tmp_path):
     L.seed_everything(0)
     dm = tiny_datamodule(str(tmp_path), color_mode="random", gray_fraction=0.2, val_splits=["val"])
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     module = CLIPModule(model_cfg=TINY_CLIP_CFG, num_classes=2, warmup_steps=2)
     trainer.fit(module, dm)
     metrics = trainer.callback_metrics

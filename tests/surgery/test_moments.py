@@ -41,8 +41,10 @@ def _activations(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[s
 
 def _batches(s, c, cuts):
     bounds = [0, *cuts, next(iter(s.values())).shape[0]]
-    return ([{k: v[a:b] for k, v in s.items()} for a, b in zip(bounds[:-1], bounds[1:])],
-            [{k: v[a:b] for k, v in c.items()} for a, b in zip(bounds[:-1], bounds[1:])])
+    return (
+        [{k: v[a:b] for k, v in s.items()} for a, b in zip(bounds[:-1], bounds[1:])],
+        [{k: v[a:b] for k, v in c.items()} for a, b in zip(bounds[:-1], bounds[1:])],
+    )
 
 
 @pytest.mark.parametrize("score", ["reference", "pearson"])
@@ -136,7 +138,7 @@ def _worker(rank: int, port: int, out: str, idle_rank: int | None) -> None:
         if rank == idle_rank:  # saw no data: joins with zero counts and the layout of empty maps
             m.init_layout(({k: v[:0] for k, v in s.items()}, {k: v[:0] for k, v in c.items()}))
         else:
-            for i in (range(len(sb)) if idle_rank is not None else range(rank, len(sb), 2)):
+            for i in range(len(sb)) if idle_rank is not None else range(rank, len(sb), 2):
                 m.update(sb[i], cb[i])
 
         def sum_fn(t: torch.Tensor) -> torch.Tensor:

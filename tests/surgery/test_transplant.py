@@ -100,8 +100,7 @@ def test_hooks_removed_after_exception_and_level_zero_has_none():
                 raise RuntimeError("boom")
     assert (count_forward_hooks(clip.model), count_forward_hooks(cnn)) == base
 
-    captions = resolve_concepts({"shape": {"attribute": "digit", "template": "the digit {}"}},
-                                {"digit": ["5", "8"]})
+    captions = resolve_concepts({"shape": {"attribute": "digit", "template": "the digit {}"}}, {"digit": ["5", "8"]})
     pipe = SurgeryPipeline(cnn, clip, captions, "convs", CLIP_LAYERS, null_draws=2)
     pipe.fit_batch(images)
     pipe.fit_finish()

@@ -24,8 +24,9 @@ from typing_extensions import override
 from xai_lightning.data.colorize import colorize
 
 
-def color_counterfactual(images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def color_counterfactual(
+    images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(edited images, mask of images that have a colour to change)."""
     k = len(rgb)
     colored = color >= 0
@@ -35,8 +36,9 @@ def color_counterfactual(images: torch.Tensor, color: torch.Tensor, label: torch
     return colorize(images.amax(dim=1), new, rgb.to(images)), colored
 
 
-def shape_counterfactual(images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def shape_counterfactual(
+    images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(edited images, mask of images that found a donor of another class in the batch)."""
     b = len(label)
     donor = torch.arange(b, device=label.device)
@@ -76,23 +78,33 @@ class CounterfactualCheck(Callback):
         elif self.split in names:
             self.index = names.index(self.split)
         else:
-            raise ValueError(f"CounterfactualCheck: split {self.split!r} is not a validation dataloader; "
-                             f"available: {', '.join(names) or 'none'}")
+            raise ValueError(
+                f"CounterfactualCheck: split {self.split!r} is not a validation dataloader; "
+                f"available: {', '.join(names) or 'none'}"
+            )
         if not hasattr(dm, "rgb"):
             raise ValueError("CounterfactualCheck needs a datamodule with a colour palette `rgb` [K, 3]")
         self.rgb = dm.rgb.float()
 
     def _on(self, trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and (
-            trainer.state.fn == "validate" or (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+            trainer.state.fn == "validate" or (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.counts = torch.zeros(4, dtype=torch.float64, device=pl_module.device)
 
     @override
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if dataloader_idx != self.index or not self._on(trainer):
             return
         images, color, label = batch["image"], batch["color"], batch["label"]
@@ -108,6 +120,8 @@ class CounterfactualCheck(Callback):
         if not self._on(trainer):
             return
         c = trainer.strategy.reduce(self.counts, reduce_op="sum")
-        self.last = {"cf/color_flip_rate": float(c[0] / c[1].clamp_min(1)),
-                     "cf/shape_flip_rate": float(c[2] / c[3].clamp_min(1))}
+        self.last = {
+            "cf/color_flip_rate": float(c[0] / c[1].clamp_min(1)),
+            "cf/shape_flip_rate": float(c[2] / c[3].clamp_min(1)),
+        }
         pl_module.log_dict(self.last, sync_dist=False)

@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from xai_lightning.clip import SPEC_KEYS, load_clip
-from xai_lightning.io import atomic_write, atomic_write_text
+from xai_lightning.io import atomic_write, atomic_write_text, check_writable
 from xai_lightning.surgery import (
     DEFAULT_CONCEPTS,
     ProbeSummary,
@@ -111,8 +111,11 @@ class SurgeryProbe(Callback):
             unknown = set(clip) - set(SPEC_KEYS)
             if unknown:
                 raise ValueError(f"unknown clip keys {sorted(unknown)}; allowed: {', '.join(SPEC_KEYS)}")
-        for name, value in (("every_n_epochs", every_n_epochs), ("max_score_samples", max_score_samples),
-                            ("bootstrap", bootstrap)):
+        for name, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("max_score_samples", max_score_samples),
+            ("bootstrap", bootstrap),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
         if not score_splits:
@@ -123,7 +126,11 @@ class SurgeryProbe(Callback):
         self.score, self.matching, self.swap_fraction = score, matching, float(swap_fraction)
         self.interpolation, self.verdict = interpolation, verdict
         self.fit_split, self.score_splits, self.holdout = fit_split, list(score_splits), bool(holdout)
-        self.max_score_samples, self.null_draws, self.bootstrap = int(max_score_samples), int(null_draws), int(bootstrap)
+        self.max_score_samples, self.null_draws, self.bootstrap = (
+            int(max_score_samples),
+            int(null_draws),
+            int(bootstrap),
+        )
         self.every_n_epochs, self.seed, self.zeroshot_warn = int(every_n_epochs), int(seed), float(zeroshot_warn)
         self.save_dir = save_dir
         self.pipe: SurgeryPipeline | None = None
@@ -142,8 +149,10 @@ class SurgeryProbe(Callback):
         if isinstance(split, int):
             return split
         if split not in names:
-            raise ValueError(f"SurgeryProbe: split {split!r} is not a validation dataloader; "
-                             f"available: {', '.join(names) or 'none (the datamodule has no val_split_names)'}")
+            raise ValueError(
+                f"SurgeryProbe: split {split!r} is not a validation dataloader; "
+                f"available: {', '.join(names) or 'none (the datamodule has no val_split_names)'}"
+            )
         return names.index(split)
 
     @override
@@ -153,20 +162,36 @@ class SurgeryProbe(Callback):
         dm = trainer.datamodule
         attributes = getattr(dm, "attributes", None)
         if attributes is None:
-            raise ValueError("SurgeryProbe needs a datamodule with `attributes` ({attribute: [value names]}) and "
-                             "`attribute_keys` ({attribute: batch key}), like ColorMNISTDataModule")
+            raise ValueError(
+                "SurgeryProbe needs a datamodule with `attributes` ({attribute: [value names]}) and "
+                "`attribute_keys` ({attribute: batch key}), like ColorMNISTDataModule"
+            )
         captions = resolve_concepts(self.concepts, attributes)
         self.attribute_keys = dict(getattr(dm, "attribute_keys", {a: a for a in attributes}))
         self.fit_index = self._split_index(trainer, self.fit_split)
         self.score_indices = [self._split_index(trainer, s) for s in self.score_splits]
+        out_dir = self._out_dir(trainer)  # every rank asks (log_dir broadcasts); rank 0 checks it is writable
+        if trainer.is_global_zero:
+            check_writable(out_dir, "SurgeryProbe output directory")
         clip = load_clip(self.clip_spec)
         self.pipe = SurgeryPipeline(
-            pl_module, clip, captions, self.standalone_layers, self.clip_layers, score=self.score,
-            matching=self.matching, swap_fraction=self.swap_fraction, interpolation=self.interpolation,
-            null_draws=self.null_draws, seed=self.seed)
-        rank_zero_info(f"SurgeryProbe: {len(self.pipe.standalone_layers)} model layers x {len(self.pipe.clip_layers)} "
-                       f"CLIP layers ({clip.name}); concepts {captions.names}; fit on {self.fit_split!r}, "
-                       f"score {self.score_splits}; verdict {self.verdict}")
+            pl_module,
+            clip,
+            captions,
+            self.standalone_layers,
+            self.clip_layers,
+            score=self.score,
+            matching=self.matching,
+            swap_fraction=self.swap_fraction,
+            interpolation=self.interpolation,
+            null_draws=self.null_draws,
+            seed=self.seed,
+        )
+        rank_zero_info(
+            f"SurgeryProbe: {len(self.pipe.standalone_layers)} model layers x {len(self.pipe.clip_layers)} "
+            f"CLIP layers ({clip.name}); concepts {captions.names}; fit on {self.fit_split!r}, "
+            f"score {self.score_splits}; verdict {self.verdict}"
+        )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero and getattr(logger, "mode", "") != "disabled":
                 logger.experiment.define_metric("epoch")
@@ -192,15 +217,23 @@ class SurgeryProbe(Callback):
         self._acts = self._hooks.enter_context(capture(pl_module, self.pipe.standalone_layers))
 
     @override
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._fitting_batch = self._active and dataloader_idx == self.fit_index
         if self._acts is not None:
             self._acts.clear()
 
     @override
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self._fitting_batch:
             return
         t0 = time.perf_counter()
@@ -212,8 +245,10 @@ class SurgeryProbe(Callback):
             images, acts = images[keep], {n: a[keep] for n, a in acts.items()}
         missing = [n for n in self.pipe.standalone_layers if n not in acts]
         if missing:
-            raise RuntimeError(f"SurgeryProbe: validation_step did not run the hooked layers {missing[:3]}; the "
-                               f"module's validation_step must call its forward on batch['image']")
+            raise RuntimeError(
+                f"SurgeryProbe: validation_step did not run the hooked layers {missing[:3]}; the "
+                f"module's validation_step must call its forward on batch['image']"
+            )
         bad = [n for n, a in acts.items() if not torch.isfinite(a).all()]
         if bad:
             self._skip_reason = f"non-finite activations in {bad[0]} (batch {batch_idx})"
@@ -232,8 +267,10 @@ class SurgeryProbe(Callback):
 
     def _half(self, batch: Mapping[str, torch.Tensor], fit: bool) -> torch.Tensor:
         if "index" not in batch:
-            raise ValueError("SurgeryProbe(holdout=True) needs batch['index'] (the sample's position in its split) "
-                             "to fit and score on disjoint samples; ColorMNISTDataModule provides it")
+            raise ValueError(
+                "SurgeryProbe(holdout=True) needs batch['index'] (the sample's position in its split) "
+                "to fit and score on disjoint samples; ColorMNISTDataModule provides it"
+            )
         return holdout_mask(batch["index"], fit)
 
     def _score_batches(self, trainer: L.Trainer, pl_module: L.LightningModule):
@@ -265,11 +302,14 @@ class SurgeryProbe(Callback):
         self._hooks.close()
         self._acts = None
         t0 = time.perf_counter()
-        skip = trainer.strategy.reduce(torch.tensor(float(self._skip_reason is not None), device=pl_module.device),
-                                       reduce_op="sum")
+        skip = trainer.strategy.reduce(
+            torch.tensor(float(self._skip_reason is not None), device=pl_module.device), reduce_op="sum"
+        )
         if float(skip) > 0:
-            rank_zero_warn(f"SurgeryProbe: epoch {trainer.current_epoch} verdict skipped: "
-                           f"{self._skip_reason or 'non-finite activations on another rank'}")
+            rank_zero_warn(
+                f"SurgeryProbe: epoch {trainer.current_epoch} verdict skipped: "
+                f"{self._skip_reason or 'non-finite activations on another rank'}"
+            )
             pl_module.log("probe/skipped", 1.0)
             return
         if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
@@ -295,8 +335,9 @@ class SurgeryProbe(Callback):
         metrics["probe/images"] = float(summary.images)
         pl_module.log_dict({k: float(v) for k, v in metrics.items()}, sync_dist=False)
         self.last_summary = summary
-        self.history.append({"epoch": trainer.current_epoch, "dominant": summary.dominant,
-                             **{k: float(v) for k, v in metrics.items()}})
+        self.history.append(
+            {"epoch": trainer.current_epoch, "dominant": summary.dominant, **{k: float(v) for k, v in metrics.items()}}
+        )
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
             self._report(trainer, summary, plan, metrics, out_dir)
@@ -317,21 +358,27 @@ class SurgeryProbe(Callback):
 
     def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float], out: str) -> None:
         epoch = trainer.current_epoch
-        lines = [f"SurgeryProbe epoch {epoch}: dominant concept = {summary.dominant} "
-                 f"(verdict {summary.verdict} - null, {summary.images} images, {metrics['probe/seconds']:.1f}s)"]
+        lines = [
+            f"SurgeryProbe epoch {epoch}: dominant concept = {summary.dominant} "
+            f"(verdict {summary.verdict} - null, {summary.images} images, {metrics['probe/seconds']:.1f}s)"
+        ]
         for c in summary.concepts:
             m = summary.metrics
-            lines.append(f"  {c:>10}: effect {m[f'effect/{c}']:+.3f} [{m[f'effect_lo/{c}']:+.3f}, {m[f'effect_hi/{c}']:+.3f}]"
-                         f"  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f})"
-                         f"  share {m[f'share/{c}']:.3f} (null {m[f'null_share/{c}']:.3f})"
-                         f"  zero-shot {m[f'zeroshot_acc/{c}']:.3f}")
+            lines.append(
+                f"  {c:>10}: effect {m[f'effect/{c}']:+.3f} [{m[f'effect_lo/{c}']:+.3f}, {m[f'effect_hi/{c}']:+.3f}]"
+                f"  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f})"
+                f"  share {m[f'share/{c}']:.3f} (null {m[f'null_share/{c}']:.3f})"
+                f"  zero-shot {m[f'zeroshot_acc/{c}']:.3f}"
+            )
         rank_zero_info("\n".join(lines))
         for c in summary.concepts:
             acc = summary.metrics[f"zeroshot_acc/{c}"]
             if acc < self.zeroshot_warn:
-                rank_zero_warn(f"SurgeryProbe: the probe CLIP's zero-shot accuracy for {c!r} is {acc:.2f} "
-                               f"(< {self.zeroshot_warn}); it cannot see this concept, so its effect means little. "
-                               f"Use a probe CLIP that knows it (README: 'The probe CLIP').")
+                rank_zero_warn(
+                    f"SurgeryProbe: the probe CLIP's zero-shot accuracy for {c!r} is {acc:.2f} "
+                    f"(< {self.zeroshot_warn}); it cannot see this concept, so its effect means little. "
+                    f"Use a probe CLIP that knows it (README: 'The probe CLIP')."
+                )
         rows = _table_rows(summary)
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -341,10 +388,22 @@ class SurgeryProbe(Callback):
         plan_path = os.path.join(out, f"plan_epoch{epoch:03d}.pt")
         plan.save(plan_path)
         fig = _match_plot(plan, epoch)
-        atomic_write(os.path.join(out, f"match_scores_epoch{epoch:03d}.png"), lambda f: fig.savefig(f, format="png", dpi=90))
+        atomic_write(
+            os.path.join(out, f"match_scores_epoch{epoch:03d}.png"), lambda f: fig.savefig(f, format="png", dpi=90)
+        )
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and getattr(logger, "mode", "") != "disabled":
-                _log_wandb(logger, summary, rows, fig, plan_path, epoch)
+            if (
+                isinstance(logger, WandbLogger)
+                and getattr(logger, "mode", "") != "disabled"
+                and not getattr(logger, "failed", False)
+            ):
+                try:
+                    _log_wandb(logger, summary, rows, fig, plan_path, epoch)
+                except Exception as err:  # noqa: BLE001 - W&B trouble must not stop training
+                    if hasattr(logger, "_fail"):
+                        logger._fail("SurgeryProbe table/plot/artifact", err)
+                    else:
+                        rank_zero_warn(f"SurgeryProbe: W&B logging failed ({err}); the run dir has everything")
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -391,9 +450,17 @@ def _preserved_rng(device: torch.device):
 
 def _table_rows(summary: ProbeSummary) -> list[list]:
     sims = summary.sim_mean  # [L + 1, K]
-    return [[cap, key, round(float(sims[0, k]), 5), round(float(sims[-1, k]), 5),
-             round(float(sims[-1, k] - sims[0, k]), 5), round(float(summary.null_sim_mean[k]), 5)]
-            for k, (cap, key) in enumerate(zip(summary.captions, summary.keys))]
+    return [
+        [
+            cap,
+            key,
+            round(float(sims[0, k]), 5),
+            round(float(sims[-1, k]), 5),
+            round(float(sims[-1, k] - sims[0, k]), 5),
+            round(float(summary.null_sim_mean[k]), 5),
+        ]
+        for k, (cap, key) in enumerate(zip(summary.captions, summary.keys))
+    ]
 
 
 def _match_plot(plan, epoch: int):
@@ -410,8 +477,9 @@ def _match_plot(plan, epoch: int):
         labels.append(f"{name}\n({int(matched.sum())}/{sl.stop - sl.start})")
     ax.boxplot(data, tick_labels=labels, showfliers=False)
     ax.set_ylabel("match score Z")
-    ax.set_title(f"best-match scores per CLIP layer, epoch {epoch} (coverage {plan.extras['coverage']:.3f})",
-                 fontsize=9)
+    ax.set_title(
+        f"best-match scores per CLIP layer, epoch {epoch} (coverage {plan.extras['coverage']:.3f})", fontsize=9
+    )
     fig.tight_layout()
     return fig
 
@@ -422,7 +490,10 @@ def _log_wandb(logger: WandbLogger, summary: ProbeSummary, rows: list[list], fig
     run = logger.experiment
     table = wandb.Table(columns=["caption", "key", "clip", "surgery", "influence", "null_surgery"], data=rows)
     run.log({"probe/table": table, "probe/match_scores": wandb.Image(fig), "epoch": epoch})
-    art = wandb.Artifact(f"surgery-plan-{run.id}", type="surgery_plan",
-                         metadata={"epoch": epoch, "dominant": summary.dominant, "verdict": summary.verdict})
+    art = wandb.Artifact(
+        f"surgery-plan-{run.id}",
+        type="surgery_plan",
+        metadata={"epoch": epoch, "dominant": summary.dominant, "verdict": summary.verdict},
+    )
     art.add_file(plan_path, name="plan.pt")
     run.log_artifact(art, aliases=[f"epoch-{epoch}", "latest"])

@@ -42,11 +42,13 @@ def resolve_colors(colors: Sequence[ColorSpec]) -> tuple[list[str], np.ndarray]:
     for entry in colors:
         if isinstance(entry, str):
             if entry not in PALETTE:
-                raise ValueError(f"unknown color {entry!r}; allowed names: {', '.join(PALETTE)} (or {{name: [r, g, b]}})")
+                raise ValueError(
+                    f"unknown color {entry!r}; allowed names: {', '.join(PALETTE)} (or {{name: [r, g, b]}})"
+                )
             names.append(entry)
             rgb.append(PALETTE[entry])
         elif isinstance(entry, Mapping) and len(entry) == 1:
-            (name, value), = entry.items()
+            ((name, value),) = entry.items()
             value = tuple(float(v) for v in value)
             if len(value) != 3 or min(value) < 0 or max(value) != 1.0:
                 raise ValueError(

@@ -12,11 +12,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xai_lightning.data.colorize import COLOR_MODES, GRAY, ColorSpec, assign_colors, colorize, resolve_colors
-from xai_lightning.io import atomic_write
 from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
+from xai_lightning.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ class ColorDigits(Dataset):
         """Final images for several indices at once: [n, 3, S, S]."""
         img = colorize(self.intensity[index], self.color[index], self.rgb)
         if img.shape[-1] != self.image_size:
-            img = F.interpolate(img, size=(self.image_size, self.image_size), mode=self.interpolation,
-                                **({"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}))
+            img = F.interpolate(
+                img,
+                size=(self.image_size, self.image_size),
+                mode=self.interpolation,
+                **({"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}),
+            )
             img = img.clamp_(0.0, 1.0)
         return img
 
@@ -62,6 +66,25 @@ class ColorDigits(Dataset):
             "color": self.color[i],
             "index": torch.tensor(i),
         }
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A random permutation per epoch that depends only on (seed, epoch): a run resumed at epoch k sees the
+    same order as an uninterrupted one (Lightning calls ``set_epoch`` before every epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(
+            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+        )
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class ColorMNISTDataModule(L.LightningDataModule):
@@ -126,8 +149,12 @@ class ColorMNISTDataModule(L.LightningDataModule):
         for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name}={value} is outside [0, 1]")
-        sizes = {"train": train_per_class, "test": test_per_class, "real_world": real_world_per_class,
-                 "probe_set": probe_per_class}
+        sizes = {
+            "train": train_per_class,
+            "test": test_per_class,
+            "real_world": real_world_per_class,
+            "probe_set": probe_per_class,
+        }
         for split, n in sizes.items():
             if int(n) < 0:
                 raise ValueError(f"{split} size per class must be >= 0, got {n}")
@@ -174,9 +201,15 @@ class ColorMNISTDataModule(L.LightningDataModule):
     # ---- generation and cache -----------------------------------------------------------------
     def cache_key(self) -> str:
         spec = {
-            "version": _CACHE_VERSION, "source": source_fingerprint(self.source), "digits": self.digits,
-            "rgb": self.rgb.tolist(), "color_mode": self.color_mode, "bias_strength": self.bias_strength,
-            "gray_fraction": self.gray_fraction, "sizes": self.sizes, "seed": self.seed,
+            "version": _CACHE_VERSION,
+            "source": source_fingerprint(self.source),
+            "digits": self.digits,
+            "rgb": self.rgb.tolist(),
+            "color_mode": self.color_mode,
+            "bias_strength": self.bias_strength,
+            "gray_fraction": self.gray_fraction,
+            "sizes": self.sizes,
+            "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -194,8 +227,14 @@ class ColorMNISTDataModule(L.LightningDataModule):
             mode = self.color_mode if split in ("train", "test") else "random"
             rng = np.random.default_rng([self.seed, code, 99])
             colors = assign_colors(labels, len(self.color_names), mode, self.bias_strength, rng, self.gray_fraction)
-            arrays.update({f"{split}.intensity": images, f"{split}.digit": digits, f"{split}.label": labels,
-                           f"{split}.color": colors})
+            arrays.update(
+                {
+                    f"{split}.intensity": images,
+                    f"{split}.digit": digits,
+                    f"{split}.label": labels,
+                    f"{split}.color": colors,
+                }
+            )
         return arrays
 
     def _load_or_generate(self, write: bool) -> dict[str, np.ndarray]:
@@ -247,12 +286,10 @@ class ColorMNISTDataModule(L.LightningDataModule):
             self.setup()
         if split not in self.datasets:
             raise ValueError(f"unknown split {split!r}; available: {', '.join(self.datasets)}")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size or (self.batch_size if split == "train" else self.eval_batch_size),
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochSeededSampler(len(self.datasets[split]), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,

@@ -45,12 +45,16 @@ def load_npz(path: str) -> Pool:
     with np.load(path) as data:
         missing = [k for k in ("images", "labels") if k not in data.files]
         if missing:
-            raise ValueError(f"{path}: missing array(s) {missing}; an .npz source needs 'images' (N x H x W uint8) "
-                             f"and 'labels' (N digits 0-9); found {data.files}")
+            raise ValueError(
+                f"{path}: missing array(s) {missing}; an .npz source needs 'images' (N x H x W uint8) "
+                f"and 'labels' (N digits 0-9); found {data.files}"
+            )
         images, labels = data["images"], data["labels"].astype(np.int64).reshape(-1)
     if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise ValueError(f"{path}: 'images' must be uint8 N x H x W with one label each; got {images.dtype} "
-                         f"{images.shape} and {labels.shape} labels")
+        raise ValueError(
+            f"{path}: 'images' must be uint8 N x H x W with one label each; got {images.dtype} "
+            f"{images.shape} and {labels.shape} labels"
+        )
     if labels.min() < 0 or labels.max() > 9:
         raise ValueError(f"{path}: labels must be digits 0-9; found range {labels.min()}..{labels.max()}")
     return images, labels
@@ -58,7 +62,8 @@ def load_npz(path: str) -> Pool:
 
 def _download_error(name: str, root: str, err: Exception, urls: list[str]) -> RuntimeError:
     return RuntimeError(
-        f"could not download {name} to {root!r} ({type(err).__name__}: {err}). Tried: {', '.join(urls) or 'torchvision mirrors'}. "
+        f"could not download {name} to {root!r} ({type(err).__name__}: {err}). "
+        f"Tried: {', '.join(urls) or 'torchvision mirrors'}. "
         f"Offline alternatives: `--data.source synthetic` (procedural digits, no download), or "
         f"`--data.source /path/to/digits.npz` with 'images' (N x 28 x 28 uint8) and 'labels'; or copy the "
         f"torchvision {name} files into {root!r} on a machine with internet first."
@@ -100,7 +105,7 @@ def _take_stratified(
         idx = rng.permutation(idx)
         start = 0
         for split, n in wanted.items():
-            picks[split].append(idx[start:start + n])
+            picks[split].append(idx[start : start + n])
             start += n
     out = {}
     for split, parts in picks.items():
@@ -117,15 +122,14 @@ def load_splits(source: str, data_dir: str, digits: list[int], sizes: Mapping[st
     """
     rng = np.random.default_rng([seed, 7])
     if source == "synthetic":
-        return {
-            split: generate_digits(digits, sizes[split], seed=[seed, _SPLIT_CODE[split]]) for split in SPLITS
-        }
+        return {split: generate_digits(digits, sizes[split], seed=[seed, _SPLIT_CODE[split]]) for split in SPLITS}
     if source in ("mnist", "emnist"):
         root = os.path.join(data_dir, source)
         dev = load_torchvision(source, root, train=True)
         test = load_torchvision(source, root, train=False)
-        out = _take_stratified(dev, digits, {s: sizes[s] for s in ("train", "real_world", "probe_set")}, rng,
-                               f"{source} train set")
+        out = _take_stratified(
+            dev, digits, {s: sizes[s] for s in ("train", "real_world", "probe_set")}, rng, f"{source} train set"
+        )
         out.update(_take_stratified(test, digits, {"test": sizes["test"]}, rng, f"{source} test set"))
         return out
     pool = load_npz(source)

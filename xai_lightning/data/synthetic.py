@@ -132,7 +132,7 @@ def _affine(rng: np.random.Generator) -> np.ndarray:
     return rot @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag([sx, sy])
 
 
-_PX = (np.arange(CANVAS) + 0.5)
+_PX = np.arange(CANVAS) + 0.5
 _GRID = np.stack(np.meshgrid(_PX, _PX, indexing="xy"), axis=-1).reshape(-1, 2)  # [784, 2] (x, y) pixel centres
 
 

@@ -49,7 +49,9 @@ def resolve_normalization(spec: str | Sequence[Sequence[float]]) -> tuple[torch.
     """(mean, std) as [1, 3, 1, 1] tensors from a name in ``NORMALIZATIONS`` or ``[[mean], [std]]``."""
     if isinstance(spec, str):
         if spec not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {spec!r}; allowed: {', '.join(NORMALIZATIONS)} or [[m, m, m], [s, s, s]]")
+            raise ValueError(
+                f"unknown normalization {spec!r}; allowed: {', '.join(NORMALIZATIONS)} or [[m, m, m], [s, s, s]]"
+            )
         mean, std = NORMALIZATIONS[spec]
     else:
         mean, std = spec

@@ -71,7 +71,9 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
         # keys are prefixed: nn.ModuleDict refuses "train" (it would shadow Module.train)
-        self.eval_acc = nn.ModuleDict({f"on_{s}": MulticlassAccuracy(num_classes, average="micro") for s in EVAL_SPLITS})
+        self.eval_acc = nn.ModuleDict(
+            {f"on_{s}": MulticlassAccuracy(num_classes, average="micro") for s in EVAL_SPLITS}
+        )
         self.eval_loss = nn.ModuleDict({f"on_{s}": MeanMetric() for s in EVAL_SPLITS})
         self.val_acc_best = MaxMetric()
         if init_checkpoint is not None:
@@ -80,13 +82,15 @@ class ClassifierModule(L.LightningModule):
     def _load_init_checkpoint(self, path: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
-        net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        net_state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
         if not net_state:
             raise ValueError(f"init_checkpoint {path!r} holds no 'net.*' weights of a ClassifierModule")
         missing, unexpected = self.net.load_state_dict(net_state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"init_checkpoint {path!r} does not fit backbone {self.hparams.backbone!r}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"init_checkpoint {path!r} does not fit backbone {self.hparams.backbone!r}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         rank_zero_info(f"ClassifierModule: initialised from {path}")
 
     @override
@@ -99,7 +103,9 @@ class ClassifierModule(L.LightningModule):
     def _split_names(self, stage: str) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         attr = "test_split_names" if stage == "test" else "val_split_names"
-        return list(getattr(dm, attr, ["test", "real_world"] if stage == "test" else ["val", "real_world", "probe_set"]))
+        return list(
+            getattr(dm, attr, ["test", "real_world"] if stage == "test" else ["val", "real_world", "probe_set"])
+        )
 
     @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -132,7 +138,9 @@ class ClassifierModule(L.LightningModule):
         return self._eval_step(batch, dataloader_idx, "test")
 
     @override
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
         probs = self(batch["image"]).softmax(-1)
         return {"probs": probs, "pred": probs.argmax(-1), "label": batch["label"]}
 

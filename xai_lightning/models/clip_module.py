@@ -32,12 +32,24 @@ PROBE_CLIP_CFG: dict[str, Any] = {
 }
 
 TEMPLATES: dict[str, list[str]] = {
-    "color": [DEFAULT_CONCEPTS["color"]["template"].format("{color}"), "a {color} handwritten digit",
-              "a {color} number", "a digit drawn in {color}"],
-    "digit": [DEFAULT_CONCEPTS["shape"]["template"].format("{digit}"), "a photo of the number {digit}.",
-              "a handwritten {word}", "the digit {digit}"],
-    "both": ["a photo of a {color} digit with the value {digit}.", "a {color} handwritten {word}",
-             "a {color} {digit}", "the number {digit} in {color}"],
+    "color": [
+        DEFAULT_CONCEPTS["color"]["template"].format("{color}"),
+        "a {color} handwritten digit",
+        "a {color} number",
+        "a digit drawn in {color}",
+    ],
+    "digit": [
+        DEFAULT_CONCEPTS["shape"]["template"].format("{digit}"),
+        "a photo of the number {digit}.",
+        "a handwritten {word}",
+        "the digit {digit}",
+    ],
+    "both": [
+        "a photo of a {color} digit with the value {digit}.",
+        "a {color} handwritten {word}",
+        "a {color} {digit}",
+        "the number {digit} in {color}",
+    ],
     "neither": ["a photo of a digit", "a handwritten number"],
 }
 KIND_WEIGHTS = {"color": 0.3, "digit": 0.3, "both": 0.35, "neither": 0.05}
@@ -67,9 +79,17 @@ class CLIPModule(L.LightningModule):
     ) -> None:
         super().__init__()
         cfg = dict(model_cfg or PROBE_CLIP_CFG)
-        self.save_hyperparameters({"model_cfg": cfg, "lr": lr, "weight_decay": weight_decay,
-                                   "warmup_steps": warmup_steps, "caption_seed": caption_seed,
-                                   "class_names": list(class_names or []), "color_names": list(color_names or [])})
+        self.save_hyperparameters(
+            {
+                "model_cfg": cfg,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "caption_seed": caption_seed,
+                "class_names": list(class_names or []),
+                "color_names": list(color_names or []),
+            }
+        )
         if num_classes is not None and class_names and len(class_names) != num_classes:
             raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names")
         self.model = build_open_clip(cfg)
@@ -94,8 +114,14 @@ class CLIPModule(L.LightningModule):
         import copy
 
         cfg = self.hparams.model_cfg
-        return ProbeCLIP(copy.deepcopy(self.model), self.image_size, OPENAI_MEAN, OPENAI_STD,
-                         cfg["text_cfg"]["context_length"], name="CLIPModule")
+        return ProbeCLIP(
+            copy.deepcopy(self.model),
+            self.image_size,
+            OPENAI_MEAN,
+            OPENAI_STD,
+            cfg["text_cfg"]["context_length"],
+            name="CLIPModule",
+        )
 
     # ---- captions -----------------------------------------------------------------------------
     def _names(self) -> tuple[list[str], list[str]]:
@@ -114,8 +140,10 @@ class CLIPModule(L.LightningModule):
 
     def batch_captions(self, batch: Mapping[str, torch.Tensor]) -> list[str]:
         _, colors = self._names()
-        return [self.caption(int(d), colors[int(c)] if int(c) >= 0 else None, self._caption_rng)
-                for d, c in zip(batch["digit"].tolist(), batch["color"].tolist())]
+        return [
+            self.caption(int(d), colors[int(c)] if int(c) >= 0 else None, self._caption_rng)
+            for d, c in zip(batch["digit"].tolist(), batch["color"].tolist())
+        ]
 
     # ---- steps --------------------------------------------------------------------------------
     @override
@@ -150,8 +178,14 @@ class CLIPModule(L.LightningModule):
         pred_d = (emb @ digit_text.T).argmax(-1)
         pred_c = (emb @ color_text.T).argmax(-1)
         colored = batch["color"] >= 0
-        self._zs += torch.stack([(pred_d == batch["label"]).sum(), torch.tensor(len(pred_d), device=self.device),
-                                 ((pred_c == batch["color"]) & colored).sum(), colored.sum()]).float()
+        self._zs += torch.stack(
+            [
+                (pred_d == batch["label"]).sum(),
+                torch.tensor(len(pred_d), device=self.device),
+                ((pred_c == batch["color"]) & colored).sum(),
+                colored.sum(),
+            ]
+        ).float()
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -164,8 +198,9 @@ class CLIPModule(L.LightningModule):
         hp = self.hparams
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=hp.lr)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=hp.lr
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
 
         def schedule(step: int) -> float:

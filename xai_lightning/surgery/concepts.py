@@ -54,17 +54,23 @@ def resolve_concepts(spec: Mapping[str, Mapping], attributes: Mapping[str, Seque
             or names an unknown one, a template without ``{}``, an empty spec.
     """
     if not spec:
-        raise ValueError("concepts is empty; give e.g. {shape: {attribute: digit, template: 'a photo of the digit {}.'}}")
+        raise ValueError(
+            "concepts is empty; give e.g. {shape: {attribute: digit, template: 'a photo of the digit {}.'}}"
+        )
     names, attrs, values, captions, concept_of, value_of, keys = [], [], [], [], [], [], []
     for ci, (name, entry) in enumerate(spec.items()):
         entry = dict(entry)
         unknown = set(entry) - {"attribute", "template", "captions"}
         if unknown:
-            raise ValueError(f"concept {name!r}: unknown keys {sorted(unknown)}; allowed: attribute, template, captions")
+            raise ValueError(
+                f"concept {name!r}: unknown keys {sorted(unknown)}; allowed: attribute, template, captions"
+            )
         attr = entry.get("attribute")
         if attr not in attributes:
-            raise ValueError(f"concept {name!r} refers to attribute {attr!r}, which the data does not provide; "
-                             f"available: {', '.join(attributes)}")
+            raise ValueError(
+                f"concept {name!r} refers to attribute {attr!r}, which the data does not provide; "
+                f"available: {', '.join(attributes)}"
+            )
         vals = [str(v) for v in attributes[attr]]
         if ("template" in entry) == ("captions" in entry):
             raise ValueError(f"concept {name!r}: give exactly one of 'template' or 'captions'")
@@ -78,8 +84,10 @@ def resolve_concepts(spec: Mapping[str, Mapping], attributes: Mapping[str, Seque
             missing = [v for v in vals if v not in given]
             extra = [k for k in given if k not in vals]
             if missing or extra:
-                raise ValueError(f"concept {name!r}: captions must cover exactly the {attr} values {vals}; "
-                                 f"missing {missing}, unknown {extra}")
+                raise ValueError(
+                    f"concept {name!r}: captions must cover exactly the {attr} values {vals}; "
+                    f"missing {missing}, unknown {extra}"
+                )
             caps = [given[v] for v in vals]
         names.append(str(name))
         attrs.append(attr)

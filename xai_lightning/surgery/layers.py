@@ -25,8 +25,11 @@ def _preset(model: nn.Module, preset: str) -> list[str]:
     if preset == "blocks":
         return [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES]
     # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet)
-    return [n for n, m in named if n.split(".")[-1] in ("layer1", "layer2", "layer3", "layer4")
-            and isinstance(m, nn.Sequential)]
+    return [
+        n
+        for n, m in named
+        if n.split(".")[-1] in ("layer1", "layer2", "layer3", "layer4") and isinstance(m, nn.Sequential)
+    ]
 
 
 def _unknown(spec: str, names: list[str]) -> ValueError:
@@ -53,8 +56,10 @@ def resolve_layers(model: nn.Module, spec: str | Sequence[str]) -> list[str]:
         if s in PRESETS:
             found = _preset(model, s)
             if not found:
-                raise ValueError(f"layer preset {s!r} selects nothing in {type(model).__name__}; "
-                                 f"give module names instead (e.g. {', '.join(all_names[:5])}, ...)")
+                raise ValueError(
+                    f"layer preset {s!r} selects nothing in {type(model).__name__}; "
+                    f"give module names instead (e.g. {', '.join(all_names[:5])}, ...)"
+                )
         elif any(ch in s for ch in "*?["):
             found = fnmatch.filter(all_names, s)
         else:
@@ -98,8 +103,10 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
     def make(name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                raise TypeError(f"layer {name!r} returned {type(output).__name__} "
-                                f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps")
+                raise TypeError(
+                    f"layer {name!r} returned {type(output).__name__} "
+                    f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps"
+                )
             store[name] = output
 
         return hook

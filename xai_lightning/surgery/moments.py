@@ -79,8 +79,9 @@ class _Side:
             self.ranges[size] = spans
         # global (layer-order) channel index of every channel in a size group's concatenation
         self.index = {
-            s: torch.cat([torch.arange(offsets[spec.name], offsets[spec.name] + spec.channels)
-                          for spec in self.by_size[s]])
+            s: torch.cat(
+                [torch.arange(offsets[spec.name], offsets[spec.name] + spec.channels) for spec in self.by_size[s]]
+            )
             for s in self.sizes
         }
 
@@ -90,8 +91,9 @@ class _Side:
         if got != want:
             raise ValueError(f"{what} activations changed layout between batches: expected {want}, got {got}")
 
-    def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor],
-                sizes: list[Size] | None = None) -> dict[Size, torch.Tensor]:
+    def grouped(
+        self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor], sizes: list[Size] | None = None
+    ) -> dict[Size, torch.Tensor]:
         """Shifted float32 maps concatenated per size, channel-first: {size: [C_size, B, h, w]}, written in
         one pass (no separate concatenation or transpose copies)."""
         out = {}
@@ -102,15 +104,17 @@ class _Side:
             start = 0
             for spec in self.by_size[s]:
                 stop = start + spec.channels
-                torch.sub(acts[spec.name].float().transpose(0, 1), shift[s][start:stop].view(-1, 1, 1, 1),
-                          out=x[start:stop])
+                torch.sub(
+                    acts[spec.name].float().transpose(0, 1), shift[s][start:stop].view(-1, 1, 1, 1), out=x[start:stop]
+                )
                 start = stop
             out[s] = x
         return out
 
 
-def _pair_terms(x: torch.Tensor, own: Size, other: Size, need_sq: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _pair_terms(
+    x: torch.Tensor, own: Size, other: Size, need_sq: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """For shifted maps x [C, B, h, w] (channel-first) paired with maps of size ``other``:
 
     Returns:
@@ -124,11 +128,14 @@ def _pair_terms(x: torch.Tensor, own: Size, other: Size, need_sq: bool
     y = x
     weighted, sq_form = x, x
     upsampled = False
+
     def along(t: torch.Tensor, dim: int, mat: torch.Tensor) -> torch.Tensor:  # apply mat [n, n'] along h or w
         return torch.matmul(mat.T, t) if dim == 2 else torch.matmul(t, mat)  # stays contiguous
 
-    adj = [_upsample_1d(n_other, n_own).to(dev, torch.float32) if n_own > n_other else None  # [n_own, n_other]
-           for n_own, n_other in ((own[0], other[0]), (own[1], other[1]))]
+    adj = [
+        _upsample_1d(n_other, n_own).to(dev, torch.float32) if n_own > n_other else None  # [n_own, n_other]
+        for n_own, n_other in ((own[0], other[0]), (own[1], other[1]))
+    ]
     if adj[0] is not None and adj[1] is not None and own[0] * own[1] * other[0] * other[1] <= 10_000:
         # small maps: both dimensions in one GEMM with the Kronecker product (measured fastest on CPU)
         y = (y.reshape(-1, own[0] * own[1]) @ torch.kron(adj[0], adj[1])).view(y.shape[0], y.shape[1], *other)
@@ -189,7 +196,7 @@ class CrossMoments:
         dev = next(iter(s_acts.values())).device
         f64 = dict(device=dev, dtype=torch.float64)
         st: dict[str, torch.Tensor] = {}
-        for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
+        for tag, side in (("s", self.s), ("c", self.c)):
             for size in side.sizes:
                 ch = sum(spec.channels for spec in side.by_size[size])
                 st[f"{tag}{size}.shift"] = torch.zeros(ch, device=dev)
@@ -221,13 +228,14 @@ class CrossMoments:
         for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
             for size in side.sizes:
                 self.state[f"{tag}{size}.shift"] = torch.cat(
-                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in side.by_size[size]])
+                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in side.by_size[size]]
+                )
         self._fresh = False
 
     def reset(self) -> None:
         """Zero every sum but keep the layout and the buffers (no re-allocation between epochs); the next
         batch sets fresh shifts."""
-        for key, value in self.state.items():
+        for value in self.state.values():
             value.zero_()
         for a in self.s.sizes if self.s is not None else []:
             for b in self.c.sizes:
@@ -355,13 +363,17 @@ class CrossMoments:
         if self.s is None:
             raise RuntimeError("all_reduce before any update: every rank needs at least one batch")
         keys = self._shift_keys()
-        small = torch.cat([torch.cat([self.state[f"{k}.shift"].double() * self.state[f"{k}.n"],
-                                      self.state[f"{k}.n"].view(1)]) for k in keys])
+        small = torch.cat(
+            [
+                torch.cat([self.state[f"{k}.shift"].double() * self.state[f"{k}.n"], self.state[f"{k}.n"].view(1)])
+                for k in keys
+            ]
+        )
         small = sum_fn(small)
         common, start = {}, 0
         for k in keys:
             ch = self.state[f"{k}.shift"].numel()
-            weighted, n = small[start:start + ch], small[start + ch]
+            weighted, n = small[start : start + ch], small[start + ch]
             common[k] = (weighted / n.clamp_min(1.0)).to(self.state[f"{k}.shift"].dtype)
             start += ch + 1
         self._reshift(common)
@@ -370,7 +382,7 @@ class CrossMoments:
         start = 0
         for k in sum_keys:
             n = self.state[k].numel()
-            self.state[k] = flat[start:start + n].view_as(self.state[k]).clone()
+            self.state[k] = flat[start : start + n].view_as(self.state[k]).clone()
             start += n
 
     # ---- results ------------------------------------------------------------------------------
@@ -434,7 +446,7 @@ class CrossMoments:
                 block.mul_(inv_s.view(-1, 1)).mul_(inv_c.view(1, -1))  # invalid rows/columns become 0
                 for r0, r1, i in self.s.ranges[a]:  # layer by layer: slices, no index tensors
                     for c0, c1, j in self.c.ranges[b]:
-                        z[r0:r1, c0:c1] = block[i:i + r1 - r0, j:j + c1 - c0]
+                        z[r0:r1, c0:c1] = block[i : i + r1 - r0, j : j + c1 - c0]
                 if inplace:
                     self.state[f"{key}.cross"] = torch.empty(0, dtype=block.dtype, device=dev)  # consumed
                     del block
@@ -442,12 +454,20 @@ class CrossMoments:
 
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        layers = None if self.s is None else {
-            "standalone": [(x.name, x.channels, x.size) for x in self.s.layers],
-            "clip": [(x.name, x.channels, x.size) for x in self.c.layers],
+        layers = (
+            None
+            if self.s is None
+            else {
+                "standalone": [(x.name, x.channels, x.size) for x in self.s.layers],
+                "clip": [(x.name, x.channels, x.size) for x in self.c.layers],
+            }
+        )
+        return {
+            "score": self.score,
+            "layers": layers,
+            "fresh": self._fresh,
+            "state": {k: v.cpu() for k, v in self.state.items()},
         }
-        return {"score": self.score, "layers": layers, "fresh": self._fresh,
-                "state": {k: v.cpu() for k, v in self.state.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         self.score = sd["score"]

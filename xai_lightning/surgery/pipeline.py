@@ -43,11 +43,16 @@ class ClipLike(Protocol):
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor: ...  # [K, D]
 
 
-def check_options(score: str, matching: str, swap_fraction: float, interpolation: str, null_draws: int,
-                  verdict: str) -> None:
+def check_options(
+    score: str, matching: str, swap_fraction: float, interpolation: str, null_draws: int, verdict: str
+) -> None:
     """Validates surgery options; errors name the allowed values."""
-    for name, value, allowed in (("score", score, SCORES), ("matching", matching, METHODS),
-                                 ("interpolation", interpolation, INTERPOLATIONS), ("verdict", verdict, VERDICTS)):
+    for name, value, allowed in (
+        ("score", score, SCORES),
+        ("matching", matching, METHODS),
+        ("interpolation", interpolation, INTERPOLATIONS),
+        ("verdict", verdict, VERDICTS),
+    ):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
     if not 0.0 < float(swap_fraction) <= 1.0:
@@ -125,7 +130,9 @@ class SurgeryPipeline:
             self.moments.all_reduce(sum_fn)
         self.plan = build_plan(self.moments, self.matching_method, self.swap_fraction)
         gen = torch.Generator().manual_seed(self.seed)
-        self.null_matchings = [random_matching(self.plan.s_valid, self.plan.c_valid, gen) for _ in range(self.null_draws)]
+        self.null_matchings = [
+            random_matching(self.plan.s_valid, self.plan.c_valid, gen) for _ in range(self.null_draws)
+        ]
         self.counts = ProbeCounts(self.captions, len(self.clip_layers), self.null_draws, self.text_features.device)
         return self.plan
 
@@ -135,8 +142,9 @@ class SurgeryPipeline:
         return emb @ self.text_features.T  # [B, K]
 
     @torch.no_grad()
-    def similarities(self, images: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def similarities(
+        self, images: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sims [L + 1, B, K], null_sims [D, B, K]): level 0 runs CLIP with no hooks at all; level i swaps
         CLIP layers 1..i; the null swaps all L layers under each random matching."""
         if self.plan is None:
@@ -156,14 +164,20 @@ class SurgeryPipeline:
         return torch.stack(levels), torch.stack(null) if null else levels[0].new_zeros(0, *levels[0].shape)
 
     @torch.no_grad()
-    def score_batch(self, images: torch.Tensor, targets: torch.Tensor,
-                    standalone_maps: Mapping[str, torch.Tensor] | None = None) -> None:
+    def score_batch(
+        self, images: torch.Tensor, targets: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         """Scores a batch. ``targets`` [n_concepts, B]: each image's value index per concept (-1 unknown)."""
         sims, null = self.similarities(images, standalone_maps)
         self.counts.update(sims, null, targets.to(sims.device))
 
-    def score_finish(self, sum_fn: SumFn | None = None, max_fn: SumFn | None = None, verdict: str = "retention",
-                     bootstrap: int = 2000) -> ProbeSummary:
+    def score_finish(
+        self,
+        sum_fn: SumFn | None = None,
+        max_fn: SumFn | None = None,
+        verdict: str = "retention",
+        bootstrap: int = 2000,
+    ) -> ProbeSummary:
         if self.counts is None:
             raise RuntimeError("call fit_finish() and score_batch() first")
         if sum_fn is not None:

@@ -130,7 +130,7 @@ class ProbeCounts:
         start = 0
         for k in keys:
             n = self.t[k].numel()
-            self.t[k] = flat[start:start + n].view_as(self.t[k]).clone()
+            self.t[k] = flat[start : start + n].view_as(self.t[k]).clone()
             start += n
         if max_fn is not None:
             mm = max_fn(torch.tensor([-self.sim_min, self.sim_max], dtype=torch.float64, device=flat.device))
@@ -178,7 +178,14 @@ class ProbeCounts:
         finite = {k: v for k, v in effects.items() if np.isfinite(v)}
         dominant = max(finite, key=finite.get) if finite else "none"
         return ProbeSummary(
-            concepts=list(self.captions.names), captions=list(self.captions.captions), keys=list(self.captions.keys),
-            verdict=verdict, images=int(n), metrics={k: float(v) for k, v in m.items()}, dominant=dominant,
-            sim_mean=t["sim_sum"] / n, null_sim_mean=t["null_sim_sum"] / n, sim_range=(self.sim_min, self.sim_max),
+            concepts=list(self.captions.names),
+            captions=list(self.captions.captions),
+            keys=list(self.captions.keys),
+            verdict=verdict,
+            images=int(n),
+            metrics={k: float(v) for k, v in m.items()},
+            dominant=dominant,
+            sim_mean=t["sim_sum"] / n,
+            null_sim_mean=t["null_sim_sum"] / n,
+            sim_range=(self.sim_min, self.sim_max),
         )

@@ -63,17 +63,29 @@ class SurgeryPlan:
         return layer_summaries(self.matching, [(n, c) for n, c, _ in self.clip])
 
     def to(self, device: torch.device | str) -> SurgeryPlan:
-        moved = {k: getattr(self, k).to(device) for k in ("s_mean", "s_std", "s_valid", "c_mean", "c_std", "c_valid", "swap")}
+        moved = {
+            k: getattr(self, k).to(device) for k in ("s_mean", "s_std", "s_valid", "c_mean", "c_std", "c_valid", "swap")
+        }
         m = Matching(self.matching.source.to(device), self.matching.score.to(device), self.matching.method)
-        return SurgeryPlan(self.standalone, self.clip, matching=m, swap_fraction=self.swap_fraction,
-                           score=self.score, extras=self.extras, **moved)
+        return SurgeryPlan(
+            self.standalone,
+            self.clip,
+            matching=m,
+            swap_fraction=self.swap_fraction,
+            score=self.score,
+            extras=self.extras,
+            **moved,
+        )
 
     def save(self, path: str) -> None:
         """Atomic write (temporary file, then rename)."""
         data = {k: v for k, v in self.__dict__.items() if k != "matching"}
         data = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
-        data["matching"] = {"source": self.matching.source.cpu(), "score": self.matching.score.cpu(),
-                            "method": self.matching.method}
+        data["matching"] = {
+            "source": self.matching.source.cpu(),
+            "score": self.matching.score.cpu(),
+            "method": self.matching.method,
+        }
         atomic_write(path, lambda f: torch.save(data, f))
 
     @classmethod
@@ -90,11 +102,13 @@ def select_swaps(matching: Matching, clip: Layout, swap_fraction: float) -> torc
     swap = torch.zeros_like(matching.source, dtype=torch.bool)
     start = 0
     for _, ch, _ in clip:
-        src = matching.source[start:start + ch]
+        src = matching.source[start : start + ch]
         ok = src >= 0
         k = min(int(ok.sum()), math.ceil(swap_fraction * ch))
         if k > 0:
-            score = torch.where(ok, matching.score[start:start + ch].float(), torch.tensor(float("-inf"), device=src.device))
+            score = torch.where(
+                ok, matching.score[start : start + ch].float(), torch.tensor(float("-inf"), device=src.device)
+            )
             swap[start + score.topk(k).indices] = True
         start += ch
     return swap
@@ -110,9 +124,15 @@ def build_plan(moments: CrossMoments, matching: str = "argmax", swap_fraction: f
     plan = SurgeryPlan(
         standalone=[(x.name, x.channels, x.size) for x in moments.s.layers],
         clip=clip_layout,
-        s_mean=s["mean"].float(), s_std=s["std"].float(), s_valid=s["valid"],
-        c_mean=c["mean"].float(), c_std=c["std"].float(), c_valid=c["valid"],
-        matching=m, swap=select_swaps(m, clip_layout, swap_fraction), swap_fraction=swap_fraction,
+        s_mean=s["mean"].float(),
+        s_std=s["std"].float(),
+        s_valid=s["valid"],
+        c_mean=c["mean"].float(),
+        c_std=c["std"].float(),
+        c_valid=c["valid"],
+        matching=m,
+        swap=select_swaps(m, clip_layout, swap_fraction),
+        swap_fraction=swap_fraction,
         score=moments.score,
         extras={"images": moments.count, "coverage": m.coverage(len(s["mean"]))},
     )
@@ -139,7 +159,10 @@ class StandardizedMaps:
     def __init__(self, plan: SurgeryPlan, standalone_maps: Mapping[str, torch.Tensor]) -> None:
         sizes = list(dict.fromkeys(size for _, _, size in plan.standalone))
         self.sizes = sizes
-        group_of, pos_of = torch.empty(plan.n_standalone, dtype=torch.long), torch.empty(plan.n_standalone, dtype=torch.long)
+        group_of, pos_of = (
+            torch.empty(plan.n_standalone, dtype=torch.long),
+            torch.empty(plan.n_standalone, dtype=torch.long),
+        )
         self.groups: list[torch.Tensor] = []
         slices = plan.standalone_slices()
         for g, size in enumerate(sizes):
@@ -169,7 +192,7 @@ def transplant_maps(
     maps = standalone_maps if isinstance(standalone_maps, StandardizedMaps) else StandardizedMaps(plan, standalone_maps)
     matching = matching or plan.matching
     sl = plan.clip_slices()[clip_layer]
-    (h, w), = [size for name, _, size in plan.clip if name == clip_layer]
+    ((h, w),) = [size for name, _, size in plan.clip if name == clip_layer]
     local = plan.swap[sl].nonzero().flatten()  # [n]
     glob = local + sl.start
     src = matching.source[glob]
@@ -204,8 +227,10 @@ def transplant(
 
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             if output.shape[0] != maps.shape[0] or tuple(output.shape[-2:]) != tuple(maps.shape[-2:]):
-                raise ValueError(f"transplant into {layer!r}: CLIP map {tuple(output.shape)} does not fit the "
-                                 f"planned {tuple(maps.shape)}; run CLIP at the image size it was matched at")
+                raise ValueError(
+                    f"transplant into {layer!r}: CLIP map {tuple(output.shape)} does not fit the "
+                    f"planned {tuple(maps.shape)}; run CLIP at the image size it was matched at"
+                )
             out = output.clone()  # never edit CLIP's tensor in place (the reference's stale-hook bug)
             out[:, idx] = maps.to(out.dtype)
             return out
