@@ -9,6 +9,9 @@
 # Add `--model.init_args.init_checkpoint OUT_DIR/biased/checkpoints/last.ckpt` yourself to
 # retrain the debiased model from the biased one (it is a separate run here for a clean comparison).
 #
+# With Captum installed (pip install -e ".[attribution]", part of the dev extra) both runs also log pixel
+# attributions (AttributionProbe) and the report gets a method-comparison table.
+#
 # Writes OUT_DIR/{biased,debiased}/ (version_N: CSV metrics, config, probe plans; checkpoints/),
 # OUT_DIR/wandb (one W&B group, job_type biased/debiased), OUT_DIR/report.md, OUT_DIR/summary.json and
 # the report's PNG plots.
@@ -27,7 +30,13 @@ mkdir -p "$out"
 export XAI_RUN_DIR="$out"
 export XAI_GROUP="${XAI_GROUP:-story-$(basename "$out")-$(date +%Y%m%d-%H%M%S)}"
 start=$(date +%s)
-python -m xai_lightning fit --config configs/quickstart.yaml "$@"
-python -m xai_lightning fit --config configs/quickstart_debiased.yaml "$@"
+extra=()
+if python -c "import captum" 2>/dev/null; then  # pixel attributions next to the probe (the dev extra has Captum)
+  extra=(--trainer.callbacks+=xai_lightning.callbacks.AttributionProbe --trainer.callbacks.num_images 32
+         --trainer.callbacks.gradcam_layer net.layer2 --trainer.callbacks.occlusion_window 8
+         --trainer.callbacks.occlusion_stride 4)
+fi
+python -m xai_lightning fit --config configs/quickstart.yaml "${extra[@]}" "$@"
+python -m xai_lightning fit --config configs/quickstart_debiased.yaml "${extra[@]}" "$@"
 python -m xai_lightning.report "$out/biased" "$out/debiased" --out "$out" --names biased debiased
 echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"

@@ -200,10 +200,62 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
                 f"({agree})."
             )
     lines.append("")
+    lines += method_table(runs)
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
     lines.append("")
     lines.append("Runs: " + ", ".join(f"`{r.name}` = `{r.path}`" for r in runs))
     return "\n".join(lines) + "\n"
+
+
+ATTR_METHODS = (("integrated_gradients", "Integrated Gradients"), ("saliency", "saliency"), ("occlusion", "occlusion"))
+
+
+def method_table(runs: Sequence[Run]) -> list[str]:
+    """'Which methods detect the colour reliance?' — the probe, the counterfactual ground truth and each
+    attribution method, per run (only when AttributionProbe metrics were logged)."""
+    finals = [r.final() for r in runs]
+    if not any(k.startswith("attr/") for f in finals for k in f):
+        return []
+    lines = [
+        "## Method comparison: which methods detect the colour reliance?",
+        "",
+        "Reading per method: the probe's dominant concept; the counterfactual's dominant reliance; for an "
+        "attribution method, `color` when its colour share (the part of the attribution only a change of hue "
+        "produces) exceeds 0.5, else `shape`. Grad-CAM has no channel axis: colour and shape occupy the same "
+        "pixels, so it cannot separate them (its column shows the share of its mass on the digit).",
+        "",
+        "| method | " + " | ".join(r.name for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    lines.append(
+        "| SurgeryProbe (effect − null) | "
+        + " | ".join(
+            f"{r.dominant()} ({_fmt(f.get('probe/effect/color'), sign=True)} colour)" for r, f in zip(runs, finals)
+        )
+        + " |"
+    )
+    lines.append(
+        "| counterfactual ground truth (colour / shape flip rate) | "
+        + " | ".join(
+            f"{r.cf_dominant() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / {_fmt(f.get('cf/shape_flip_rate'), 2)})"
+            for r, f in zip(runs, finals)
+        )
+        + " |"
+    )
+    for key, label in ATTR_METHODS:
+        cells = []
+        for f in finals:
+            share = f.get(f"attr/{key}/color_share")
+            cells.append("–" if share is None else f"{'color' if share > 0.5 else 'shape'} (colour share {share:.2f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| Grad-CAM | "
+        + " | ".join(f"cannot separate (on digit {_fmt(f.get('attr/gradcam/on_digit'), 2)})" for f in finals)
+        + " |"
+    )
+    seconds = " | ".join(_fmt(f.get("attr/seconds"), 1) for f in finals)
+    lines.append(f"| attribution seconds per epoch | {seconds} |")
+    return [*lines, ""]
 
 
 def _probe_arg(run: Run, key: str):

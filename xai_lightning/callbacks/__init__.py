@@ -1,7 +1,18 @@
-"""Lightning callbacks: the SurgeryProbe and its counterfactual ground truth."""
+"""Lightning callbacks: the SurgeryProbe, its counterfactual ground truth, attribution baselines, timing.
+
+``AttributionProbe`` needs Captum (``pip install -e ".[attribution]"``) and is imported on first use.
+"""
 
 from xai_lightning.callbacks.counterfactual import CounterfactualCheck
 from xai_lightning.callbacks.epoch_timer import EpochTimer
 from xai_lightning.callbacks.surgery_probe import SurgeryProbe
 
-__all__ = ["SurgeryProbe", "CounterfactualCheck", "EpochTimer"]
+__all__ = ["SurgeryProbe", "CounterfactualCheck", "EpochTimer", "AttributionProbe"]
+
+
+def __getattr__(name: str):
+    if name == "AttributionProbe":  # lazy: keeps Captum optional for everything else
+        from xai_lightning.callbacks.attribution_probe import AttributionProbe
+
+        return AttributionProbe
+    raise AttributeError(name)

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from xai_lightning.callbacks.common import split_index
 from xai_lightning.data.colorize import colorize
 
 
@@ -72,16 +73,7 @@ class CounterfactualCheck(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
-        names = list(getattr(dm, "val_split_names", []) or [])
-        if isinstance(self.split, int):
-            self.index = self.split
-        elif self.split in names:
-            self.index = names.index(self.split)
-        else:
-            raise ValueError(
-                f"CounterfactualCheck: split {self.split!r} is not a validation dataloader; "
-                f"available: {', '.join(names) or 'none'}"
-            )
+        self.index = split_index(trainer, self.split, "CounterfactualCheck")
         if not hasattr(dm, "rgb"):
             raise ValueError("CounterfactualCheck needs a datamodule with a colour palette `rgb` [K, 3]")
         self.rgb = dm.rgb.float()

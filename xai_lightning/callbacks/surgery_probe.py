@@ -24,13 +24,11 @@ import csv
 import io
 import logging
 import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
@@ -38,6 +36,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from xai_lightning.callbacks.common import preserved_rng, split_index, val_loader
 from xai_lightning.clip import SPEC_KEYS, load_clip
 from xai_lightning.io import atomic_write, atomic_write_text, check_writable
 from xai_lightning.surgery import (
@@ -144,17 +143,6 @@ class SurgeryProbe(Callback):
         self._skip_reason: str | None = None
 
     # ---- setup -----------------------------------------------------------------------------------
-    def _split_index(self, trainer: L.Trainer, split: str | int) -> int:
-        names = list(getattr(trainer.datamodule, "val_split_names", []) or [])
-        if isinstance(split, int):
-            return split
-        if split not in names:
-            raise ValueError(
-                f"SurgeryProbe: split {split!r} is not a validation dataloader; "
-                f"available: {', '.join(names) or 'none (the datamodule has no val_split_names)'}"
-            )
-        return names.index(split)
-
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate") or self.pipe is not None:
@@ -168,8 +156,8 @@ class SurgeryProbe(Callback):
             )
         captions = resolve_concepts(self.concepts, attributes)
         self.attribute_keys = dict(getattr(dm, "attribute_keys", {a: a for a in attributes}))
-        self.fit_index = self._split_index(trainer, self.fit_split)
-        self.score_indices = [self._split_index(trainer, s) for s in self.score_splits]
+        self.fit_index = split_index(trainer, self.fit_split, "SurgeryProbe")
+        self.score_indices = [split_index(trainer, s, "SurgeryProbe") for s in self.score_splits]
         out_dir = self._out_dir(trainer)  # every rank asks (log_dir broadcasts); rank 0 checks it is writable
         if trainer.is_global_zero:
             check_writable(out_dir, "SurgeryProbe output directory")
@@ -277,12 +265,10 @@ class SurgeryProbe(Callback):
         """This rank's share of the scored images. Which images are scored depends only on their ``index``
         (those below ``max_score_samples``, or below twice that among the held-out half), so 1 and N
         processes score the same set."""
-        loaders = trainer.val_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         for idx in self.score_indices:
             held_out = self.holdout and idx == self.fit_index
             limit = self.max_score_samples * (2 if held_out else 1)
-            for batch in loaders[idx]:
+            for batch in val_loader(trainer, idx):
                 if "index" in batch:
                     keep = batch["index"] < limit
                     if held_out:
@@ -315,7 +301,7 @@ class SurgeryProbe(Callback):
         if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
             self.pipe.moments.init_layout(self._layout_acts(trainer, pl_module))
         # The probe must not change training: keep every RNG as it was (iterating a DataLoader draws seeds).
-        with _preserved_rng(pl_module.device):
+        with preserved_rng(pl_module.device):
             plan = self.pipe.fit_finish(self._sum(trainer))
             t_match = time.perf_counter()
             captions = self.pipe.captions
@@ -434,18 +420,6 @@ def holdout_mask(index: torch.Tensor, fit: bool) -> torch.Tensor:
     sharding (rank = index mod world size) splits evenly, unlike index parity."""
     in_fit = (index.long() * 2654435761) % 4294967296 < 2147483648
     return in_fit if fit else ~in_fit
-
-
-@contextlib.contextmanager
-def _preserved_rng(device: torch.device):
-    py, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=True):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(np_state)
 
 
 def _table_rows(summary: ProbeSummary) -> list[list]:

@@ -1,0 +1,53 @@
+"""AttributionProbe: logged keys, heatmaps in the run dir, and a clear error without Captum."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import os
+
+import lightning as L
+import pytest
+
+from tests.callbacks.test_surgery_probe import _csv_metrics
+from tests.helpers.modules import TinyClassifier, tiny_datamodule
+
+pytest.importorskip("captum")
+
+
+def test_logs_shares_and_writes_heatmaps(tmp_path):
+    from xai_lightning.callbacks import AttributionProbe
+
+    L.seed_everything(0)
+    probe = AttributionProbe(gradcam_layer="net.conv3", num_images=16, num_heatmaps=3, ig_steps=4)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+    )
+    trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    logged = _csv_metrics(tmp_path)
+    for method in ("integrated_gradients", "saliency", "occlusion"):
+        assert 0.0 <= logged[f"attr/{method}/color_share"] <= 1.0
+    for method in ("gradcam", "integrated_gradients", "saliency", "occlusion"):
+        assert 0.0 <= logged[f"attr/{method}/on_digit"] <= 1.0
+    assert "attr/gradcam/color_share" not in logged  # no channel axis: it cannot separate colour from shape
+    assert math.isfinite(logged["attr/seconds"])
+    assert os.listdir(tmp_path / "csv" / "version_0" / "attr") == ["heatmaps_epoch000.png"]
+
+
+def test_missing_captum_names_the_extra(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_captum(name, *args, **kwargs):
+        if name.startswith("captum"):
+            raise ImportError("No module named 'captum'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_captum)
+    from xai_lightning.callbacks.attribution_probe import AttributionProbe
+
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[attribution\]"'):
+        AttributionProbe()
