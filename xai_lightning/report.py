@@ -237,7 +237,8 @@ def method_table(runs: Sequence[Run]) -> list[str]:
     lines.append(
         "| counterfactual ground truth (colour / shape flip rate) | "
         + " | ".join(
-            f"{r.cf_dominant() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / {_fmt(f.get('cf/shape_flip_rate'), 2)})"
+            f"{r.cf_dominant() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / "
+            f"{_fmt(f.get('cf/shape_flip_rate'), 2)})"
             for r, f in zip(runs, finals)
         )
         + " |"

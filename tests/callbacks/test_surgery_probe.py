@@ -185,3 +185,31 @@ def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):
     missing = _probe(clip_file, concepts={"color": {"attribute": "color", "captions": {"red": "a red digit"}}})
     with pytest.raises(ValueError, match=r"missing \['green'\]"):
         _trainer(tmp_path, [missing]).validate(TinyClassifier(), dm)
+
+
+def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file, monkeypatch):
+    import glob
+
+    from xai_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb_logger = WandbLogger(save_dir=str(tmp_path), group="g", job_type="biased")
+    trainer = _trainer(
+        tmp_path, [_probe(clip_file)], logger=[L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"), wandb_logger]
+    )
+    trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    run_dir = wandb_logger.experiment.dir
+    wandb_logger.experiment.finish()
+    assert glob.glob(os.path.join(run_dir, "media", "table", "probe", "table_*.table.json"))
+    assert glob.glob(os.path.join(run_dir, "media", "images", "probe", "match_scores_*.png"))
+    assert os.path.isfile(os.path.join(run_dir, "probe", "plan_epoch000.pt"))
+    log = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0]
+    assert b"probe/effect/color" in open(log, "rb").read()  # the metrics are in the run's log
+
+
+def test_sanity_check_is_skipped(tmp_path, clip_file):
+    probe = _probe(clip_file)
+    trainer = _trainer(tmp_path, [probe], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=2)
+    trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert [h["epoch"] for h in probe.history] == [0]  # one probed epoch, none for the sanity check
+    assert probe.pipe.moments.count == int(holdout_mask(torch.arange(48), fit=True).sum())  # no sanity batches

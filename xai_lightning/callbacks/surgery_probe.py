@@ -24,6 +24,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -464,6 +465,12 @@ def _log_wandb(logger: WandbLogger, summary: ProbeSummary, rows: list[list], fig
     run = logger.experiment
     table = wandb.Table(columns=["caption", "key", "clip", "surgery", "influence", "null_surgery"], data=rows)
     run.log({"probe/table": table, "probe/match_scores": wandb.Image(fig), "epoch": epoch})
+    # the plan also goes into the run's own files (uploaded by `wandb sync`): an offline artifact only
+    # references W&B's staging area outside the run directory
+    os.makedirs(os.path.join(run.dir, "probe"), exist_ok=True)
+    kept = os.path.join(run.dir, "probe", os.path.basename(plan_path))
+    shutil.copyfile(plan_path, kept)
+    run.save(kept, base_path=run.dir, policy="now")
     art = wandb.Artifact(
         f"surgery-plan-{run.id}",
         type="surgery_plan",

@@ -1,0 +1,129 @@
+"""Caption scoring counts per image: hand-built similarities, and an independent loop implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xai_lightning.surgery import ProbeCounts, resolve_concepts
+
+ATTRS = {"digit": ["5", "8"], "color": ["red", "green"]}
+SPEC = {
+    "shape": {"attribute": "digit", "template": "a digit {}"},
+    "color": {"attribute": "color", "captions": {"red": "a red digit", "green": "a green digit"}},
+}
+# caption order: 0 "a digit 5", 1 "a digit 8", 2 "a red digit", 3 "a green digit"
+
+
+def test_hand_built_similarities_give_hand_computed_shares():
+    caps = resolve_concepts(SPEC, ATTRS)
+    assert caps.captions == ["a digit 5", "a digit 8", "a red digit", "a green digit"]
+    assert caps.keys == ["shape_5", "shape_8", "color_red", "color_green"]
+    # 4 images: (digit, colour) = (5, red), (8, red), (5, green), (8, gray)
+    targets = torch.tensor([[0, 1, 0, 1], [0, 0, 1, -1]])
+    level0 = torch.tensor(
+        [
+            [0.1, 0.0, 0.9, 0.2],  # plain CLIP: red (correct colour)
+            [0.0, 0.8, 0.3, 0.1],  # 8 (correct shape)
+            [0.7, 0.1, 0.2, 0.3],  # 5 (correct shape)
+            [0.1, 0.2, 0.0, 0.6],
+        ]
+    )  # green (gray image: colour undefined)
+    level1 = torch.tensor(
+        [
+            [0.9, 0.0, 0.8, 0.1],  # surgery: 5 (correct); within colour: red (kept)
+            [0.0, 0.1, 0.2, 0.7],  # green (wrong colour); within shape: 8 (kept)
+            [0.1, 0.2, 0.9, 0.3],  # red (wrong colour); within shape: 8 (lost)
+            [0.2, 0.9, 0.1, 0.0],
+        ]
+    )  # 8 (correct)
+    # influence = level1 - level0 argmax: img0 -> 0 (5, +0.8), img1 -> 3 (green, +0.6),
+    # img2 -> 2 (red, +0.7), img3 -> 1 (8, +0.7)
+    null = torch.stack([level0.flip(0), level1.roll(1, dims=0)])  # two 'random matching' draws
+    counts = ProbeCounts(caps, levels=1, null_draws=2)
+    counts.update(torch.stack([level0, level1]), null, targets)
+    m = counts.summary(verdict="retention", bootstrap=500).metrics
+    assert m["share_clip/shape"] == 0.5 and m["share_clip/color"] == 0.5
+    assert m["share_surgery/shape"] == 0.5 and m["share_surgery/color"] == 0.5
+    assert m["share/shape"] == 0.5 and m["share/color"] == 0.5  # influence view
+    assert m["correct/shape"] == 0.5 and m["wrong/shape"] == 0.0  # img0 (5) and img3 (8), both right
+    assert m["correct/color"] == 0.0 and m["wrong/color"] == 0.5  # img1, img2: wrong colour
+    assert m["zeroshot_acc/shape"] == 1.0  # within shape at level 0: 5, 8, 5, 8
+    assert m["zeroshot_acc/color"] == 1.0  # within colour at level 0: red .9>.2, red .3>.1, green .3>.2 (img3 gray)
+    assert m["retention/shape"] == 0.75  # img2 loses its shape
+    assert m["retention/color"] == pytest.approx(1 / 3)  # of the 3 coloured images only img0 keeps red
+    assert m["delta/shape_5"] == pytest.approx(float((level1 - level0)[:, 0].mean()))
+
+
+def _reference(sims, null, targets, concept_of, value_of, n_concepts):
+    """The definitions, one image at a time in plain Python."""
+    L, B, K = sims.shape
+    out = {}
+    views = {"share_clip": sims[0], "share_surgery": sims[-1], "share": sims[-1] - sims[0]}
+    for c in range(n_concepts):
+        cols = [k for k in range(K) if concept_of[k] == c]
+        defined = [b for b in range(B) if targets[c][b] >= 0]
+        for name, s in views.items():
+            out[f"{name}/{c}"] = sum(concept_of[int(np.argmax(s[b]))] == c for b in range(B)) / B
+        infl = sims[-1] - sims[0]
+        tops = [int(np.argmax(infl[b])) for b in range(B)]
+        out[f"correct/{c}"] = (
+            sum(
+                concept_of[tops[b]] == c and targets[c][b] >= 0 and value_of[tops[b]] == targets[c][b] for b in range(B)
+            )
+            / B
+        )
+        out[f"wrong/{c}"] = (
+            sum(
+                concept_of[tops[b]] == c and targets[c][b] >= 0 and value_of[tops[b]] != targets[c][b] for b in range(B)
+            )
+            / B
+        )
+
+        def within(s, b, cols=cols):
+            return value_of[cols[int(np.argmax([s[b][k] for k in cols]))]]
+
+        out[f"zeroshot_acc/{c}"] = sum(within(sims[0], b) == targets[c][b] for b in defined) / len(defined)
+        kept = {b: float(within(sims[-1], b) == targets[c][b]) for b in defined}
+        out[f"retention/{c}"] = sum(kept.values()) / len(defined)
+        null_kept = {b: np.mean([within(n, b) == targets[c][b] for n in null]) for b in defined}
+        out[f"null_retention/{c}"] = float(np.mean(list(null_kept.values())))
+        out[f"effect_retention/{c}"] = float(np.mean([kept[b] - null_kept[b] for b in defined]))
+        share = [float(concept_of[tops[b]] == c) for b in range(B)]
+        null_share = [np.mean([concept_of[int(np.argmax(n[b] - sims[0][b]))] == c for n in null]) for b in range(B)]
+        out[f"null_share/{c}"] = float(np.mean(null_share))
+        out[f"effect_share/{c}"] = float(np.mean(np.array(share) - np.array(null_share)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_counts_equal_a_loop_over_images_also_across_batches(seed):
+    caps = resolve_concepts(SPEC, ATTRS)
+    g = torch.Generator().manual_seed(seed)
+    L, B, K, D = 3, 37, 4, 3
+    sims = torch.rand(L + 1, B, K, generator=g)
+    null = torch.rand(D, B, K, generator=g)
+    targets = torch.stack([torch.randint(0, 2, (B,), generator=g), torch.randint(-1, 2, (B,), generator=g)])
+    counts = ProbeCounts(caps, levels=L, null_draws=D)
+    for part in torch.arange(B).split(10):  # batches of 10, 10, 10, 7: the counts add up
+        counts.update(sims[:, part], null[:, part], targets[:, part])
+    m = counts.summary(verdict="share", bootstrap=500).metrics
+    ref = _reference(sims.numpy(), null.numpy(), targets.tolist(), caps.concept_of.tolist(), caps.value_of.tolist(), 2)
+    for key, value in ref.items():
+        metric, c = key.rsplit("/", 1)
+        assert m[f"{metric}/{caps.names[int(c)]}"] == pytest.approx(value, abs=1e-12), key
+    for c in caps.names:
+        assert m[f"effect/{c}"] == m[f"effect_share/{c}"]
+        assert m[f"effect_lo/{c}"] <= m[f"effect/{c}"] <= m[f"effect_hi/{c}"]
+
+
+def test_concept_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="'texture', which the data does not provide; available: digit, color"):
+        resolve_concepts({"t": {"attribute": "texture", "template": "{}"}}, ATTRS)
+    with pytest.raises(ValueError, match=r"missing \['green'\], unknown \['blue'\]"):
+        resolve_concepts({"c": {"attribute": "color", "captions": {"red": "r", "blue": "b"}}}, ATTRS)
+    with pytest.raises(ValueError, match="has no '\\{\\}'"):
+        resolve_concepts({"s": {"attribute": "digit", "template": "a digit"}}, ATTRS)
+    with pytest.raises(ValueError, match="exactly one of 'template' or 'captions'"):
+        resolve_concepts({"s": {"attribute": "digit"}}, ATTRS)
