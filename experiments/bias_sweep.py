@@ -127,6 +127,13 @@ def main() -> None:
         result[f"spearman_{metric}"] = spearman([r[f"effect_{metric}/color"] for r in rows], flips)
         result[f"detection_{metric}"] = float(np.mean([r[f"dominant_{metric}"] == r["cf_dominant"] for r in rows]))
         result[f"planted_{metric}"] = float(np.mean([r[f"dominant_{metric}"] == r["planted"] for r in rows]))
+    # the quantity the retention verdict reads: colour effect minus shape effect
+    result["spearman_retention_contrast"] = spearman([r["effect_retention_contrast"] for r in rows], flips)
+    decided = [r for r in rows if r["decided"]]
+    result["decided_runs"] = len(decided)
+    result["detection_retention_decided"] = (
+        float(np.mean([r["dominant_retention"] == r["cf_dominant"] for r in decided])) if decided else float("nan")
+    )
     atomic_write_text(os.path.join(args.out, "sweep.json"), json.dumps(result, indent=2) + "\n")
 
     md = [

@@ -53,6 +53,13 @@ class Run:
         effects = {c: final[f"probe/effect/{c}"] for c in self.concepts() if math.isfinite(final[f"probe/effect/{c}"])}
         return max(effects, key=effects.get) if effects else "none"
 
+    def decided(self) -> bool:
+        """The dominant concept's margin over the runner-up has a 95% interval above 0."""
+        return self.final().get("probe/margin_lo", float("nan")) > 0
+
+    def verdict(self) -> str:
+        return self.dominant() if self.decided() else f"undecided (leaning {self.dominant()})"
+
     def cf_dominant(self) -> str | None:
         final = self.final()
         if "cf/color_flip_rate" not in final:
@@ -113,6 +120,7 @@ def summary(runs: Sequence[Run]) -> dict[str, dict]:
     for run in runs:
         entry = {k: v for k, v in run.final().items()}
         entry["dominant"] = run.dominant()
+        entry["decided"] = run.decided()
         if run.cf_dominant() is not None:
             entry["cf_dominant"] = run.cf_dominant()
         out[run.name] = entry
@@ -141,7 +149,15 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         ("probe_set/acc", "probe_set/acc"),
     ):
         row(label, [_fmt(f.get(key)) for f in finals])
-    row("**dominant concept (probe)**", [f"**{r.dominant()}**" for r in runs])
+    row("**dominant concept (probe)**", [f"**{r.verdict()}**" for r in runs])
+    row(
+        "margin over the runner-up [95% CI]",
+        [
+            f"{_fmt(f.get('probe/margin'), sign=True)} [{_fmt(f.get('probe/margin_lo'), sign=True)}, "
+            f"{_fmt(f.get('probe/margin_hi'), sign=True)}]"
+            for f in finals
+        ],
+    )
     row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
     verdicts = {_probe_arg(r, "verdict") or "retention" for r in runs}
     for c in concepts:
@@ -193,12 +209,19 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     ]
     for r in runs:
         agree = r.cf_dominant()
-        if agree is not None:
-            verdict = "agrees with" if agree == r.dominant() else "DISAGREES with"
+        if agree is None:
+            continue
+        if not r.decided():
             lines.append(
-                f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
-                f"({agree})."
+                f"- **{r.name}**: the probe is undecided (it leans {r.dominant()}, but the margin's interval "
+                f"contains 0: the model's features carry both concepts); the counterfactual says {agree}."
             )
+            continue
+        verdict = "agrees with" if agree == r.dominant() else "DISAGREES with"
+        lines.append(
+            f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
+            f"({agree})."
+        )
     lines.append("")
     lines += method_table(runs)
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
@@ -312,7 +335,7 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
                 (line,) = axes[1][j].plot(xs, share, marker="o", label=f"{c} share")
                 axes[1][j].plot(xs, null, ls="--", color=line.get_color(), label=f"{c} null")
         axes[0][j].axhline(0, color="k", lw=0.8)
-        axes[0][j].set_title(f"{run.name}: dominant = {run.dominant()}")
+        axes[0][j].set_title(f"{run.name}: dominant = {run.verdict()}", fontsize=9)
         axes[1][j].set_xlabel("epoch")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)

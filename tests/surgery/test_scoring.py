@@ -94,6 +94,7 @@ def _reference(sims, null, targets, concept_of, value_of, n_concepts):
         null_share = [np.mean([concept_of[int(np.argmax(n[b] - sims[0][b]))] == c for n in null]) for b in range(B)]
         out[f"null_share/{c}"] = float(np.mean(null_share))
         out[f"effect_share/{c}"] = float(np.mean(np.array(share) - np.array(null_share)))
+        out[f"per_image_retention/{c}"] = {b: kept[b] - null_kept[b] for b in defined}
     return out
 
 
@@ -110,9 +111,20 @@ def test_counts_equal_a_loop_over_images_also_across_batches(seed):
         counts.update(sims[:, part], null[:, part], targets[:, part])
     m = counts.summary(verdict="share", bootstrap=500).metrics
     ref = _reference(sims.numpy(), null.numpy(), targets.tolist(), caps.concept_of.tolist(), caps.value_of.tolist(), 2)
+    per_image = {c: ref.pop(f"per_image_retention/{c}") for c in range(2)}
     for key, value in ref.items():
         metric, c = key.rsplit("/", 1)
         assert m[f"{metric}/{caps.names[int(c)]}"] == pytest.approx(value, abs=1e-12), key
+    # margin (retention verdict): dominant minus runner-up, per image, on images where both are defined
+    r = counts.summary(verdict="retention", bootstrap=500)
+    effects = {c: m[f"effect_retention/{caps.names[c]}"] for c in range(2)}
+    dom = max(effects, key=effects.get)
+    both = [b for b in per_image[0] if b in per_image[1]]
+    margin = np.mean([per_image[dom][b] - per_image[1 - dom][b] for b in both])
+    assert r.dominant == caps.names[dom]
+    assert r.metrics["margin"] == pytest.approx(margin, abs=1e-12)
+    assert r.metrics["margin_lo"] <= r.metrics["margin"] <= r.metrics["margin_hi"]
+    assert r.decided == (r.metrics["margin_lo"] > 0)
     for c in caps.names:
         assert m[f"effect/{c}"] == m[f"effect_share/{c}"]
         assert m[f"effect_lo/{c}"] <= m[f"effect/{c}"] <= m[f"effect_hi/{c}"]

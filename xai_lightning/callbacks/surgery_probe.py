@@ -10,7 +10,8 @@ Logged every probed epoch (``<c>`` = concept, ``<k>`` = caption key, ``<l>`` = C
 ``probe/share/<c>``, ``probe/share_clip/<c>``, ``probe/share_surgery/<c>``, ``probe/null_share/<c>``,
 ``probe/effect/<c>``, ``probe/effect_lo/<c>``, ``probe/effect_hi/<c>``, ``probe/correct/<c>``,
 ``probe/wrong/<c>``, ``probe/zeroshot_acc/<c>``, ``probe/retention/<c>``, ``probe/null_retention/<c>``,
-``probe/effect_share/<c>``, ``probe/effect_retention/<c>``, ``probe/delta/<k>``,
+``probe/effect_share/<c>``, ``probe/effect_retention/<c>``, ``probe/margin``, ``probe/margin_lo``,
+``probe/margin_hi`` (dominant minus runner-up effect), ``probe/delta/<k>``,
 ``probe/match/coverage``, ``probe/match/score_mean/<l>``, ``probe/seconds`` (= ``probe/fit_seconds`` +
 ``probe/score_seconds``), ``probe/images``.
 With W&B also ``probe/table`` (caption x view), ``probe/match_scores`` (plot) and the surgery plan as
@@ -323,7 +324,12 @@ class SurgeryProbe(Callback):
         pl_module.log_dict({k: float(v) for k, v in metrics.items()}, sync_dist=False)
         self.last_summary = summary
         self.history.append(
-            {"epoch": trainer.current_epoch, "dominant": summary.dominant, **{k: float(v) for k, v in metrics.items()}}
+            {
+                "epoch": trainer.current_epoch,
+                "dominant": summary.dominant,
+                "decided": summary.decided,
+                **{k: float(v) for k, v in metrics.items()},
+            }
         )
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
@@ -345,8 +351,11 @@ class SurgeryProbe(Callback):
 
     def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float], out: str) -> None:
         epoch = trainer.current_epoch
+        m = summary.metrics
+        verdict = summary.dominant if summary.decided else f"undecided (leaning {summary.dominant})"
+        margin = f", margin {m['margin']:+.3f} [{m['margin_lo']:+.3f}, {m['margin_hi']:+.3f}]" if "margin" in m else ""
         lines = [
-            f"SurgeryProbe epoch {epoch}: dominant concept = {summary.dominant} "
+            f"SurgeryProbe epoch {epoch}: dominant concept = {verdict}{margin} "
             f"(verdict {summary.verdict} - null, {summary.images} images, {metrics['probe/seconds']:.1f}s)"
         ]
         for c in summary.concepts:

@@ -13,6 +13,8 @@ machine and every DDP rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 CANVAS = 28
@@ -172,12 +174,15 @@ def render_digit(digit: int, rng: np.random.Generator) -> np.ndarray:
     return np.round(img * 255.0).astype(np.uint8)
 
 
-def generate_digits(digits: list[int], per_class: int, seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
+def generate_digits(
+    digits: list[int], per_class: int, seed: int | list[int], progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` digits of each class in ``digits``, interleaved by class.
 
     Returns:
         images: uint8 [N, 28, 28]; labels: int64 [N] digit values. Sample i of class d depends only on
         (seed, d, i), so asking for more samples or other classes never changes the ones already drawn.
+        ``progress(n)`` is called every 100 digits of a class.
     """
     seed_seq = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)]
     images = np.empty((len(digits) * per_class, CANVAS, CANVAS), dtype=np.uint8)
@@ -187,4 +192,6 @@ def generate_digits(digits: list[int], per_class: int, seed: int | list[int]) ->
             rng = np.random.default_rng([*seed_seq, int(d), i])
             images[i * len(digits) + k] = render_digit(int(d), rng)
             labels[i * len(digits) + k] = d
+            if progress is not None and i % 100 == 99:
+                progress(100)
     return images, labels

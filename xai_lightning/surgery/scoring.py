@@ -10,7 +10,9 @@ layers swapped) and the null control's level-L similarities under random matchin
   ``retention`` = the same at level L (how much of the concept survives when CLIP must look through
   the model's features).
 * ``effect`` = verdict metric (``share`` or ``retention``) minus its value under random matching, with
-  a bootstrap 95% interval over images; the dominant concept has the largest effect.
+  a bootstrap 95% interval over images; the dominant concept has the largest effect. ``margin`` = its
+  effect minus the runner-up's (on images where both are defined), with its own interval: when that
+  interval contains 0 the verdict is undecided (the model carries both concepts about equally).
 
 Everything is a count that adds across batches and DDP ranks (``all_reduce``), including the
 histogram of per-image effects the bootstrap resamples, so 1 and N processes give the same numbers.
@@ -40,6 +42,7 @@ class ProbeSummary:
     images: int
     metrics: dict[str, float]  # flat, logged as probe/<name>
     dominant: str
+    decided: bool  # the dominant concept's margin over the runner-up has an interval above 0
     sim_mean: np.ndarray  # [L + 1, K] mean similarity per level and caption
     null_sim_mean: np.ndarray  # [K]
     sim_range: tuple[float, float]  # min / max cosine at level 0
@@ -65,6 +68,9 @@ class ProbeCounts:
             # per-image effect histogram: bin = I * (D + 1) + k, value I - k / D
             "hist_share": z(nc, 2 * (null_draws + 1)),
             "hist_retention": z(nc, 2 * (null_draws + 1)),
+            # joint per-image histograms of concept pairs (a < b): the margin between two effects and its interval
+            "pair_share": z(max(nc * (nc - 1) // 2, 1), (2 * (null_draws + 1)) ** 2),
+            "pair_retention": z(max(nc * (nc - 1) // 2, 1), (2 * (null_draws + 1)) ** 2),
             "sim_sum": z(levels + 1, k),
             "null_sim_sum": z(k),
         }
@@ -102,6 +108,8 @@ class ProbeCounts:
                 t["correct"][v, c] += (hit & defined[c] & (v_top == targets[c])).sum()
                 t["wrong"][v, c] += (hit & defined[c] & (v_top != targets[c])).sum()
         d = self.draws
+        bins = 2 * (d + 1)
+        share_bins, ret_bins = [], []  # per concept: each image's histogram bin (-1: undefined)
         for c in range(nc):
             ok = defined[c]
             t["zeroshot"][c] += ((self._within(sims[0], c) == targets[c]) & ok).sum()
@@ -115,9 +123,18 @@ class ProbeCounts:
                 null_ret_k += ((self._within(null_sims[j], c) == targets[c]) & ok).long()
             t["null_share"][c] += null_share_k.sum()
             t["null_retention"][c] += null_ret_k.sum()
-            bins = 2 * (d + 1)
-            t["hist_share"][c] += torch.bincount(share_i.long() * (d + 1) + null_share_k, minlength=bins).double()
-            t["hist_retention"][c] += torch.bincount((kept.long() * (d + 1) + null_ret_k)[ok], minlength=bins).double()
+            share_bin = share_i.long() * (d + 1) + null_share_k
+            ret_bin = torch.where(ok, kept.long() * (d + 1) + null_ret_k, -1)
+            t["hist_share"][c] += torch.bincount(share_bin, minlength=bins).double()
+            t["hist_retention"][c] += torch.bincount(ret_bin[ok], minlength=bins).double()
+            share_bins.append(share_bin)
+            ret_bins.append(ret_bin)
+        pairs = [(i, j) for i in range(nc) for j in range(i + 1, nc)]
+        for p, (a, b) in enumerate(pairs):
+            for key, per in (("pair_share", share_bins), ("pair_retention", ret_bins)):
+                both = (per[a] >= 0) & (per[b] >= 0)
+                joint = (per[a] * bins + per[b])[both]
+                t[key][p] += torch.bincount(joint, minlength=bins * bins).double()
         t["sim_sum"] += sims.sum(dim=1)
         t["null_sim_sum"] += null_sims.mean(dim=0).sum(dim=0) if d else 0.0
         self.sim_min = min(self.sim_min, float(sims[0].min()))
@@ -177,6 +194,22 @@ class ProbeCounts:
             m[f"delta/{key}"] = (t["sim_sum"][-1, k] - t["sim_sum"][0, k]) / n
         finite = {k: v for k, v in effects.items() if np.isfinite(v)}
         dominant = max(finite, key=finite.get) if finite else "none"
+        names = self.captions.names
+        decided = False
+        if len(finite) >= 2 and d:
+            ranked = sorted(finite, key=finite.get, reverse=True)
+            a, b = sorted((names.index(ranked[0]), names.index(ranked[1])))
+            p = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))].index((a, b))
+            hist = t[f"pair_{verdict}"][p]
+            total = hist.sum()
+            diff = (values[:, None] - values[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
+            sign = 1.0 if names[a] == ranked[0] else -1.0
+            if total:
+                point = sign * float(hist @ diff / total)
+                draws = sign * (rng.multinomial(int(total), hist / total, size=bootstrap) @ diff / total)
+                lo, hi = np.percentile(draws, [2.5, 97.5])
+                m["margin"], m["margin_lo"], m["margin_hi"] = point, float(lo), float(hi)
+                decided = bool(lo > 0)
         return ProbeSummary(
             concepts=list(self.captions.names),
             captions=list(self.captions.captions),
@@ -185,6 +218,7 @@ class ProbeCounts:
             images=int(n),
             metrics={k: float(v) for k, v in m.items()},
             dominant=dominant,
+            decided=decided,
             sim_mean=t["sim_sum"] / n,
             null_sim_mean=t["null_sim_sum"] / n,
             sim_range=(self.sim_min, self.sim_max),
