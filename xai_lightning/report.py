@@ -159,10 +159,13 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         ],
     )
     row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
-    verdicts = {_probe_arg(r, "verdict") or "retention" for r in runs}
+    verdicts = {_probe_arg(r, "verdict") or "retention_vs_init" for r in runs}
+    labels = sorted(
+        v.replace("_vs_init", " − random init") if v.endswith("_vs_init") else f"{v} − null" for v in verdicts
+    )
     for c in concepts:
         row(
-            f"effect/{c} [95% CI] ({'/'.join(sorted(verdicts))} − null)",
+            f"effect/{c} [95% CI] ({' / '.join(labels)})",
             [
                 f"{_fmt(f.get(f'probe/effect/{c}'), sign=True)} [{_fmt(f.get(f'probe/effect_lo/{c}'), sign=True)}, "
                 f"{_fmt(f.get(f'probe/effect_hi/{c}'), sign=True)}]"
@@ -171,8 +174,12 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         )
     for c in concepts:
         row(
-            f"retention/{c} (null)",
-            [f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))})" for f in finals],
+            f"retention/{c} (null · random init)",
+            [
+                f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))} · "
+                f"{_fmt(f.get(f'probe/init_retention/{c}'))})"
+                for f in finals
+            ],
         )
     for c in concepts:
         row(
@@ -181,10 +188,11 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         )
     for c in concepts:
         row(
-            f"effect_share/{c} · effect_retention/{c}",
+            f"effect {c}: share − null · retention − null · retention − random init",
             [
                 f"{_fmt(f.get(f'probe/effect_share/{c}'), sign=True)} · "
-                f"{_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)}"
+                f"{_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)} · "
+                f"{_fmt(f.get(f'probe/effect_retention_vs_init/{c}'), sign=True)}"
                 for f in finals
             ],
         )
@@ -199,8 +207,9 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     lines = [
         "# Run comparison",
         "",
-        "Final epoch of each run. Effects are the probe's verdict metric minus its value "
-        "under random matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
+        "Final epoch of each run. Effects are the probe's verdict metric minus a reference: its value for a "
+        "randomly initialised copy of the model on the same images (`*_vs_init`, the default) or under random "
+        "matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
         "effect. The counterfactual columns are the ground truth: the fraction of predictions that change when only "
         "the colour, or only the digit, is changed.",
         "",
@@ -251,7 +260,7 @@ def method_table(runs: Sequence[Run]) -> list[str]:
         "|---|" + "---|" * len(runs),
     ]
     lines.append(
-        "| SurgeryProbe (effect − null) | "
+        "| SurgeryProbe (verdict effect) | "
         + " | ".join(
             f"{r.dominant()} ({_fmt(f.get('probe/effect/color'), sign=True)} colour)" for r, f in zip(runs, finals)
         )
@@ -339,7 +348,7 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
         axes[1][j].set_xlabel("epoch")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("effect (verdict − null), 95% CI")
+    axes[0][0].set_ylabel("verdict effect, 95% CI")
     axes[1][0].set_ylabel("influence share (paper)")
     axes[0][-1].legend(fontsize=8)
     axes[1][-1].legend(fontsize=8)
@@ -354,10 +363,13 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
         f = run.final()
         for c in concepts:
             metric, null = f.get(f"probe/retention/{c}", math.nan), f.get(f"probe/null_retention/{c}", math.nan)
-            ax.bar(x - 0.2, metric, 0.4, color="tab:blue")
-            ax.bar(x + 0.2, null, 0.4, color="tab:gray")
+            init = f.get(f"probe/init_retention/{c}", math.nan)
+            ax.bar(x - 0.27, metric, 0.27, color="tab:blue")
+            ax.bar(x, init, 0.27, color="tab:orange")
+            ax.bar(x + 0.27, null, 0.27, color="tab:gray")
             eff, lo, hi = (f.get(f"probe/effect{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
-            ax.text(x, max(metric, null) + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
+            top = max(v for v in (metric, null, init, 0.0) if math.isfinite(v))
+            ax.text(x, top + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
             ticks.append(x)
             labels.append(f"{run.name}\n{c}")
             x += 1.0
@@ -365,8 +377,10 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
     ax.set_xticks(ticks, labels, fontsize=8)
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("within-concept accuracy after surgery")
-    ax.legend(["retention (matched)", "null (random matching)"], fontsize=8, loc="upper right")
-    ax.set_title("Effect = retention − null (final epoch)", fontsize=10)
+    ax.legend(
+        ["retention (trained model)", "random-init copy", "null (random matching)"], fontsize=8, loc="upper right"
+    )
+    ax.set_title("Retention after surgery vs its references; text = the verdict's effect [95% CI]", fontsize=10)
     _save(fig, os.path.join(out, "effect_vs_null.png"))
     plt.close(fig)
     names.append("effect_vs_null.png")

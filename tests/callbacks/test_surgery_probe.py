@@ -15,7 +15,13 @@ from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
 from xai_lightning.callbacks import SurgeryProbe
 from xai_lightning.callbacks.surgery_probe import holdout_mask
 from xai_lightning.clip import save_probe_clip
-from xai_lightning.surgery import DEFAULT_CONCEPTS, SurgeryPipeline, count_forward_hooks, resolve_concepts
+from xai_lightning.surgery import (
+    DEFAULT_CONCEPTS,
+    SurgeryPipeline,
+    count_forward_hooks,
+    random_init_copy,
+    resolve_concepts,
+)
 
 CONTRACT = [
     "share",
@@ -103,29 +109,73 @@ def test_logs_every_contract_key_finite(tmp_path, clip_file):
     assert {"plan_epoch000.pt", "table_epoch000.csv", "match_scores_epoch000.png"} <= set(files)
 
 
-def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
-    """The logged numbers equal SurgeryPipeline run directly on the same data."""
-    torch.manual_seed(0)
-    model, dm = TinyClassifier().eval(), tiny_datamodule(str(tmp_path / "data"))
-    probe = _probe(clip_file)
-    trainer = _trainer(tmp_path, [probe])
-    trainer.validate(model, dm)
-    logged = _csv_metrics(tmp_path)
+def _direct(model, dm, seed: int = 0):
+    """SurgeryPipeline run by hand on the probe set: fit on one half, score the other (no baseline)."""
     pipe = SurgeryPipeline(
-        model, tiny_clip(seed=1), resolve_concepts(DEFAULT_CONCEPTS, dm.attributes), "convs", "stages", null_draws=3
+        model,
+        tiny_clip(seed=1),
+        resolve_concepts(DEFAULT_CONCEPTS, dm.attributes),
+        "convs",
+        "stages",
+        null_draws=3,
+        seed=seed,
     )
+    outcomes, indices = [], []
     with torch.no_grad():
         for batch in dm.dataloader("probe_set"):  # fit on one half of the probe set ...
             fit = holdout_mask(batch["index"], fit=True)
             pipe.fit_batch(batch["image"][fit])
         pipe.fit_finish()
         for batch in dm.dataloader("probe_set"):  # ... score the other half
-            held = holdout_mask(batch["index"], fit=False)
-            pipe.score_batch(batch["image"][held], torch.stack([batch["label"], batch["color"]])[:, held])
+            held = holdout_mask(batch["index"], fit=False) & (batch["index"] < 2 * 48)
+            targets = torch.stack([batch["label"], batch["color"]])[:, held]
+            outcomes.append(pipe.score_batch(batch["image"][held], targets))
+            indices.append(batch["index"][held])
+    return pipe, torch.cat(outcomes, dim=-1), torch.cat(indices)
+
+
+def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
+    """The logged numbers equal SurgeryPipeline run directly on the same data; the random-init baseline equals
+    a second pipeline run by hand on a random-init copy, paired image by image."""
+    torch.manual_seed(0)
+    model, dm = TinyClassifier().eval(), tiny_datamodule(str(tmp_path / "data"))
+    probe = _probe(clip_file)
+    assert probe.verdict == "retention_vs_init" and probe.baseline == "random_init"  # the defaults
+    trainer = _trainer(tmp_path, [probe])
+    trainer.validate(model, dm)
+    logged = _csv_metrics(tmp_path)
+    pipe, trained, idx = _direct(model, dm)
     summary = pipe.score_finish(verdict="retention", bootstrap=200)
     assert torch.equal(pipe.moments.scores(), probe.pipe.moments.scores())
     for k, v in summary.metrics.items():
+        if k.startswith(("effect/", "effect_lo/", "effect_hi/", "margin")):
+            continue  # those follow the verdict (vs init here), checked below
         assert logged[f"probe/{k}"] == pytest.approx(v, abs=1e-6), k
+    init_pipe, init, idx2 = _direct(random_init_copy(model, seed=0), dm)
+    assert torch.equal(idx, idx2)
+    init_summary = init_pipe.score_finish(verdict="retention", bootstrap=200)
+    for c_i, c in enumerate(("shape", "color")):
+        assert logged[f"probe/init_retention/{c}"] == pytest.approx(init_summary.metrics[f"retention/{c}"], abs=1e-6)
+        for m_i, metric in enumerate(("share", "retention")):
+            a, b = trained[m_i, c_i], init[m_i, c_i]
+            both = (a >= 0) & (b >= 0)
+            expected = float((a[both] - b[both]).double().mean())
+            assert logged[f"probe/effect_{metric}_vs_init/{c}"] == pytest.approx(expected, abs=1e-6), (metric, c)
+        assert logged[f"probe/effect/{c}"] == logged[f"probe/effect_retention_vs_init/{c}"]
+    assert logged["probe/baseline_seconds"] > 0
+
+
+def test_baseline_is_computed_once_per_run(tmp_path, clip_file):
+    probe = _probe(clip_file)
+    trainer = _trainer(tmp_path, [probe], max_epochs=2, limit_train_batches=1)
+    trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert [h["epoch"] for h in probe.history] == [0, 1]
+    assert "probe/baseline_seconds" in probe.history[0] and "probe/baseline_seconds" not in probe.history[1]
+    for c in ("shape", "color"):  # the reference does not train: the same value at every epoch
+        assert probe.history[0][f"probe/init_retention/{c}"] == probe.history[1][f"probe/init_retention/{c}"]
+    none = _probe(clip_file, verdict="retention", baseline="none")
+    _trainer(tmp_path / "none", [none]).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert none.pipe.baseline is None and not any("vs_init" in k for k in none.history[0])
 
 
 def test_no_hooks_left_after_exception_mid_validation(tmp_path, clip_file):
@@ -167,8 +217,12 @@ def test_holdout_halves_are_disjoint_balanced_and_shard_evenly():
 
 
 def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):
-    with pytest.raises(ValueError, match="allowed: share, retention"):
+    with pytest.raises(ValueError, match="allowed: share, retention, share_vs_init, retention_vs_init"):
         SurgeryProbe(verdict="vibes")
+    with pytest.raises(ValueError, match="allowed: random_init, none"):
+        SurgeryProbe(baseline="trained")
+    with pytest.raises(ValueError, match="set baseline='random_init'"):
+        SurgeryProbe(baseline="none")
     with pytest.raises(ValueError, match="allowed: argmax, one_to_one"):
         SurgeryProbe(matching="hungarian")
     with pytest.raises(ValueError, match="swap_fraction"):

@@ -139,3 +139,50 @@ def test_concept_errors_name_what_is_wrong():
         resolve_concepts({"s": {"attribute": "digit", "template": "a digit"}}, ATTRS)
     with pytest.raises(ValueError, match="exactly one of 'template' or 'captions'"):
         resolve_concepts({"s": {"attribute": "digit"}}, ATTRS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vs_init_effects_pair_each_image_with_its_baseline_outcome(seed):
+    caps = resolve_concepts(SPEC, ATTRS)
+    g = torch.Generator().manual_seed(seed)
+    L, B, K, D = 2, 41, 4, 2
+    sims = torch.rand(L + 1, B, K, generator=g)
+    null = torch.rand(D, B, K, generator=g)
+    targets = torch.stack([torch.randint(0, 2, (B,), generator=g), torch.randint(-1, 2, (B,), generator=g)])
+    base = torch.stack(  # the reference model's outcomes: share in {0, 1}; retention in {0, 1}, -1 undefined
+        [
+            torch.randint(0, 2, (2, B), generator=g),
+            torch.where(targets >= 0, torch.randint(0, 2, (2, B), generator=g), -1),
+        ]
+    )
+    counts = ProbeCounts(caps, levels=L, null_draws=D)
+    outcome = torch.cat(
+        [counts.update(sims[:, p], null[:, p], targets[:, p], base[..., p]) for p in torch.arange(B).split(16)], -1
+    )
+    ref = _reference(sims.numpy(), null.numpy(), targets.tolist(), caps.concept_of.tolist(), caps.value_of.tolist(), 2)
+    # the returned per-image outcomes are the definitions
+    infl = (sims[-1] - sims[0]).argmax(dim=1)
+    for c in range(2):
+        assert outcome[0, c].tolist() == [int(caps.concept_of[int(k)] == c) for k in infl]
+        kept = [int(b in ref[f"per_image_retention/{c}"]) for b in range(B)]
+        assert [o >= 0 for o in outcome[1, c].tolist()] == [bool(k) for k in kept]
+    s = counts.summary(verdict="retention_vs_init", bootstrap=500)
+    diffs = {}
+    for c, name in enumerate(caps.names):
+        for m, metric in enumerate(("share", "retention")):
+            pairs = [(int(outcome[m, c, b]), int(base[m, c, b])) for b in range(B)]
+            d = [a - r for a, r in pairs if a >= 0 and r >= 0]
+            diffs[(metric, c)] = {b: a - r for b, (a, r) in enumerate(pairs) if a >= 0 and r >= 0}
+            assert s.metrics[f"effect_{metric}_vs_init/{name}"] == pytest.approx(np.mean(d), abs=1e-12)
+        assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_retention_vs_init/{name}"]
+        assert s.metrics[f"effect_lo/{name}"] <= s.metrics[f"effect/{name}"] <= s.metrics[f"effect_hi/{name}"]
+    dom = caps.names.index(s.dominant)
+    both = [b for b in diffs[("retention", 0)] if b in diffs[("retention", 1)]]
+    margin = np.mean([diffs[("retention", dom)][b] - diffs[("retention", 1 - dom)][b] for b in both])
+    assert s.metrics["margin"] == pytest.approx(margin, abs=1e-12)
+    # without a baseline, a vs-init verdict is an error, not a silent zero
+    plain = ProbeCounts(caps, levels=L, null_draws=D)
+    plain.update(sims, null, targets)
+    with pytest.raises(ValueError, match="random-init baseline"):
+        plain.summary(verdict="retention_vs_init")
+    assert not any("vs_init" in k for k in plain.summary(verdict="share").metrics)

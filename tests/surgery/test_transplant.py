@@ -142,3 +142,27 @@ def test_unknown_layer_lists_available_names():
     clip = tiny_clip()
     with pytest.raises(ValueError, match=r"unknown layer 'visual.layer5'.*visual.layer4"):
         resolve_layers(clip.model, ["visual.layer5"])
+
+
+def test_random_init_copy_is_seeded_untrained_and_leaves_the_model_and_rng_alone():
+    from xai_lightning.surgery import random_init_copy
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # "trained": far from any fresh init
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    a, b, c = random_init_copy(model, 3), random_init_copy(model, 3), random_init_copy(model, 4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k  # same seed, same copy
+        assert not torch.equal(v, c.state_dict()[k]), k  # another seed, another copy
+        assert not torch.equal(v, before[k]), k  # nothing learned survives
+    fresh = TinyCNN()
+    for (k, v), w in zip(a.state_dict().items(), fresh.state_dict().values()):  # same init distribution
+        if v.dim() >= 2:
+            assert v.std().item() == pytest.approx(w.std().item(), rel=0.5), k
+    assert not a.training

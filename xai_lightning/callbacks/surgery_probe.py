@@ -12,6 +12,9 @@ Logged every probed epoch (``<c>`` = concept, ``<k>`` = caption key, ``<l>`` = C
 ``probe/wrong/<c>``, ``probe/zeroshot_acc/<c>``, ``probe/retention/<c>``, ``probe/null_retention/<c>``,
 ``probe/effect_share/<c>``, ``probe/effect_retention/<c>``, ``probe/margin``, ``probe/margin_lo``,
 ``probe/margin_hi`` (dominant minus runner-up effect), ``probe/delta/<k>``,
+with a baseline (default) also ``probe/effect_share_vs_init/<c>``, ``probe/effect_retention_vs_init/<c>``,
+``probe/init_retention/<c>``, ``probe/init_share/<c>`` (the random-init copy's own values) and
+``probe/baseline_seconds`` (the epoch it is computed, once per run),
 ``probe/match/coverage``, ``probe/match/score_mean/<l>``, ``probe/seconds`` (= ``probe/fit_seconds`` +
 ``probe/score_seconds``), ``probe/images``.
 With W&B also ``probe/table`` (caption x view), ``probe/match_scores`` (plot) and the surgery plan as
@@ -52,6 +55,8 @@ from xai_lightning.surgery import (
 
 log = logging.getLogger(__name__)
 
+BASELINES = ("random_init", "none")
+
 
 class SurgeryProbe(Callback):
     """Tracks which concept a model relies on by network surgery into a probe CLIP.
@@ -67,7 +72,10 @@ class SurgeryProbe(Callback):
         score: ``reference`` | ``pearson``. matching: ``argmax`` | ``one_to_one``.
         swap_fraction: best-matched fraction of each CLIP layer replaced (1.0 = paper, whole stage).
         interpolation: resizing of transplanted maps (``bilinear`` | ``bicubic`` | ``area`` | ``nearest``).
-        verdict: metric behind ``probe/effect`` and the dominant concept: ``retention`` | ``share`` (paper).
+        verdict: metric behind ``probe/effect`` and the dominant concept: ``retention_vs_init`` (default),
+            ``share_vs_init``, ``retention`` | ``share`` (paper; both against the null control only).
+        baseline: ``random_init`` (the same surgery on a seeded random-init copy of the model, computed
+            once per run on the same images; needed by the ``*_vs_init`` verdicts) | ``none``.
         fit_split: validation dataloader (name in the datamodule's ``val_split_names``, or index) whose
             batches fit statistics and matching.
         score_splits: validation dataloaders scored with captions after matching.
@@ -93,7 +101,8 @@ class SurgeryProbe(Callback):
         matching: str = "argmax",
         swap_fraction: float = 1.0,
         interpolation: str = "bilinear",
-        verdict: str = "retention",
+        verdict: str = "retention_vs_init",
+        baseline: str = "random_init",
         fit_split: str | int = "probe_set",
         score_splits: Sequence[str | int] = ("probe_set",),
         holdout: bool = True,
@@ -119,13 +128,17 @@ class SurgeryProbe(Callback):
         ):
             if int(value) < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(BASELINES)}")
+        if verdict.endswith("_vs_init") and baseline == "none":
+            raise ValueError(f"verdict {verdict!r} compares with the random-init baseline: set baseline='random_init'")
         if not score_splits:
             raise ValueError("score_splits is empty; give at least one validation split (e.g. probe_set)")
         self.clip_spec = dict(clip) if isinstance(clip, Mapping) else clip
         self.standalone_layers, self.clip_layers = standalone_layers, clip_layers
         self.concepts = dict(concepts or DEFAULT_CONCEPTS)
         self.score, self.matching, self.swap_fraction = score, matching, float(swap_fraction)
-        self.interpolation, self.verdict = interpolation, verdict
+        self.interpolation, self.verdict, self.baseline = interpolation, verdict, baseline
         self.fit_split, self.score_splits, self.holdout = fit_split, list(score_splits), bool(holdout)
         self.max_score_samples, self.null_draws, self.bootstrap = (
             int(max_score_samples),
@@ -143,6 +156,7 @@ class SurgeryProbe(Callback):
         self._fitting_batch = False
         self._fit_seconds = 0.0
         self._skip_reason: str | None = None
+        self._baseline_metrics: dict[str, float] = {}
 
     # ---- setup -----------------------------------------------------------------------------------
     @override
@@ -263,10 +277,35 @@ class SurgeryProbe(Callback):
             )
         return holdout_mask(batch["index"], fit)
 
+    def _fit_images(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """This rank's fit images (the fit half under ``holdout``), as the validation pass saw them."""
+        for batch in val_loader(trainer, self.fit_index):
+            images = batch["image"]
+            if self.holdout and self.fit_index in self.score_indices:
+                images = images[self._half(batch, fit=True)]
+            if len(images):
+                yield images.to(pl_module.device)
+
+    def _score_triples(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """(images, targets, id) of this rank's scored images; ids are unique across score splits."""
+        captions = self.pipe.captions
+        offset, offsets = 0, {}
+        for idx in self.score_indices:
+            offsets[idx] = offset
+            offset += len(val_loader(trainer, idx).dataset)
+        for idx, batch in self._score_batches(trainer, pl_module):
+            targets = torch.stack([batch[self.attribute_keys[a]] for a in captions.attributes]).long()
+            index = batch.get("index")
+            if index is None:
+                if self.baseline != "none":
+                    raise ValueError("SurgeryProbe(baseline='random_init') needs batch['index'] to pair images")
+                index = torch.zeros(len(targets[0]), dtype=torch.long)
+            yield batch["image"], targets, index + offsets[idx]
+
     def _score_batches(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        """This rank's share of the scored images. Which images are scored depends only on their ``index``
-        (those below ``max_score_samples``, or below twice that among the held-out half), so 1 and N
-        processes score the same set."""
+        """This rank's share of the scored images, as (split index, batch). Which images are scored depends
+        only on their ``index`` (those below ``max_score_samples``, or below twice that among the held-out
+        half), so 1 and N processes score the same set."""
         for idx in self.score_indices:
             held_out = self.holdout and idx == self.fit_index
             limit = self.max_score_samples * (2 if held_out else 1)
@@ -280,7 +319,7 @@ class SurgeryProbe(Callback):
                             break
                         continue
                     batch = {k: v[keep] for k, v in batch.items()}
-                yield move_data_to_device(batch, pl_module.device)
+                yield idx, move_data_to_device(batch, pl_module.device)
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -306,21 +345,36 @@ class SurgeryProbe(Callback):
         with preserved_rng(pl_module.device):
             plan = self.pipe.fit_finish(self._sum(trainer))
             t_match = time.perf_counter()
-            captions = self.pipe.captions
-            for batch in self._score_batches(trainer, pl_module):
-                targets = torch.stack([batch[self.attribute_keys[a]] for a in captions.attributes])
-                self.pipe.score_batch(batch["image"], targets.long())
+            baseline_seconds = 0.0
+            if self.baseline != "none" and self.pipe.baseline is None:
+                t_base = time.perf_counter()
+                base = self.pipe.compute_baseline(
+                    self._fit_images(trainer, pl_module),
+                    self._score_triples(trainer, pl_module),
+                    sum_fn=self._sum(trainer),
+                )
+                self._baseline_metrics = {
+                    f"probe/init_{k.split('/')[0]}/{k.split('/')[1]}": v
+                    for k, v in base.metrics.items()
+                    if k.split("/")[0] in ("retention", "share")
+                }
+                baseline_seconds = time.perf_counter() - t_base  # once per run, reported apart
+            for images, targets, index in self._score_triples(trainer, pl_module):
+                self.pipe.score_batch(images, targets, index=index)
             summary = self.pipe.score_finish(self._sum(trainer), self._max(trainer), self.verdict, self.bootstrap)
         t_end = time.perf_counter()
-        seconds = self._fit_seconds + t_end - t0
+        seconds = self._fit_seconds + t_end - t0 - baseline_seconds
         metrics = {f"probe/{k}": v for k, v in summary.metrics.items()}
         metrics["probe/fit_seconds"] = self._fit_seconds + t_match - t0
-        metrics["probe/score_seconds"] = t_end - t_match
+        metrics["probe/score_seconds"] = t_end - t_match - baseline_seconds
         metrics["probe/match/coverage"] = plan.extras["coverage"]
         for layer, s in plan.summaries().items():
             metrics[f"probe/match/score_mean/{layer}"] = s["score_mean"]
         metrics["probe/seconds"] = seconds
         metrics["probe/images"] = float(summary.images)
+        metrics.update(self._baseline_metrics)
+        if baseline_seconds:
+            metrics["probe/baseline_seconds"] = baseline_seconds
         pl_module.log_dict({k: float(v) for k, v in metrics.items()}, sync_dist=False)
         self.last_summary = summary
         self.history.append(
@@ -354,15 +408,18 @@ class SurgeryProbe(Callback):
         m = summary.metrics
         verdict = summary.dominant if summary.decided else f"undecided (leaning {summary.dominant})"
         margin = f", margin {m['margin']:+.3f} [{m['margin_lo']:+.3f}, {m['margin_hi']:+.3f}]" if "margin" in m else ""
+        reference = "random init" if summary.verdict.endswith("_vs_init") else "null"
         lines = [
             f"SurgeryProbe epoch {epoch}: dominant concept = {verdict}{margin} "
-            f"(verdict {summary.verdict} - null, {summary.images} images, {metrics['probe/seconds']:.1f}s)"
+            f"(verdict {summary.verdict.removesuffix('_vs_init')} vs {reference}, {summary.images} images, "
+            f"{metrics['probe/seconds']:.1f}s)"
         ]
         for c in summary.concepts:
-            m = summary.metrics
+            init = metrics.get(f"probe/init_retention/{c}")
+            init = f", init {init:.3f}" if init is not None else ""
             lines.append(
                 f"  {c:>10}: effect {m[f'effect/{c}']:+.3f} [{m[f'effect_lo/{c}']:+.3f}, {m[f'effect_hi/{c}']:+.3f}]"
-                f"  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f})"
+                f"  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f}{init})"
                 f"  share {m[f'share/{c}']:.3f} (null {m[f'null_share/{c}']:.3f})"
                 f"  zero-shot {m[f'zeroshot_acc/{c}']:.3f}"
             )

@@ -9,8 +9,8 @@ from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS, CaptionSet, resolve
 from xai_lightning.surgery.layers import PRESETS, capture, count_forward_hooks, forward_hooks, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, layer_summaries, match, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments, matching_scores, near_constant
-from xai_lightning.surgery.pipeline import ClipLike, SurgeryPipeline, check_options
-from xai_lightning.surgery.scoring import VERDICTS, VIEWS, ProbeCounts, ProbeSummary
+from xai_lightning.surgery.pipeline import Baseline, ClipLike, SurgeryPipeline, check_options, random_init_copy
+from xai_lightning.surgery.scoring import METRICS, VERDICTS, VIEWS, ProbeCounts, ProbeSummary
 from xai_lightning.surgery.transplant import (
     StandardizedMaps,
     SurgeryPlan,
@@ -38,9 +38,12 @@ __all__ = [
     "CrossMoments",
     "matching_scores",
     "near_constant",
+    "Baseline",
     "ClipLike",
     "SurgeryPipeline",
     "check_options",
+    "random_init_copy",
+    "METRICS",
     "VERDICTS",
     "VIEWS",
     "ProbeCounts",

@@ -8,13 +8,18 @@
         pipe.score_batch(batch["image"], targets)  # targets [n_concepts, B] value indices
     summary = pipe.score_finish()                 # shares, retention, effect vs null, dominant concept
 
+The ``*_vs_init`` verdicts compare with the same surgery on a randomly initialised copy of the model:
+``pipe.compute_baseline(fit_images, score_triples)`` once (the copy is fitted and scored on the same
+images), then ``score_batch(..., index=...)`` pairs each image with its baseline outcome.
+
 The ``SurgeryProbe`` callback drives exactly these calls from Lightning hooks (and passes DDP
 reductions as ``sum_fn``), so the callback adds no math of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -25,7 +30,7 @@ from xai_lightning.surgery.concepts import CaptionSet
 from xai_lightning.surgery.layers import capture, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
-from xai_lightning.surgery.scoring import VERDICTS, ProbeCounts, ProbeSummary
+from xai_lightning.surgery.scoring import METRICS, VERDICTS, ProbeCounts, ProbeSummary
 from xai_lightning.surgery.transplant import INTERPOLATIONS, StandardizedMaps, SurgeryPlan, build_plan, transplant
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]
@@ -59,6 +64,22 @@ def check_options(
         raise ValueError(f"swap_fraction={swap_fraction} must be in (0, 1]")
     if int(null_draws) < 1:
         raise ValueError(f"null_draws={null_draws} must be >= 1 (the null control is what makes the effect honest)")
+
+
+@torch.no_grad()
+def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every parameter and buffer re-drawn by its module's ``reset_parameters``
+    (``reset_running_stats`` for norms), seeded, in eval mode: the same architecture and preprocessing
+    (e.g. a grayscale ``input_transform``) with nothing learned. The caller's RNG state is kept."""
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            elif hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+    return clone.eval()
 
 
 class SurgeryPipeline:
@@ -106,6 +127,8 @@ class SurgeryPipeline:
         self.plan: SurgeryPlan | None = None
         self.null_matchings: list[Matching] = []
         self.counts: ProbeCounts | None = None
+        self.baseline: Baseline | None = None
+        self._last_image_size = 32
 
     # ---- fit ----------------------------------------------------------------------------------
     def standalone_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -117,6 +140,7 @@ class SurgeryPipeline:
     def fit_batch(self, images: torch.Tensor, standalone_acts: Mapping[str, torch.Tensor] | None = None) -> None:
         """Folds one batch into the running sums. ``standalone_acts`` reuses maps the caller already has
         (the callback passes those captured in ``validation_step``)."""
+        self._last_image_size = int(images.shape[-1])
         if standalone_acts is None:
             standalone_acts = self.standalone_maps(images)
         s_acts = {n: standalone_acts[n] for n in self.standalone_layers}
@@ -165,11 +189,70 @@ class SurgeryPipeline:
 
     @torch.no_grad()
     def score_batch(
-        self, images: torch.Tensor, targets: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Scores a batch. ``targets`` [n_concepts, B]: each image's value index per concept (-1 unknown)."""
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        standalone_maps: Mapping[str, torch.Tensor] | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores a batch. ``targets`` [n_concepts, B]: each image's value index per concept (-1 unknown).
+        ``index`` [B]: the images' ids, needed once a baseline exists (pairs each image with its baseline
+        outcome). Returns the per-image outcomes [len(METRICS), n_concepts, B]."""
         sims, null = self.similarities(images, standalone_maps)
-        self.counts.update(sims, null, targets.to(sims.device))
+        base = None
+        if self.baseline is not None:
+            if index is None:
+                raise ValueError("a baseline was computed: score_batch needs the images' index to pair them")
+            base = self.baseline.lookup(index)
+        return self.counts.update(sims, null, targets.to(sims.device), base)
+
+    def compute_baseline(
+        self,
+        fit_images: Iterable[torch.Tensor],
+        score_triples: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        model: nn.Module | None = None,
+        sum_fn: SumFn | None = None,
+    ) -> ProbeSummary:
+        """The same surgery on a reference model (default: ``random_init_copy(standalone, seed)``), fitted on
+        ``fit_images`` and scored on ``score_triples`` = (images, targets, index) batches: its per-image
+        outcomes are kept by index for the ``*_vs_init`` verdicts of every later ``score_batch``. Returns
+        the reference's own summary (its shares and retention)."""
+        if model is None:
+            model = random_init_copy(self.standalone, self.seed)
+        ref = SurgeryPipeline(
+            model,
+            self.clip,
+            self.captions,
+            self.standalone_layers,
+            self.clip_layers,
+            score=self.score,
+            matching=self.matching_method,
+            swap_fraction=self.swap_fraction,
+            interpolation=self.interpolation,
+            null_draws=self.null_draws,
+            seed=self.seed,
+        )
+        for images in fit_images:
+            ref.fit_batch(images)
+        if ref.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
+            ref.moments.init_layout(ref.empty_activations(self._last_image_size))
+        ref.fit_finish(sum_fn)
+        baseline = Baseline(len(METRICS), len(self.captions.names))
+        for images, targets, index in score_triples:
+            baseline.add(index, ref.score_batch(images, targets))
+        self.baseline = baseline
+        return ref.score_finish(sum_fn, verdict="retention")
+
+    @torch.no_grad()
+    def empty_activations(self, image_size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Zero-image activations of both models (their shapes define the running sums' layout, for a rank
+        that saw no fit sample)."""
+        device = self.text_features.device
+        empty = torch.zeros(1, 3, int(image_size), int(image_size), device=device)
+        s_acts = {k: v[:0] for k, v in self.standalone_maps(empty).items()}
+        with capture(self.clip.model, self.clip_layers) as c_acts:
+            self.clip.encode_image(self.clip.preprocess(empty))
+        return s_acts, {k: v[:0] for k, v in c_acts.items()}
 
     def score_finish(
         self,
@@ -191,6 +274,30 @@ class SurgeryPipeline:
         return self
 
     def reset(self) -> None:
-        """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused)."""
+        """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused; the baseline,
+        which does not change with training, is kept)."""
         self.moments.reset()
         self.plan, self.null_matchings, self.counts = None, [], None
+
+
+class Baseline:
+    """Per-image outcomes of the reference model, by image index (this rank's images)."""
+
+    def __init__(self, metrics: int, concepts: int) -> None:
+        self.table = torch.full((metrics, concepts, 0), -2, dtype=torch.int8)  # -2: not scored
+
+    def add(self, index: torch.Tensor, outcomes: torch.Tensor) -> None:
+        index = index.long().cpu()
+        if index.numel() and int(index.max()) >= self.table.shape[-1]:
+            grow = int(index.max()) + 1 - self.table.shape[-1]
+            self.table = torch.cat([self.table, self.table.new_full((*self.table.shape[:2], grow), -2)], dim=-1)
+        self.table[:, :, index] = outcomes.to(torch.int8).cpu()
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.long().cpu()
+        if index.numel() and (int(index.max()) >= self.table.shape[-1] or bool((self.table[0, 0, index] == -2).any())):
+            raise ValueError(
+                "an image scored now was not scored by the baseline (the scoring set must be the same images "
+                "every epoch)"
+            )
+        return self.table[:, :, index].long()

@@ -9,10 +9,15 @@ layers swapped) and the null control's level-L similarities under random matchin
 * ``zeroshot_acc`` = within-concept argmax at level 0 is right (can the probe see the concept at all?);
   ``retention`` = the same at level L (how much of the concept survives when CLIP must look through
   the model's features).
-* ``effect`` = verdict metric (``share`` or ``retention``) minus its value under random matching, with
-  a bootstrap 95% interval over images; the dominant concept has the largest effect. ``margin`` = its
-  effect minus the runner-up's (on images where both are defined), with its own interval: when that
-  interval contains 0 the verdict is undecided (the model carries both concepts about equally).
+* ``effect`` = verdict metric minus a reference, with a bootstrap 95% interval over images; the
+  dominant concept has the largest effect. Verdicts ``share`` / ``retention`` use the null control
+  (the same surgery under random matchings) as the reference; ``share_vs_init`` / ``retention_vs_init``
+  use the same surgery on a randomly initialised copy of the model, scored on the same images (paired
+  per image). Random conv features already carry colour (and some shape), so "how much of a concept
+  survives the trained model" is only meaningful against what an untrained network of the same
+  architecture lets through; the null control only removes what random *matching* lets through.
+  ``margin`` = the dominant effect minus the runner-up's (on images where both are defined), with its
+  own interval: when that interval contains 0 the verdict is undecided.
 
 Everything is a count that adds across batches and DDP ranks (``all_reduce``), including the
 histogram of per-image effects the bootstrap resamples, so 1 and N processes give the same numbers.
@@ -29,7 +34,8 @@ import torch
 from xai_lightning.surgery.concepts import CaptionSet
 
 VIEWS = ("clip", "surgery", "influence")
-VERDICTS = ("share", "retention")
+VERDICTS = ("share", "retention", "share_vs_init", "retention_vs_init")
+METRICS = ("share", "retention")  # per-image outcomes behind the verdicts
 SumFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -71,6 +77,11 @@ class ProbeCounts:
             # joint per-image histograms of concept pairs (a < b): the margin between two effects and its interval
             "pair_share": z(max(nc * (nc - 1) // 2, 1), (2 * (null_draws + 1)) ** 2),
             "pair_retention": z(max(nc * (nc - 1) // 2, 1), (2 * (null_draws + 1)) ** 2),
+            # paired with the random-init baseline: per-image difference in {-1, 0, 1} -> bin d + 1
+            "hist_share_vs_init": z(nc, 3),
+            "hist_retention_vs_init": z(nc, 3),
+            "pair_share_vs_init": z(max(nc * (nc - 1) // 2, 1), 9),
+            "pair_retention_vs_init": z(max(nc * (nc - 1) // 2, 1), 9),
             "sim_sum": z(levels + 1, k),
             "null_sim_sum": z(k),
         }
@@ -82,13 +93,26 @@ class ProbeCounts:
         return self.captions.value_of.to(sims.device)[cols][sims[:, cols].argmax(dim=1)]
 
     @torch.no_grad()
-    def update(self, sims: torch.Tensor, null_sims: torch.Tensor, targets: torch.Tensor) -> None:
-        """Fold a batch in.
+    def update(
+        self,
+        sims: torch.Tensor,
+        null_sims: torch.Tensor,
+        targets: torch.Tensor,
+        baseline: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Fold a batch in; returns the batch's per-image outcomes (what ``baseline`` takes).
 
         Args:
             sims: [L + 1, B, K] cosine similarities per level.
             null_sims: [D, B, K] level-L similarities under D random matchings.
             targets: [n_concepts, B] the image's value index per concept, -1 where undefined.
+            baseline: [len(METRICS), n_concepts, B] the same images' outcomes under the reference model
+                (a random-init copy), as returned by its own ``update``; -1 where undefined.
+
+        Returns:
+            [len(METRICS), n_concepts, B] int: per image and concept, ``share`` (the influence argmax
+            falls in the concept) and ``retention`` (the within-concept argmax after surgery is right;
+            -1 where the attribute is undefined).
         """
         t = self.t
         sims, null_sims, targets = sims.double(), null_sims.double(), targets.long()
@@ -109,6 +133,7 @@ class ProbeCounts:
                 t["wrong"][v, c] += (hit & defined[c] & (v_top != targets[c])).sum()
         d = self.draws
         bins = 2 * (d + 1)
+        outcome = torch.full((len(METRICS), nc, sims.shape[1]), -1, dtype=torch.long, device=sims.device)
         share_bins, ret_bins = [], []  # per concept: each image's histogram bin (-1: undefined)
         for c in range(nc):
             ok = defined[c]
@@ -129,16 +154,32 @@ class ProbeCounts:
             t["hist_retention"][c] += torch.bincount(ret_bin[ok], minlength=bins).double()
             share_bins.append(share_bin)
             ret_bins.append(ret_bin)
+            outcome[0, c] = share_i.long()
+            outcome[1, c] = torch.where(ok, kept.long(), -1)
         pairs = [(i, j) for i in range(nc) for j in range(i + 1, nc)]
+        per_metric = {"share": (share_bins, bins), "retention": (ret_bins, bins)}
+        if baseline is not None:
+            baseline = baseline.to(outcome.device).long()
+            if baseline.shape != outcome.shape:
+                raise ValueError(f"baseline outcomes {tuple(baseline.shape)} != this batch's {tuple(outcome.shape)}")
+            for m, metric in enumerate(METRICS):
+                diff_bins = []
+                for c in range(nc):
+                    ok = (outcome[m, c] >= 0) & (baseline[m, c] >= 0)
+                    d_bin = torch.where(ok, outcome[m, c] - baseline[m, c] + 1, -1)
+                    t[f"hist_{metric}_vs_init"][c] += torch.bincount(d_bin[ok], minlength=3).double()
+                    diff_bins.append(d_bin)
+                per_metric[f"{metric}_vs_init"] = (diff_bins, 3)
         for p, (a, b) in enumerate(pairs):
-            for key, per in (("pair_share", share_bins), ("pair_retention", ret_bins)):
+            for metric, (per, nb) in per_metric.items():
                 both = (per[a] >= 0) & (per[b] >= 0)
-                joint = (per[a] * bins + per[b])[both]
-                t[key][p] += torch.bincount(joint, minlength=bins * bins).double()
+                joint = (per[a] * nb + per[b])[both]
+                t[f"pair_{metric}"][p] += torch.bincount(joint, minlength=nb * nb).double()
         t["sim_sum"] += sims.sum(dim=1)
         t["null_sim_sum"] += null_sims.mean(dim=0).sum(dim=0) if d else 0.0
         self.sim_min = min(self.sim_min, float(sims[0].min()))
         self.sim_max = max(self.sim_max, float(sims[0].max()))
+        return outcome
 
     def all_reduce(self, sum_fn: SumFn, max_fn: SumFn | None = None) -> None:
         """Sums every count over ranks (one packed collective); ``max_fn`` (optional) reduces the range."""
@@ -158,9 +199,18 @@ class ProbeCounts:
         if verdict not in VERDICTS:
             raise ValueError(f"unknown verdict metric {verdict!r}; allowed: {', '.join(VERDICTS)}")
         t = {k: v.cpu().numpy() for k, v in self.t.items()}
+        paired = bool(t["hist_retention_vs_init"].sum() + t["hist_share_vs_init"].sum())
+        if verdict.endswith("_vs_init") and not paired:
+            raise ValueError(
+                f"verdict {verdict!r} needs the random-init baseline's outcomes (update(..., baseline=...)); "
+                "none were given"
+            )
         n = max(float(t["images"]), 1.0)
         d = self.draws
-        values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
+        # value of each histogram bin: the per-image effect
+        null_values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
+        values = {"share": null_values, "retention": null_values}
+        values.update({f"{metric}_vs_init": np.array([-1.0, 0.0, 1.0]) for metric in METRICS})
         rng = np.random.default_rng(seed)
         m: dict[str, float] = {}
         effects = {}
@@ -176,13 +226,15 @@ class ProbeCounts:
             m[f"null_share/{name}"] = t["null_share"][c] / (n * max(d, 1))
             m[f"null_retention/{name}"] = t["null_retention"][c] / (defined * max(d, 1))
             for metric in VERDICTS:
+                if metric.endswith("_vs_init") and not paired:
+                    continue
                 hist = t[f"hist_{metric}"][c]
                 total = hist.sum()
-                point = float(hist @ values / total) if total else float("nan")
+                point = float(hist @ values[metric] / total) if total else float("nan")
                 m[f"effect_{metric}/{name}"] = point
                 if metric == verdict:
-                    if total and d:
-                        draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values / total
+                    if total and (d or paired):
+                        draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values[metric] / total
                         lo, hi = np.percentile(draws, [2.5, 97.5])
                     else:
                         lo = hi = float("nan")
@@ -196,13 +248,14 @@ class ProbeCounts:
         dominant = max(finite, key=finite.get) if finite else "none"
         names = self.captions.names
         decided = False
-        if len(finite) >= 2 and d:
+        if len(finite) >= 2:
             ranked = sorted(finite, key=finite.get, reverse=True)
             a, b = sorted((names.index(ranked[0]), names.index(ranked[1])))
             p = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))].index((a, b))
             hist = t[f"pair_{verdict}"][p]
             total = hist.sum()
-            diff = (values[:, None] - values[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
+            vals = values[verdict]
+            diff = (vals[:, None] - vals[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
             sign = 1.0 if names[a] == ranked[0] else -1.0
             if total:
                 point = sign * float(hist @ diff / total)
