@@ -4,8 +4,9 @@
 
 Trains the quickstart (``configs/quickstart.yaml``) for every bias_strength x seed (runs that already
 finished are reused, so an interrupted sweep resumes), then compares, per run, the probe's colour effect
-(both verdict metrics: ``retention`` and the paper's influence ``share``) with the counterfactual ground
-truth (``cf/color_flip_rate``). Writes OUT_DIR/sweep.json, OUT_DIR/sweep.md and OUT_DIR/sweep.png:
+(every verdict metric: the paper's influence ``share`` and ``retention``, each against the null control,
+and both against a random-init copy of the model) with the counterfactual ground truth
+(``cf/color_flip_rate``, ``cf/shape_flip_rate``). Writes OUT_DIR/sweep.json, OUT_DIR/sweep.md and OUT_DIR/sweep.png:
 Spearman rank correlations and the detection rate (probe's dominant concept == the counterfactually
 dominant one) per verdict metric.
 """
@@ -78,9 +79,42 @@ def run_one(out: str, strength: float, seed: int, config: str, extra: list[str])
     return version
 
 
+VERDICT_METRICS = ("share", "retention", "share_vs_init", "retention_vs_init")
+
+
 def dominant(final: dict[str, float], metric: str) -> str:
     concepts = [k.split("/", 2)[2] for k in final if k.startswith(f"probe/effect_{metric}/")]
     return max(concepts, key=lambda c: final[f"probe/effect_{metric}/{c}"])
+
+
+def row_of(final: dict[str, float], strength: float, seed: int) -> dict:
+    cf = "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
+    row = {
+        "bias_strength": strength,
+        "seed": seed,
+        "val/acc": final.get("val/acc"),
+        "real_world/acc": final.get("real_world/acc"),
+        "cf/color_flip_rate": final["cf/color_flip_rate"],
+        "cf/shape_flip_rate": final["cf/shape_flip_rate"],
+        "cf_dominant": cf,
+        "planted": "color" if strength > 0 else "shape",
+        # the run's own verdict (the configured metric) with its interval and margin
+        "effect/color": final["probe/effect/color"],
+        "effect_lo/color": final["probe/effect_lo/color"],
+        "effect_hi/color": final["probe/effect_hi/color"],
+        "effect/shape": final["probe/effect/shape"],
+        "margin_lo": final.get("probe/margin_lo", float("nan")),
+        "init_retention/color": final.get("probe/init_retention/color", float("nan")),
+        "init_retention/shape": final.get("probe/init_retention/shape", float("nan")),
+        "retention/color": final["probe/retention/color"],
+        "retention/shape": final["probe/retention/shape"],
+    }
+    row["decided"] = bool(row["margin_lo"] > 0)
+    for metric in VERDICT_METRICS:
+        for c in ("color", "shape"):
+            row[f"effect_{metric}/{c}"] = final[f"probe/effect_{metric}/{c}"]
+        row[f"dominant_{metric}"] = dominant(final, metric)
+    return row
 
 
 def main() -> None:
@@ -101,69 +135,83 @@ def main() -> None:
     for strength in args.strengths:
         for seed in args.seeds:
             final = load_run(run_one(args.out, strength, seed, args.config, extra)).final()
-            cf = "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
-            rows.append(
-                {
-                    "bias_strength": strength,
-                    "seed": seed,
-                    "val/acc": final.get("val/acc"),
-                    "real_world/acc": final.get("real_world/acc"),
-                    "cf/color_flip_rate": final["cf/color_flip_rate"],
-                    "cf/shape_flip_rate": final["cf/shape_flip_rate"],
-                    "cf_dominant": cf,
-                    "effect_retention/color": final["probe/effect_retention/color"],
-                    "effect_retention/shape": final["probe/effect_retention/shape"],
-                    "effect_share/color": final["probe/effect_share/color"],
-                    "effect_lo/color": final["probe/effect_lo/color"],
-                    "effect_hi/color": final["probe/effect_hi/color"],
-                    "dominant_retention": dominant(final, "retention"),
-                    "dominant_share": dominant(final, "share"),
-                    "planted": "color" if strength > 0 else "shape",
-                }
-            )
+            rows.append(row_of(final, strength, seed))
     flips = [r["cf/color_flip_rate"] for r in rows]
-    result = {"runs": rows, "seconds": round(time.time() - t0, 1)}
-    for metric in ("retention", "share"):
-        result[f"spearman_{metric}"] = spearman([r[f"effect_{metric}/color"] for r in rows], flips)
-        result[f"detection_{metric}"] = float(np.mean([r[f"dominant_{metric}"] == r["cf_dominant"] for r in rows]))
-        result[f"planted_{metric}"] = float(np.mean([r[f"dominant_{metric}"] == r["planted"] for r in rows]))
-    # the quantity the retention verdict reads: colour effect minus shape effect
-    result["spearman_retention_contrast"] = spearman([r["effect_retention_contrast"] for r in rows], flips)
+    cf_contrast = [r["cf/color_flip_rate"] - r["cf/shape_flip_rate"] for r in rows]
+    result = {"runs": rows, "seconds": round(time.time() - t0, 1), "metrics": {}}
+    for metric in VERDICT_METRICS:
+        result["metrics"][metric] = {
+            "spearman_color_effect_vs_cf_color_flip": spearman([r[f"effect_{metric}/color"] for r in rows], flips),
+            "spearman_contrast": spearman(
+                [r[f"effect_{metric}/color"] - r[f"effect_{metric}/shape"] for r in rows], cf_contrast
+            ),
+            "detection_rate": float(np.mean([r[f"dominant_{metric}"] == r["cf_dominant"] for r in rows])),
+            "planted_rate": float(np.mean([r[f"dominant_{metric}"] == r["planted"] for r in rows])),
+        }
     decided = [r for r in rows if r["decided"]]
-    result["decided_runs"] = len(decided)
-    result["detection_retention_decided"] = (
-        float(np.mean([r["dominant_retention"] == r["cf_dominant"] for r in decided])) if decided else float("nan")
-    )
+    result["configured_verdict"] = {
+        "decided_runs": len(decided),
+        "runs": len(rows),
+        "detection_rate_decided": (
+            float(
+                np.mean(
+                    [
+                        ("color" if r["effect/color"] > r["effect/shape"] else "shape") == r["cf_dominant"]
+                        for r in decided
+                    ]
+                )
+            )
+            if decided
+            else float("nan")
+        ),
+    }
     atomic_write_text(os.path.join(args.out, "sweep.json"), json.dumps(result, indent=2) + "\n")
 
     md = [
         "# Planted-bias sweep",
         "",
         f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); {result['seconds']} s.",
+        "Effects: colour / shape, each verdict metric minus its reference (null = random matching; init = the "
+        "same surgery on a random-init copy of the model). ✓ = the metric's dominant concept equals the "
+        "counterfactual one.",
         "",
-        "| bias_strength | seed | val/acc | real_world/acc | cf color flip | cf shape flip | effect_retention/color "
-        "[95% CI] | effect_share/color | dominant (retention) | dominant (share) | counterfactual |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bias | seed | val/acc | real_world/acc | cf colour / shape flip | share − null | retention − null | "
+        "retention − init | configured verdict: colour effect [95% CI], decided? |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(r, metric):
+        ok = "✓" if r[f"dominant_{metric}"] == r["cf_dominant"] else "✗"
+        return f"{r[f'effect_{metric}/color']:+.3f} / {r[f'effect_{metric}/shape']:+.3f} {ok}"
+
     for r in rows:
         md.append(
             f"| {r['bias_strength']:g} | {r['seed']} | {r['val/acc']:.3f} | {r['real_world/acc']:.3f} | "
-            f"{r['cf/color_flip_rate']:.3f} | {r['cf/shape_flip_rate']:.3f} | {r['effect_retention/color']:+.3f} "
-            f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}] | {r['effect_share/color']:+.3f} | "
-            f"{r['dominant_retention']} | {r['dominant_share']} | {r['cf_dominant']} |"
+            f"{r['cf/color_flip_rate']:.3f} / {r['cf/shape_flip_rate']:.3f} | {cell(r, 'share')} | "
+            f"{cell(r, 'retention')} | {cell(r, 'retention_vs_init')} | {r['effect/color']:+.3f} "
+            f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}], {'yes' if r['decided'] else 'undecided'} |"
         )
     md += [
         "",
-        "| verdict metric | Spearman(colour effect, cf colour flip rate) | detection rate (vs counterfactual) | "
-        "names the planted concept |",
-        "|---|---|---|---|",
+        "| verdict metric | Spearman(colour effect, cf colour flip) | Spearman(colour − shape effect, cf colour − "
+        "shape flip) | detection rate (vs counterfactual) | names the planted concept |",
+        "|---|---|---|---|---|",
     ]
-    for metric in ("retention", "share"):
+    for metric in VERDICT_METRICS:
+        m = result["metrics"][metric]
         md.append(
-            f"| {metric} | {result[f'spearman_{metric}']:+.3f} | {result[f'detection_{metric}']:.2f} | "
-            f"{result[f'planted_{metric}']:.2f} |"
+            f"| {metric} | {m['spearman_color_effect_vs_cf_color_flip']:+.3f} | {m['spearman_contrast']:+.3f} | "
+            f"{m['detection_rate']:.2f} | {m['planted_rate']:.2f} |"
         )
-    md += ["", "![sweep](sweep.png)", ""]
+    cv = result["configured_verdict"]
+    md += [
+        "",
+        f"Configured verdict: decided in {cv['decided_runs']}/{cv['runs']} runs; detection rate among decided runs "
+        f"{cv['detection_rate_decided']:.2f}.",
+        "",
+        "![sweep](sweep.png)",
+        "",
+    ]
     atomic_write_text(os.path.join(args.out, "sweep.md"), "\n".join(md))
 
     import matplotlib
@@ -173,11 +221,12 @@ def main() -> None:
 
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
-    for ax, metric in zip(axes, ("retention", "share")):
+    shown = ("share", "retention", "retention_vs_init")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown), 3.6), sharex=True)
+    for ax, metric in zip(axes, shown):
         sc = ax.scatter(
-            flips,
-            [r[f"effect_{metric}/color"] for r in rows],
+            cf_contrast,
+            [r[f"effect_{metric}/color"] - r[f"effect_{metric}/shape"] for r in rows],
             c=[r["bias_strength"] for r in rows],
             cmap="viridis",
             vmin=0,
@@ -185,16 +234,20 @@ def main() -> None:
             s=40,
         )
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel("counterfactual colour flip rate (ground truth)")
-        ax.set_ylabel(f"probe colour effect ({metric} − null)")
-        rho = result[f"spearman_{metric}"]
-        ax.set_title(f"{metric}: Spearman {rho:+.2f}" if math.isfinite(rho) else metric, fontsize=10)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("cf colour flip − cf shape flip (ground truth)")
+        ax.set_ylabel("probe: colour effect − shape effect")
+        m = result["metrics"][metric]
+        rho = m["spearman_contrast"]
+        title = metric.replace("_vs_init", " − init") if metric.endswith("_vs_init") else f"{metric} − null"
+        rho_text = f"Spearman {rho:+.2f}" if math.isfinite(rho) else "Spearman n/a"
+        ax.set_title(f"{title}: {rho_text}, detection {m['detection_rate']:.2f}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.colorbar(sc, ax=axes, label="bias_strength")
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write(os.path.join(args.out, "sweep.png"), lambda f: f.write(buf.getvalue()))
-    print("\n".join(md[-7:-3]))
+    print("\n".join(md[-(len(VERDICT_METRICS) + 9) :]))
     print(f"[sweep] wrote {args.out}/sweep.md")
 
 

@@ -166,3 +166,14 @@ def test_random_init_copy_is_seeded_untrained_and_leaves_the_model_and_rng_alone
         if v.dim() >= 2:
             assert v.std().item() == pytest.approx(w.std().item(), rel=0.5), k
     assert not a.training
+
+
+def test_random_init_copy_of_a_module_in_training_copies_neither_its_trainer_nor_its_graph():
+    from xai_lightning.surgery import random_init_copy
+
+    model = TinyCNN()
+    model._trainer = object()  # what a LightningModule refers to outside itself: shared, not copied
+    model.last_loss = model(random_images(2)).sum()  # a graph output cached on the module (not deep-copyable)
+    clone = random_init_copy(model, 0)
+    assert clone._trainer is None and model._trainer is not None
+    assert clone.last_loss.grad_fn is None and torch.equal(clone.last_loss, model.last_loss.detach())

@@ -70,8 +70,19 @@ def check_options(
 def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of ``model`` with every parameter and buffer re-drawn by its module's ``reset_parameters``
     (``reset_running_stats`` for norms), seeded, in eval mode: the same architecture and preprocessing
-    (e.g. a grayscale ``input_transform``) with nothing learned. The caller's RNG state is kept."""
-    clone = copy.deepcopy(model)
+    (e.g. a grayscale ``input_transform``) with nothing learned. The caller's RNG state is kept.
+
+    Works on a module in the middle of training: what it refers to outside itself (a ``_trainer``
+    attribute, as a LightningModule has) is not copied, and tensors that are outputs of a graph (e.g. a
+    cached last loss) are copied detached."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name == "_trainer" and value is not None:
+                memo[id(value)] = None
+            elif isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    clone = copy.deepcopy(model, memo)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in clone.modules():
