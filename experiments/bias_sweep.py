@@ -138,7 +138,10 @@ def main() -> None:
             rows.append(row_of(final, strength, seed))
     flips = [r["cf/color_flip_rate"] for r in rows]
     cf_contrast = [r["cf/color_flip_rate"] - r["cf/shape_flip_rate"] for r in rows]
-    result = {"runs": rows, "seconds": round(time.time() - t0, 1), "metrics": {}}
+    run_seconds = [
+        float(open(os.path.join(args.out, f"bias{r['bias_strength']:g}_seed{r['seed']}", "DONE")).read()) for r in rows
+    ]
+    result = {"runs": rows, "seconds": round(time.time() - t0, 1), "run_seconds": run_seconds, "metrics": {}}
     for metric in VERDICT_METRICS:
         result["metrics"][metric] = {
             "spearman_color_effect_vs_cf_color_flip": spearman([r[f"effect_{metric}/color"] for r in rows], flips),
@@ -170,7 +173,9 @@ def main() -> None:
     md = [
         "# Planted-bias sweep",
         "",
-        f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); {result['seconds']} s.",
+        f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); each run's wall time "
+        f"(training + probe, from its DONE file) {min(result['run_seconds']):.0f}–{max(result['run_seconds']):.0f} s, "
+        f"{sum(result['run_seconds']):.0f} s in all.",
         "Effects: colour / shape, each verdict metric minus its reference (null = random matching; init = the "
         "same surgery on a random-init copy of the model). ✓ = the metric's dominant concept equals the "
         "counterfactual one.",
@@ -222,7 +227,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     shown = ("share", "retention", "retention_vs_init")
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown), 3.6), sharex=True)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 3.8), sharex=True)
     for ax, metric in zip(axes, shown):
         sc = ax.scatter(
             cf_contrast,
@@ -235,13 +240,14 @@ def main() -> None:
         )
         ax.axhline(0, color="k", lw=0.8)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("cf colour flip − cf shape flip (ground truth)")
-        ax.set_ylabel("probe: colour effect − shape effect")
+        ax.set_xlabel("cf colour flip − cf shape flip\n(ground truth)")
+        if ax is axes[0]:
+            ax.set_ylabel("probe: colour effect − shape effect")
         m = result["metrics"][metric]
         rho = m["spearman_contrast"]
         title = metric.replace("_vs_init", " − init") if metric.endswith("_vs_init") else f"{metric} − null"
         rho_text = f"Spearman {rho:+.2f}" if math.isfinite(rho) else "Spearman n/a"
-        ax.set_title(f"{title}: {rho_text}, detection {m['detection_rate']:.2f}", fontsize=9)
+        ax.set_title(f"{title}\n{rho_text}, detection {m['detection_rate']:.2f}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.colorbar(sc, ax=axes, label="bias_strength")
     buf = _io.BytesIO()
