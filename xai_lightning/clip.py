@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_lightning.io import atomic_write
+from xai_lightning.surgery.transplant import resize_antialiased
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,10 @@ class ProbeCLIP(nn.Module):
 def clip_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> resized (bicubic, anti-aliased when shrinking) to size x size, normalized."""
     x = images.float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(
-            x, size=(size, size), mode="bicubic", align_corners=False, antialias=x.shape[-1] > size
-        ).clamp_(0.0, 1.0)
+    if x.shape[-1] > size or x.shape[-2] > size:
+        x = resize_antialiased(x, (size, size), "bicubic").clamp_(0.0, 1.0)
+    elif x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
     return (x - mean) / std
 
 

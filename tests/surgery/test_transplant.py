@@ -177,3 +177,15 @@ def test_random_init_copy_of_a_module_in_training_copies_neither_its_trainer_nor
     clone = random_init_copy(model, 0)
     assert clone._trainer is None and model._trainer is not None
     assert clone.last_loss.grad_fn is None and torch.equal(clone.last_loss, model.last_loss.detach())
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("src,dst", [((112, 112), (8, 8)), ((56, 56), (7, 7)), ((13, 17), (5, 6)), ((20, 9), (7, 12))])
+def test_antialiased_resize_equals_torch_kernel_at_any_factor(mode, src, dst):
+    """The matrix form (used on every device: CUDA's kernel refuses 112 -> 8) equals torch's CPU kernel."""
+    from xai_lightning.surgery import resize_antialiased
+
+    x = torch.randn(2, 3, *src, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(x, size=dst, mode=mode, align_corners=False, antialias=True)
+    torch.testing.assert_close(resize_antialiased(x, dst, mode), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(resize_antialiased(x.float(), dst, mode), ref.float(), rtol=0, atol=2e-6)

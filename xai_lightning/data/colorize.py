@@ -109,6 +109,8 @@ def colorize(intensity: torch.Tensor, color: torch.Tensor, rgb: torch.Tensor) ->
     if intensity.dtype == torch.uint8:
         intensity = intensity.float() / 255.0
     gray = color < 0
-    table = torch.cat([rgb.to(intensity), torch.ones(1, 3, dtype=intensity.dtype, device=intensity.device)])  # last row: gray
+    table = torch.cat(
+        [rgb.to(intensity), torch.ones(1, 3, dtype=intensity.dtype, device=intensity.device)]
+    )  # last row: gray
     idx = torch.where(gray, torch.full_like(color, len(rgb)), color)
     return intensity[:, None] * table[idx][:, :, None, None]  # [N, 3, H, W]
