@@ -186,16 +186,21 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
             f"influence share/{c} (null) — paper",
             [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
         )
-    for c in concepts:
-        row(
-            f"effect {c}: share − null · retention − null · retention − random init",
-            [
-                f"{_fmt(f.get(f'probe/effect_share/{c}'), sign=True)} · "
-                f"{_fmt(f.get(f'probe/effect_retention/{c}'), sign=True)} · "
-                f"{_fmt(f.get(f'probe/effect_retention_vs_init/{c}'), sign=True)}"
-                for f in finals
-            ],
-        )
+    for metric, label in (
+        ("share", "share − null (paper)"),
+        ("retention", "retention − null"),
+        ("retention_vs_init", "retention − random init"),
+    ):
+        for c in concepts:
+            row(
+                f"effect {c}: {label} [95% CI]",
+                [
+                    f"{_fmt(f.get(f'probe/effect_{metric}/{c}'), sign=True)} "
+                    f"[{_fmt(f.get(f'probe/effect_{metric}_lo/{c}'), sign=True)}, "
+                    f"{_fmt(f.get(f'probe/effect_{metric}_hi/{c}'), sign=True)}]"
+                    for f in finals
+                ],
+            )
     for c in concepts:
         row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
     row("cf/color_flip_rate", [_fmt(f.get("cf/color_flip_rate")) for f in finals])
@@ -260,9 +265,11 @@ def method_table(runs: Sequence[Run]) -> list[str]:
         "|---|" + "---|" * len(runs),
     ]
     lines.append(
-        "| SurgeryProbe (verdict effect) | "
+        "| SurgeryProbe (margin over the runner-up [95% CI]) | "
         + " | ".join(
-            f"{r.dominant()} ({_fmt(f.get('probe/effect/color'), sign=True)} colour)" for r, f in zip(runs, finals)
+            f"{r.verdict()} ({_fmt(f.get('probe/margin'), sign=True)} [{_fmt(f.get('probe/margin_lo'), sign=True)}, "
+            f"{_fmt(f.get('probe/margin_hi'), sign=True)}])"
+            for r, f in zip(runs, finals)
         )
         + " |"
     )

@@ -175,6 +175,9 @@ def test_vs_init_effects_pair_each_image_with_its_baseline_outcome(seed):
             diffs[(metric, c)] = {b: a - r for b, (a, r) in enumerate(pairs) if a >= 0 and r >= 0}
             assert s.metrics[f"effect_{metric}_vs_init/{name}"] == pytest.approx(np.mean(d), abs=1e-12)
         assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_retention_vs_init/{name}"]
+        for metric in ("share", "retention", "share_vs_init", "retention_vs_init"):  # every metric has its interval
+            lo, hi = s.metrics[f"effect_{metric}_lo/{name}"], s.metrics[f"effect_{metric}_hi/{name}"]
+            assert lo <= s.metrics[f"effect_{metric}/{name}"] <= hi
         assert s.metrics[f"effect_lo/{name}"] <= s.metrics[f"effect/{name}"] <= s.metrics[f"effect_hi/{name}"]
     dom = caps.names.index(s.dominant)
     both = [b for b in diffs[("retention", 0)] if b in diffs[("retention", 1)]]

@@ -211,7 +211,6 @@ class ProbeCounts:
         null_values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
         values = {"share": null_values, "retention": null_values}
         values.update({f"{metric}_vs_init": np.array([-1.0, 0.0, 1.0]) for metric in METRICS})
-        rng = np.random.default_rng(seed)
         m: dict[str, float] = {}
         effects = {}
         for c, name in enumerate(self.captions.names):
@@ -231,13 +230,16 @@ class ProbeCounts:
                 hist = t[f"hist_{metric}"][c]
                 total = hist.sum()
                 point = float(hist @ values[metric] / total) if total else float("nan")
+                if total:  # its own stream per (metric, concept): an interval does not depend on what else is computed
+                    rng = np.random.default_rng([seed, VERDICTS.index(metric), c])
+                    draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values[metric] / total
+                    lo, hi = np.percentile(draws, [2.5, 97.5])
+                else:
+                    lo = hi = float("nan")
                 m[f"effect_{metric}/{name}"] = point
+                m[f"effect_{metric}_lo/{name}"] = float(lo)
+                m[f"effect_{metric}_hi/{name}"] = float(hi)
                 if metric == verdict:
-                    if total and (d or paired):
-                        draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values[metric] / total
-                        lo, hi = np.percentile(draws, [2.5, 97.5])
-                    else:
-                        lo = hi = float("nan")
                     m[f"effect/{name}"] = point
                     m[f"effect_lo/{name}"] = float(lo)
                     m[f"effect_hi/{name}"] = float(hi)
@@ -258,6 +260,7 @@ class ProbeCounts:
             diff = (vals[:, None] - vals[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
             sign = 1.0 if names[a] == ranked[0] else -1.0
             if total:
+                rng = np.random.default_rng([seed, len(VERDICTS), a, b])
                 point = sign * float(hist @ diff / total)
                 draws = sign * (rng.multinomial(int(total), hist / total, size=bootstrap) @ diff / total)
                 lo, hi = np.percentile(draws, [2.5, 97.5])
