@@ -79,7 +79,7 @@ def run_one(out: str, strength: float, seed: int, config: str, extra: list[str])
     return version
 
 
-VERDICT_METRICS = ("share", "retention", "share_vs_init", "retention_vs_init")
+VERDICT_METRICS = ("share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init")
 
 
 def dominant(final: dict[str, float], metric: str) -> str:
@@ -181,8 +181,8 @@ def main() -> None:
         "counterfactual one.",
         "",
         "| bias | seed | val/acc | real_world/acc | cf colour / shape flip | share − null | retention − null | "
-        "retention − init | configured verdict: colour effect [95% CI], decided? |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "retention − init | separation − init | configured verdict: colour effect [95% CI], decided? |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r, metric):
@@ -193,7 +193,8 @@ def main() -> None:
         md.append(
             f"| {r['bias_strength']:g} | {r['seed']} | {r['val/acc']:.3f} | {r['real_world/acc']:.3f} | "
             f"{r['cf/color_flip_rate']:.3f} / {r['cf/shape_flip_rate']:.3f} | {cell(r, 'share')} | "
-            f"{cell(r, 'retention')} | {cell(r, 'retention_vs_init')} | {r['effect/color']:+.3f} "
+            f"{cell(r, 'retention')} | {cell(r, 'retention_vs_init')} | {cell(r, 'separation_vs_init')} | "
+            f"{r['effect/color']:+.3f} "
             f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}], {'yes' if r['decided'] else 'undecided'} |"
         )
     md += [
@@ -226,8 +227,8 @@ def main() -> None:
 
     import matplotlib.pyplot as plt
 
-    shown = ("share", "retention", "retention_vs_init")
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 3.8), sharex=True)
+    shown = ("share", "retention", "retention_vs_init", "separation_vs_init")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.8), sharex=True)
     for ax, metric in zip(axes, shown):
         sc = ax.scatter(
             cf_contrast,

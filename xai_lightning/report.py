@@ -159,7 +159,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         ],
     )
     row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
-    verdicts = {_probe_arg(r, "verdict") or "retention_vs_init" for r in runs}
+    verdicts = {_probe_arg(r, "verdict") or "separation_vs_init" for r in runs}
     labels = sorted(
         v.replace("_vs_init", " − random init") if v.endswith("_vs_init") else f"{v} − null" for v in verdicts
     )
@@ -183,6 +183,16 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         )
     for c in concepts:
         row(
+            f"separation/{c} (random init · plain-CLIP unit)",
+            [
+                f"{_fmt(f.get(f'probe/separation/{c}'), sign=True)} "
+                f"({_fmt(f.get(f'probe/init_separation/{c}'), sign=True)} · "
+                f"{_fmt(f.get(f'probe/separation_clip/{c}'))})"
+                for f in finals
+            ],
+        )
+    for c in concepts:
+        row(
             f"influence share/{c} (null) — paper",
             [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
         )
@@ -190,6 +200,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         ("share", "share − null (paper)"),
         ("retention", "retention − null"),
         ("retention_vs_init", "retention − random init"),
+        ("separation_vs_init", "separation − random init (CLIP units)"),
     ):
         for c in concepts:
             row(

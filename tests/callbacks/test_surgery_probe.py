@@ -140,7 +140,7 @@ def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
     torch.manual_seed(0)
     model, dm = TinyClassifier().eval(), tiny_datamodule(str(tmp_path / "data"))
     probe = _probe(clip_file)
-    assert probe.verdict == "retention_vs_init" and probe.baseline == "random_init"  # the defaults
+    assert probe.verdict == "separation_vs_init" and probe.baseline == "random_init"  # the defaults
     trainer = _trainer(tmp_path, [probe])
     trainer.validate(model, dm)
     logged = _csv_metrics(tmp_path)
@@ -161,7 +161,12 @@ def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
             both = (a >= 0) & (b >= 0)
             expected = float((a[both] - b[both]).double().mean())
             assert logged[f"probe/effect_{metric}_vs_init/{c}"] == pytest.approx(expected, abs=1e-6), (metric, c)
-        assert logged[f"probe/effect/{c}"] == logged[f"probe/effect_retention_vs_init/{c}"]
+        a, b = trained[2, c_i], init[2, c_i]  # separation, in units of plain CLIP's mean |separation|
+        both = ~(a.isnan() | b.isnan())
+        unit = summary.metrics[f"separation_clip/{c}"]
+        expected = float((a[both] - b[both]).mean()) / unit
+        assert logged[f"probe/effect_separation_vs_init/{c}"] == pytest.approx(expected, abs=1e-5), c
+        assert logged[f"probe/effect/{c}"] == logged[f"probe/effect_separation_vs_init/{c}"]
     assert logged["probe/baseline_seconds"] > 0
 
 

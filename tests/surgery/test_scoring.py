@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -141,51 +143,87 @@ def test_concept_errors_name_what_is_wrong():
         resolve_concepts({"s": {"attribute": "digit"}}, ATTRS)
 
 
+def _separation_loop(s, targets, concept_of, value_of, c):
+    """Per image: similarity to the right caption of concept c minus the best wrong one (None: undefined)."""
+    cols = [k for k in range(len(concept_of)) if concept_of[k] == c]
+    out = []
+    for b in range(len(s)):
+        t = targets[c][b]
+        if t < 0:
+            out.append(None)
+            continue
+        right = [s[b][k] for k in cols if value_of[k] == t][0]
+        out.append(right - max(s[b][k] for k in cols if value_of[k] != t))
+    return out
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vs_init_effects_pair_each_image_with_its_baseline_outcome(seed):
     caps = resolve_concepts(SPEC, ATTRS)
     g = torch.Generator().manual_seed(seed)
     L, B, K, D = 2, 41, 4, 2
-    sims = torch.rand(L + 1, B, K, generator=g)
-    null = torch.rand(D, B, K, generator=g)
+    sims = torch.rand(L + 1, B, K, generator=g, dtype=torch.float64)
+    null = torch.rand(D, B, K, generator=g, dtype=torch.float64)
     targets = torch.stack([torch.randint(0, 2, (B,), generator=g), torch.randint(-1, 2, (B,), generator=g)])
-    base = torch.stack(  # the reference model's outcomes: share in {0, 1}; retention in {0, 1}, -1 undefined
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    base = torch.stack(  # the reference model's outcomes: share, retention in {0, 1}, separation; NaN undefined
         [
-            torch.randint(0, 2, (2, B), generator=g),
-            torch.where(targets >= 0, torch.randint(0, 2, (2, B), generator=g), -1),
+            torch.randint(0, 2, (2, B), generator=g).double(),
+            torch.where(targets >= 0, torch.randint(0, 2, (2, B), generator=g).double(), nan),
+            torch.where(targets >= 0, torch.rand(2, B, generator=g, dtype=torch.float64) - 0.5, nan),
         ]
     )
     counts = ProbeCounts(caps, levels=L, null_draws=D)
     outcome = torch.cat(
         [counts.update(sims[:, p], null[:, p], targets[:, p], base[..., p]) for p in torch.arange(B).split(16)], -1
     )
-    ref = _reference(sims.numpy(), null.numpy(), targets.tolist(), caps.concept_of.tolist(), caps.value_of.tolist(), 2)
+    co, vo, tl = caps.concept_of.tolist(), caps.value_of.tolist(), targets.tolist()
+    ref = _reference(sims.numpy(), null.numpy(), tl, co, vo, 2)
     # the returned per-image outcomes are the definitions
     infl = (sims[-1] - sims[0]).argmax(dim=1)
     for c in range(2):
-        assert outcome[0, c].tolist() == [int(caps.concept_of[int(k)] == c) for k in infl]
-        kept = [int(b in ref[f"per_image_retention/{c}"]) for b in range(B)]
-        assert [o >= 0 for o in outcome[1, c].tolist()] == [bool(k) for k in kept]
+        assert outcome[0, c].tolist() == [float(co[int(k)] == c) for k in infl]
+        assert [not math.isnan(o) for o in outcome[1, c].tolist()] == [
+            b in ref[f"per_image_retention/{c}"] for b in range(B)
+        ]
+        sep = _separation_loop(sims[-1].tolist(), tl, co, vo, c)
+        assert [None if math.isnan(o) else pytest.approx(o, abs=1e-12) for o in outcome[2, c].tolist()] == sep
     s = counts.summary(verdict="retention_vs_init", bootstrap=500)
     diffs = {}
     for c, name in enumerate(caps.names):
         for m, metric in enumerate(("share", "retention")):
-            pairs = [(int(outcome[m, c, b]), int(base[m, c, b])) for b in range(B)]
-            d = [a - r for a, r in pairs if a >= 0 and r >= 0]
-            diffs[(metric, c)] = {b: a - r for b, (a, r) in enumerate(pairs) if a >= 0 and r >= 0}
+            pairs = [(float(outcome[m, c, b]), float(base[m, c, b])) for b in range(B)]
+            d = [a - r for a, r in pairs if not (math.isnan(a) or math.isnan(r))]
+            diffs[(metric, c)] = {b: a - r for b, (a, r) in enumerate(pairs) if not (math.isnan(a) or math.isnan(r))}
             assert s.metrics[f"effect_{metric}_vs_init/{name}"] == pytest.approx(np.mean(d), abs=1e-12)
         assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_retention_vs_init/{name}"]
-        for metric in ("share", "retention", "share_vs_init", "retention_vs_init"):  # every metric has its interval
+        for metric in ("share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init"):
             lo, hi = s.metrics[f"effect_{metric}_lo/{name}"], s.metrics[f"effect_{metric}_hi/{name}"]
-            assert lo <= s.metrics[f"effect_{metric}/{name}"] <= hi
-        assert s.metrics[f"effect_lo/{name}"] <= s.metrics[f"effect/{name}"] <= s.metrics[f"effect_hi/{name}"]
+            assert lo <= s.metrics[f"effect_{metric}/{name}"] <= hi, metric
+        # separation: mean paired difference in units of plain CLIP's mean |separation|, normal interval
+        sep = _separation_loop(sims[-1].tolist(), tl, co, vo, c)
+        sep0 = [abs(x) for x in _separation_loop(sims[0].tolist(), tl, co, vo, c) if x is not None]
+        unit = np.mean(sep0)
+        d = np.array([sep[b] - float(base[2, c, b]) for b in range(B) if sep[b] is not None]) / unit
+        diffs[("separation", c)] = {b: (sep[b] - float(base[2, c, b])) / unit for b in range(B) if sep[b] is not None}
+        assert s.metrics[f"separation_clip/{name}"] == pytest.approx(unit, abs=1e-12)
+        assert s.metrics[f"effect_separation_vs_init/{name}"] == pytest.approx(d.mean(), abs=1e-12)
+        half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d))
+        assert s.metrics[f"effect_separation_vs_init_hi/{name}"] == pytest.approx(d.mean() + half, abs=1e-9)
     dom = caps.names.index(s.dominant)
     both = [b for b in diffs[("retention", 0)] if b in diffs[("retention", 1)]]
     margin = np.mean([diffs[("retention", dom)][b] - diffs[("retention", 1 - dom)][b] for b in both])
     assert s.metrics["margin"] == pytest.approx(margin, abs=1e-12)
+    sv = counts.summary(verdict="separation_vs_init")
+    dom = caps.names.index(sv.dominant)
+    both = [b for b in diffs[("separation", 0)] if b in diffs[("separation", 1)]]
+    v = np.array([diffs[("separation", dom)][b] - diffs[("separation", 1 - dom)][b] for b in both])
+    assert sv.metrics["margin"] == pytest.approx(v.mean(), abs=1e-12)
+    assert sv.metrics["margin_lo"] == pytest.approx(v.mean() - 1.959964 * v.std(ddof=1) / np.sqrt(len(v)), abs=1e-9)
+    assert sv.decided == (sv.metrics["margin_lo"] > 0)
     # without a baseline, a vs-init verdict is an error, not a silent zero
     plain = ProbeCounts(caps, levels=L, null_draws=D)
     plain.update(sims, null, targets)
     with pytest.raises(ValueError, match="random-init baseline"):
-        plain.summary(verdict="retention_vs_init")
+        plain.summary(verdict="separation_vs_init")
     assert not any("vs_init" in k for k in plain.summary(verdict="share").metrics)

@@ -12,8 +12,9 @@ Logged every probed epoch (``<c>`` = concept, ``<k>`` = caption key, ``<l>`` = C
 ``probe/wrong/<c>``, ``probe/zeroshot_acc/<c>``, ``probe/retention/<c>``, ``probe/null_retention/<c>``,
 ``probe/effect_share/<c>``, ``probe/effect_retention/<c>``, ``probe/margin``, ``probe/margin_lo``,
 ``probe/margin_hi`` (dominant minus runner-up effect), ``probe/delta/<k>``,
-with a baseline (default) also ``probe/effect_share_vs_init/<c>``, ``probe/effect_retention_vs_init/<c>``,
-``probe/init_retention/<c>``, ``probe/init_share/<c>`` (the random-init copy's own values) and
+``probe/separation/<c>``, ``probe/separation_clip/<c>``; with a baseline (default) also
+``probe/effect_<m>_vs_init/<c>`` (``m`` = share, retention, separation), ``probe/init_retention/<c>``,
+``probe/init_share/<c>``, ``probe/init_separation/<c>`` (the random-init copy's own values) and
 ``probe/baseline_seconds`` (the epoch it is computed, once per run),
 ``probe/match/coverage``, ``probe/match/score_mean/<l>``, ``probe/seconds`` (= ``probe/fit_seconds`` +
 ``probe/score_seconds``), ``probe/images``.
@@ -72,8 +73,10 @@ class SurgeryProbe(Callback):
         score: ``reference`` | ``pearson``. matching: ``argmax`` | ``one_to_one``.
         swap_fraction: best-matched fraction of each CLIP layer replaced (1.0 = paper, whole stage).
         interpolation: resizing of transplanted maps (``bilinear`` | ``bicubic`` | ``area`` | ``nearest``).
-        verdict: metric behind ``probe/effect`` and the dominant concept: ``retention_vs_init`` (default),
-            ``share_vs_init``, ``retention`` | ``share`` (paper; both against the null control only).
+        verdict: metric behind ``probe/effect`` and the dominant concept: ``separation_vs_init`` (default:
+            the within-concept caption separation after surgery, trained minus random-init copy),
+            ``retention_vs_init``, ``share_vs_init``, ``retention`` | ``share`` (paper; both against the null
+            control only). See ``xai_lightning.surgery.scoring``.
         baseline: ``random_init`` (the same surgery on a seeded random-init copy of the model, computed
             once per run on the same images; needed by the ``*_vs_init`` verdicts) | ``none``.
         fit_split: validation dataloader (name in the datamodule's ``val_split_names``, or index) whose
@@ -101,7 +104,7 @@ class SurgeryProbe(Callback):
         matching: str = "argmax",
         swap_fraction: float = 1.0,
         interpolation: str = "bilinear",
-        verdict: str = "retention_vs_init",
+        verdict: str = "separation_vs_init",
         baseline: str = "random_init",
         fit_split: str | int = "probe_set",
         score_splits: Sequence[str | int] = ("probe_set",),
@@ -417,9 +420,12 @@ class SurgeryProbe(Callback):
         for c in summary.concepts:
             init = metrics.get(f"probe/init_retention/{c}")
             init = f", init {init:.3f}" if init is not None else ""
+            sep = f"  separation {m[f'separation/{c}']:+.3f}"
+            if f"init_separation/{c}" in m:
+                sep += f" (init {m[f'init_separation/{c}']:+.3f}, CLIP unit {m[f'separation_clip/{c}']:.3f})"
             lines.append(
                 f"  {c:>10}: effect {m[f'effect/{c}']:+.3f} [{m[f'effect_lo/{c}']:+.3f}, {m[f'effect_hi/{c}']:+.3f}]"
-                f"  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f}{init})"
+                f"{sep}  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f}{init})"
                 f"  share {m[f'share/{c}']:.3f} (null {m[f'null_share/{c}']:.3f})"
                 f"  zero-shot {m[f'zeroshot_acc/{c}']:.3f}"
             )

@@ -295,20 +295,23 @@ class Baseline:
     """Per-image outcomes of the reference model, by image index (this rank's images)."""
 
     def __init__(self, metrics: int, concepts: int) -> None:
-        self.table = torch.full((metrics, concepts, 0), -2, dtype=torch.int8)  # -2: not scored
+        self.table = torch.full((metrics, concepts, 0), float("nan"), dtype=torch.float64)
+        self.scored = torch.zeros(0, dtype=torch.bool)
 
     def add(self, index: torch.Tensor, outcomes: torch.Tensor) -> None:
         index = index.long().cpu()
         if index.numel() and int(index.max()) >= self.table.shape[-1]:
             grow = int(index.max()) + 1 - self.table.shape[-1]
-            self.table = torch.cat([self.table, self.table.new_full((*self.table.shape[:2], grow), -2)], dim=-1)
-        self.table[:, :, index] = outcomes.to(torch.int8).cpu()
+            self.table = torch.cat([self.table, self.table.new_full((*self.table.shape[:2], grow), float("nan"))], -1)
+            self.scored = torch.cat([self.scored, self.scored.new_zeros(grow)])
+        self.table[:, :, index] = outcomes.double().cpu()
+        self.scored[index] = True
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         index = index.long().cpu()
-        if index.numel() and (int(index.max()) >= self.table.shape[-1] or bool((self.table[0, 0, index] == -2).any())):
+        if index.numel() and (int(index.max()) >= self.table.shape[-1] or not bool(self.scored[index].all())):
             raise ValueError(
                 "an image scored now was not scored by the baseline (the scoring set must be the same images "
                 "every epoch)"
             )
-        return self.table[:, :, index].long()
+        return self.table[:, :, index]

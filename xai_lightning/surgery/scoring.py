@@ -16,6 +16,12 @@ layers swapped) and the null control's level-L similarities under random matchin
   per image). Random conv features already carry colour (and some shape), so "how much of a concept
   survives the trained model" is only meaningful against what an untrained network of the same
   architecture lets through; the null control only removes what random *matching* lets through.
+* ``separation`` = a continuous retention: per image, CLIP's similarity to the right caption of a concept
+  minus the best wrong one of the same concept, after surgery. ``separation_vs_init`` = its mean
+  difference to the random-init copy on the same images, in units of plain CLIP's mean |separation| for
+  that concept (so concepts are comparable). Unlike the 0/1 retention it does not saturate: when an
+  untrained network already keeps a concept's argmax right on every image, training can still widen or
+  narrow its separation. Its interval is a normal approximation from additive moment sums.
   ``margin`` = the dominant effect minus the runner-up's (on images where both are defined), with its
   own interval: when that interval contains 0 the verdict is undecided.
 
@@ -34,8 +40,9 @@ import torch
 from xai_lightning.surgery.concepts import CaptionSet
 
 VIEWS = ("clip", "surgery", "influence")
-VERDICTS = ("share", "retention", "share_vs_init", "retention_vs_init")
-METRICS = ("share", "retention")  # per-image outcomes behind the verdicts
+VERDICTS = ("share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init")
+METRICS = ("share", "retention", "separation")  # per-image outcomes behind the verdicts
+COUNTED = ("share", "retention")  # 0/1 outcomes (histograms); separation is continuous (sums of moments)
 SumFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -82,10 +89,34 @@ class ProbeCounts:
             "hist_retention_vs_init": z(nc, 3),
             "pair_share_vs_init": z(max(nc * (nc - 1) // 2, 1), 9),
             "pair_retention_vs_init": z(max(nc * (nc - 1) // 2, 1), 9),
+            # separation: level-L sum, plain-CLIP |separation| sum (the unit), count; paired differences' moments
+            "sep_n": z(nc),
+            "sep_sum": z(nc),
+            "sep_clip_abs": z(nc),
+            "sep_init_sum": z(nc),
+            "sepd_n": z(nc),
+            "sepd_sum": z(nc),
+            "sepd_sq": z(nc),
+            "sepp_n": z(max(nc * (nc - 1) // 2, 1)),
+            "sepp_a": z(max(nc * (nc - 1) // 2, 1)),
+            "sepp_b": z(max(nc * (nc - 1) // 2, 1)),
+            "sepp_aa": z(max(nc * (nc - 1) // 2, 1)),
+            "sepp_bb": z(max(nc * (nc - 1) // 2, 1)),
+            "sepp_ab": z(max(nc * (nc - 1) // 2, 1)),
             "sim_sum": z(levels + 1, k),
             "null_sim_sum": z(k),
         }
         self.sim_min, self.sim_max = float("inf"), float("-inf")
+
+    def _separation(self, sims: torch.Tensor, concept: int, target: torch.Tensor) -> torch.Tensor:
+        """[B] similarity to the right caption of ``concept`` minus the best wrong one (NaN where undefined)."""
+        cols = self.captions.caption_slice(concept).to(sims.device)
+        values = self.captions.value_of.to(sims.device)[cols]
+        sc = sims[:, cols]
+        right = values[None, :] == target[:, None]  # [B, V]
+        correct = (sc * right).sum(dim=1)
+        wrong = sc.masked_fill(right, float("-inf")).amax(dim=1)
+        return torch.where(target >= 0, correct - wrong, torch.full_like(correct, float("nan")))
 
     def _within(self, sims: torch.Tensor, concept: int) -> torch.Tensor:
         """Within-concept argmax value index [B] from sims [B, K]."""
@@ -107,12 +138,13 @@ class ProbeCounts:
             null_sims: [D, B, K] level-L similarities under D random matchings.
             targets: [n_concepts, B] the image's value index per concept, -1 where undefined.
             baseline: [len(METRICS), n_concepts, B] the same images' outcomes under the reference model
-                (a random-init copy), as returned by its own ``update``; -1 where undefined.
+                (a random-init copy), as returned by its own ``update``; NaN where undefined.
 
         Returns:
-            [len(METRICS), n_concepts, B] int: per image and concept, ``share`` (the influence argmax
-            falls in the concept) and ``retention`` (the within-concept argmax after surgery is right;
-            -1 where the attribute is undefined).
+            [len(METRICS), n_concepts, B] float64: per image and concept, ``share`` (1 if the influence
+            argmax falls in the concept, else 0), ``retention`` (1 if the within-concept argmax after
+            surgery is right, else 0) and ``separation`` (see the module doc); NaN where the attribute is
+            undefined.
         """
         t = self.t
         sims, null_sims, targets = sims.double(), null_sims.double(), targets.long()
@@ -133,7 +165,7 @@ class ProbeCounts:
                 t["wrong"][v, c] += (hit & defined[c] & (v_top != targets[c])).sum()
         d = self.draws
         bins = 2 * (d + 1)
-        outcome = torch.full((len(METRICS), nc, sims.shape[1]), -1, dtype=torch.long, device=sims.device)
+        outcome = torch.full((len(METRICS), nc, sims.shape[1]), float("nan"), dtype=torch.float64, device=sims.device)
         share_bins, ret_bins = [], []  # per concept: each image's histogram bin (-1: undefined)
         for c in range(nc):
             ok = defined[c]
@@ -154,22 +186,44 @@ class ProbeCounts:
             t["hist_retention"][c] += torch.bincount(ret_bin[ok], minlength=bins).double()
             share_bins.append(share_bin)
             ret_bins.append(ret_bin)
-            outcome[0, c] = share_i.long()
-            outcome[1, c] = torch.where(ok, kept.long(), -1)
+            outcome[0, c] = share_i.double()
+            outcome[1, c] = torch.where(ok, kept.double(), float("nan"))
+            sep = self._separation(sims[-1], c, targets[c])
+            outcome[2, c] = sep
+            t["sep_n"][c] += ok.sum()
+            t["sep_sum"][c] += sep[ok].sum()
+            t["sep_clip_abs"][c] += self._separation(sims[0], c, targets[c])[ok].abs().sum()
         pairs = [(i, j) for i in range(nc) for j in range(i + 1, nc)]
         per_metric = {"share": (share_bins, bins), "retention": (ret_bins, bins)}
         if baseline is not None:
-            baseline = baseline.to(outcome.device).long()
+            baseline = baseline.to(device=outcome.device, dtype=torch.float64)
             if baseline.shape != outcome.shape:
                 raise ValueError(f"baseline outcomes {tuple(baseline.shape)} != this batch's {tuple(outcome.shape)}")
-            for m, metric in enumerate(METRICS):
+            for m, metric in enumerate(COUNTED):
                 diff_bins = []
                 for c in range(nc):
-                    ok = (outcome[m, c] >= 0) & (baseline[m, c] >= 0)
-                    d_bin = torch.where(ok, outcome[m, c] - baseline[m, c] + 1, -1)
+                    ok = ~(outcome[m, c].isnan() | baseline[m, c].isnan())
+                    d_bin = torch.where(ok, outcome[m, c] - baseline[m, c] + 1, -1).long()
                     t[f"hist_{metric}_vs_init"][c] += torch.bincount(d_bin[ok], minlength=3).double()
                     diff_bins.append(d_bin)
                 per_metric[f"{metric}_vs_init"] = (diff_bins, 3)
+            m = METRICS.index("separation")
+            diff = outcome[m] - baseline[m]  # [nc, B], NaN where undefined in either
+            for c in range(nc):
+                ok = ~diff[c].isnan()
+                t["sepd_n"][c] += ok.sum()
+                t["sepd_sum"][c] += diff[c][ok].sum()
+                t["sepd_sq"][c] += (diff[c][ok] ** 2).sum()
+                t["sep_init_sum"][c] += baseline[m, c][ok].sum()
+            for p, (a, b) in enumerate(pairs):
+                ok = ~(diff[a].isnan() | diff[b].isnan())
+                da, db = diff[a][ok], diff[b][ok]
+                t["sepp_n"][p] += ok.sum()
+                t["sepp_a"][p] += da.sum()
+                t["sepp_b"][p] += db.sum()
+                t["sepp_aa"][p] += (da * da).sum()
+                t["sepp_bb"][p] += (db * db).sum()
+                t["sepp_ab"][p] += (da * db).sum()
         for p, (a, b) in enumerate(pairs):
             for metric, (per, nb) in per_metric.items():
                 both = (per[a] >= 0) & (per[b] >= 0)
@@ -210,7 +264,8 @@ class ProbeCounts:
         # value of each histogram bin: the per-image effect
         null_values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
         values = {"share": null_values, "retention": null_values}
-        values.update({f"{metric}_vs_init": np.array([-1.0, 0.0, 1.0]) for metric in METRICS})
+        values.update({f"{metric}_vs_init": np.array([-1.0, 0.0, 1.0]) for metric in COUNTED})
+        unit = np.where(t["sep_clip_abs"] > 0, t["sep_clip_abs"] / np.maximum(t["sep_n"], 1.0), np.nan)
         m: dict[str, float] = {}
         effects = {}
         for c, name in enumerate(self.captions.names):
@@ -224,18 +279,23 @@ class ProbeCounts:
             m[f"retention/{name}"] = t["retention"][c] / defined
             m[f"null_share/{name}"] = t["null_share"][c] / (n * max(d, 1))
             m[f"null_retention/{name}"] = t["null_retention"][c] / (defined * max(d, 1))
+            m[f"separation/{name}"] = t["sep_sum"][c] / max(t["sep_n"][c], 1.0)
+            m[f"separation_clip/{name}"] = unit[c]
             for metric in VERDICTS:
                 if metric.endswith("_vs_init") and not paired:
                     continue
-                hist = t[f"hist_{metric}"][c]
-                total = hist.sum()
-                point = float(hist @ values[metric] / total) if total else float("nan")
-                if total:  # its own stream per (metric, concept): an interval does not depend on what else is computed
-                    rng = np.random.default_rng([seed, VERDICTS.index(metric), c])
-                    draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values[metric] / total
-                    lo, hi = np.percentile(draws, [2.5, 97.5])
+                if metric == "separation_vs_init":
+                    k = t["sepd_n"][c]
+                    m[f"init_separation/{name}"] = t["sep_init_sum"][c] / max(k, 1.0)
+                    mean = t["sepd_sum"][c] / k if k else float("nan")
+                    var = (t["sepd_sq"][c] - k * mean**2) / (k - 1) if k > 1 else float("nan")
+                    point = mean / unit[c]
+                    half = 1.959964 * np.sqrt(max(var, 0.0) / k) / unit[c] if k > 1 else float("nan")
+                    lo, hi = point - half, point + half
                 else:
-                    lo = hi = float("nan")
+                    point, lo, hi = self._bootstrap(
+                        t[f"hist_{metric}"][c], values[metric], bootstrap, [seed, VERDICTS.index(metric), c]
+                    )
                 m[f"effect_{metric}/{name}"] = point
                 m[f"effect_{metric}_lo/{name}"] = float(lo)
                 m[f"effect_{metric}_hi/{name}"] = float(hi)
@@ -254,11 +314,23 @@ class ProbeCounts:
             ranked = sorted(finite, key=finite.get, reverse=True)
             a, b = sorted((names.index(ranked[0]), names.index(ranked[1])))
             p = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))].index((a, b))
+            sign = 1.0 if names[a] == ranked[0] else -1.0
+            if verdict == "separation_vs_init":
+                k = t["sepp_n"][p]
+                if k > 1:
+                    ua, ub = unit[a], unit[b]
+                    mean = t["sepp_a"][p] / k / ua - t["sepp_b"][p] / k / ub
+                    sq = t["sepp_aa"][p] / ua**2 + t["sepp_bb"][p] / ub**2 - 2 * t["sepp_ab"][p] / (ua * ub)
+                    var = (sq - k * mean**2) / (k - 1)
+                    half = 1.959964 * np.sqrt(max(var, 0.0) / k)
+                    point = sign * mean
+                    m["margin"], m["margin_lo"], m["margin_hi"] = point, point - half, point + half
+                    decided = bool(point - half > 0)
+                return self._summary(verdict, n, m, dominant, decided, t)
             hist = t[f"pair_{verdict}"][p]
             total = hist.sum()
             vals = values[verdict]
             diff = (vals[:, None] - vals[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
-            sign = 1.0 if names[a] == ranked[0] else -1.0
             if total:
                 rng = np.random.default_rng([seed, len(VERDICTS), a, b])
                 point = sign * float(hist @ diff / total)
@@ -266,6 +338,21 @@ class ProbeCounts:
                 lo, hi = np.percentile(draws, [2.5, 97.5])
                 m["margin"], m["margin_lo"], m["margin_hi"] = point, float(lo), float(hi)
                 decided = bool(lo > 0)
+        return self._summary(verdict, n, m, dominant, decided, t)
+
+    @staticmethod
+    def _bootstrap(hist: np.ndarray, values: np.ndarray, bootstrap: int, seed: list[int]) -> tuple[float, float, float]:
+        """(mean, 2.5%, 97.5%) of the per-image effect from its histogram; an own RNG stream per (metric,
+        concept), so an interval does not depend on what else is computed."""
+        total = hist.sum()
+        if not total:
+            return float("nan"), float("nan"), float("nan")
+        rng = np.random.default_rng(seed)
+        draws = rng.multinomial(int(total), hist / total, size=bootstrap) @ values / total
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        return float(hist @ values / total), float(lo), float(hi)
+
+    def _summary(self, verdict, n, m, dominant, decided, t) -> ProbeSummary:
         return ProbeSummary(
             concepts=list(self.captions.names),
             captions=list(self.captions.captions),
