@@ -64,7 +64,9 @@ def halves(index: torch.Tensor, fit: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, max_score=500) -> dict:
+def run_setting(
+    model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, max_score=500, device="cpu"
+) -> dict:
     args = dict(
         standalone_layers=probe_cfg.get("standalone_layers", "convs"),
         clip_layers=probe_cfg.get("clip_layers", "stages"),
@@ -76,7 +78,7 @@ def run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwa
     for b in dm.dataloader(fit_split):
         keep = halves(b["index"], True) if holdout else torch.ones_like(b["index"], dtype=torch.bool)
         if keep.any():
-            fit_images.append(b["image"][keep])
+            fit_images.append(b["image"][keep].to(device))
             pipe.fit_batch(fit_images[-1])
     pipe.fit_finish()
     triples, scored = [], 0
@@ -84,7 +86,8 @@ def run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwa
         keep = halves(b["index"], False) if holdout else torch.ones_like(b["index"], dtype=torch.bool)
         keep &= torch.cumsum(keep.long(), 0) <= max_score - scored
         if keep.any():
-            triples.append((b["image"][keep], torch.stack([b["label"], b["color"]])[:, keep], b["index"][keep]))
+            targets = torch.stack([b["label"], b["color"]])[:, keep]
+            triples.append((b["image"][keep].to(device), targets.to(device), b["index"][keep]))
             scored += int(keep.sum())
     pipe.compute_baseline(fit_images, triples)  # the same surgery on a random-init copy, same images
     for images, targets, index in triples:
@@ -103,12 +106,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("story_dir")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     t0 = time.time()
     models = {name: model_and_data(os.path.join(args.story_dir, name)) for name in ("biased", "debiased")}
     truth = {"biased": "color", "debiased": "shape"}
-    clip = load_clip(models["biased"][2].get("clip", {"embedded": "colordigits"}))
+    clip = load_clip(models["biased"][2].get("clip", {"embedded": "colordigits"})).to(args.device)
+    for model, _, _ in models.values():
+        model.to(args.device)
     lines = [
         "# Probe settings: which ones tell the biased from the debiased model?",
         "",
@@ -122,7 +128,7 @@ def main() -> None:
     ]
     for name, fit_split, score_split, holdout, kwargs in SETTINGS:
         for model_name, (model, dm, probe_cfg) in models.items():
-            r = run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs)
+            r = run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, device=args.device)
             metrics = ("share", "retention", "retention_vs_init", "separation_vs_init")
             cells = []
             for metric in metrics:
@@ -136,8 +142,8 @@ def main() -> None:
             print(lines[-1], flush=True)
     lines += [
         "",
-        f"{time.time() - t0:.0f} s on {torch.get_num_threads()} threads; `python experiments/probe_ablation.py "
-        f"{args.story_dir}`",
+        f"{time.time() - t0:.0f} s on {args.device} ({torch.get_num_threads()} CPU threads); "
+        f"`python experiments/probe_ablation.py {args.story_dir} --device {args.device}`",
         "",
     ]
     out = args.out or os.path.join(args.story_dir, "ablation.md")
