@@ -89,3 +89,40 @@ def test_fit_links_num_classes_and_saves_config(tmp_path):
     )
     assert cli.model.hparams.num_classes == 3
     assert os.path.isfile(os.path.join(cli.trainer.log_dir, "config.yaml"))
+
+
+def test_configs_keep_the_last_epoch_in_last_ckpt_even_when_val_acc_stops_improving(tmp_path):
+    """Lightning's save_last follows top-k saves only; the configs' second checkpoint keeps the real last epoch."""
+    import lightning as L
+    import torch
+    import yaml
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Flat(L.LightningModule):  # val/acc is 1.0 every epoch: no improvement after epoch 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.w(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.log("val/acc", 1.0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    spec = yaml.safe_load(open(os.path.join(ROOT, "configs", "quickstart.yaml")))["trainer"]["callbacks"]
+    callbacks = []
+    for cb in spec:
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            args = dict(cb["init_args"], dirpath=str(tmp_path))
+            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(**args))
+    assert len(callbacks) == 2
+    trainer = L.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(Flat(), data, data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    best = torch.load(tmp_path / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and best["epoch"] == 0
+    assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt"]
