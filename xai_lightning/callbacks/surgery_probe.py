@@ -343,7 +343,8 @@ class SurgeryProbe(Callback):
             pl_module.log("probe/skipped", 1.0)
             return
         if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
-            self.pipe.moments.init_layout(self._layout_acts(trainer, pl_module))
+            size = int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
+            self.pipe.moments.init_layout(self.pipe.empty_activations(size))
         # The probe must not change training: keep every RNG as it was (iterating a DataLoader draws seeds).
         with preserved_rng(pl_module.device):
             plan = self.pipe.fit_finish(self._sum(trainer))
@@ -355,6 +356,7 @@ class SurgeryProbe(Callback):
                     self._fit_images(trainer, pl_module),
                     self._score_triples(trainer, pl_module),
                     sum_fn=self._sum(trainer),
+                    image_size=int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size)),
                 )
                 self._baseline_metrics = {
                     f"probe/init_{k.split('/')[0]}/{k.split('/')[1]}": v
@@ -391,16 +393,6 @@ class SurgeryProbe(Callback):
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
             self._report(trainer, summary, plan, metrics, out_dir)
-
-    @torch.no_grad()
-    def _layout_acts(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, dict]:
-        """Empty-batch activations of both models (their shapes define the running sums' layout)."""
-        size = int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
-        empty = torch.zeros(1, 3, size, size, device=pl_module.device)
-        s_acts = {k: v[:0] for k, v in self.pipe.standalone_maps(empty).items()}
-        with capture(self.pipe.clip.model, self.pipe.clip_layers) as c_acts:
-            self.pipe.clip.encode_image(self.pipe.clip.preprocess(empty))
-        return s_acts, {k: v[:0] for k, v in c_acts.items()}
 
     # ---- rank-0 outputs ---------------------------------------------------------------------------
     def _out_dir(self, trainer: L.Trainer) -> str:

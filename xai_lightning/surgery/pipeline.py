@@ -223,11 +223,13 @@ class SurgeryPipeline:
         score_triples: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
         model: nn.Module | None = None,
         sum_fn: SumFn | None = None,
+        image_size: int | None = None,
     ) -> ProbeSummary:
         """The same surgery on a reference model (default: ``random_init_copy(standalone, seed)``), fitted on
         ``fit_images`` and scored on ``score_triples`` = (images, targets, index) batches: its per-image
         outcomes are kept by index for the ``*_vs_init`` verdicts of every later ``score_batch``. Returns
-        the reference's own summary (its shares and retention)."""
+        the reference's own summary (its shares and retention). ``image_size`` (default: that of the last fit
+        batch) lays out the sums on a rank that has no fit images."""
         if model is None:
             model = random_init_copy(self.standalone, self.seed)
         ref = SurgeryPipeline(
@@ -246,7 +248,7 @@ class SurgeryPipeline:
         for images in fit_images:
             ref.fit_batch(images)
         if ref.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
-            ref.moments.init_layout(ref.empty_activations(self._last_image_size))
+            ref.moments.init_layout(ref.empty_activations(image_size or self._last_image_size))
         ref.fit_finish(sum_fn)
         baseline = Baseline(len(METRICS), len(self.captions.names))
         for images, targets, index in score_triples:
