@@ -373,9 +373,11 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
     _save(fig, os.path.join(out, "concepts_per_epoch.png"))
     plt.close(fig)
     names.append("concepts_per_epoch.png")
-    # 3. verdict metric vs its null value, final epoch
+    # 3. what the concepts keep after surgery vs the references, final epoch: retention (trained, random-init
+    # copy, null) and the caption separation (trained, random-init copy; the default verdict's quantity)
     concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(runs) * len(concepts), 3.4))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.6 + 1.9 * len(runs) * len(concepts), 6.6), sharex=True)
+    sep_top = 0.0
     x, ticks, labels = 0.0, [], []
     for run in runs:
         f = run.final()
@@ -385,20 +387,30 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
             ax.bar(x - 0.27, metric, 0.27, color="tab:blue")
             ax.bar(x, init, 0.27, color="tab:orange")
             ax.bar(x + 0.27, null, 0.27, color="tab:gray")
+            sep, sep_init = f.get(f"probe/separation/{c}", math.nan), f.get(f"probe/init_separation/{c}", math.nan)
+            ax2.bar(x - 0.2, sep, 0.4, color="tab:blue")
+            ax2.bar(x + 0.2, sep_init, 0.4, color="tab:orange")
             eff, lo, hi = (f.get(f"probe/effect{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
-            top = max(v for v in (metric, null, init, 0.0) if math.isfinite(v))
-            ax.text(x, top + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
+            top = max(v for v in (sep, sep_init, 0.0) if math.isfinite(v))
+            sep_top = max(sep_top, top)
+            ax2.text(x, top + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
             ticks.append(x)
             labels.append(f"{run.name}\n{c}")
             x += 1.0
         x += 0.5
-    ax.set_xticks(ticks, labels, fontsize=8)
+    for a in (ax, ax2):
+        a.set_xticks(ticks, labels, fontsize=8)
+        a.grid(alpha=0.3, axis="y")
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("within-concept accuracy after surgery")
-    ax.legend(
-        ["retention (trained model)", "random-init copy", "null (random matching)"], fontsize=8, loc="upper right"
-    )
-    ax.set_title("Retention after surgery vs its references; text = the verdict's effect [95% CI]", fontsize=10)
+    ax.legend(["trained model", "random-init copy", "null (random matching)"], fontsize=8, loc="upper right")
+    ax.set_title("Retention after surgery", fontsize=10)
+    ax2.set_ylabel("caption separation after surgery")
+    ax2.legend(["trained model", "random-init copy"], fontsize=8, loc="upper right")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_ylim(top=1.35 * sep_top + 0.05)
+    ax2.set_title("Separation after surgery; text = the verdict's effect [95% CI]", fontsize=10)
+    fig.tight_layout()
     _save(fig, os.path.join(out, "effect_vs_null.png"))
     plt.close(fig)
     names.append("effect_vs_null.png")
