@@ -139,7 +139,6 @@ class SurgeryPipeline:
         self.null_matchings: list[Matching] = []
         self.counts: ProbeCounts | None = None
         self.baseline: Baseline | None = None
-        self._last_image_size = 32
 
     # ---- fit ----------------------------------------------------------------------------------
     def standalone_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -151,7 +150,6 @@ class SurgeryPipeline:
     def fit_batch(self, images: torch.Tensor, standalone_acts: Mapping[str, torch.Tensor] | None = None) -> None:
         """Folds one batch into the running sums. ``standalone_acts`` reuses maps the caller already has
         (the callback passes those captured in ``validation_step``)."""
-        self._last_image_size = int(images.shape[-1])
         if standalone_acts is None:
             standalone_acts = self.standalone_maps(images)
         s_acts = {n: standalone_acts[n] for n in self.standalone_layers}
@@ -228,33 +226,30 @@ class SurgeryPipeline:
         """The same surgery on a reference model (default: ``random_init_copy(standalone, seed)``), fitted on
         ``fit_images`` and scored on ``score_triples`` = (images, targets, index) batches: its per-image
         outcomes are kept by index for the ``*_vs_init`` verdicts of every later ``score_batch``. Returns
-        the reference's own summary (its shares and retention). ``image_size`` (default: that of the last fit
-        batch) lays out the sums on a rank that has no fit images."""
-        if model is None:
-            model = random_init_copy(self.standalone, self.seed)
-        ref = SurgeryPipeline(
-            model,
-            self.clip,
-            self.captions,
-            self.standalone_layers,
-            self.clip_layers,
-            score=self.score,
-            matching=self.matching_method,
-            swap_fraction=self.swap_fraction,
-            interpolation=self.interpolation,
-            null_draws=self.null_draws,
-            seed=self.seed,
-        )
+        the reference's own summary (its shares and retention). ``image_size`` lays out the sums on a rank
+        that has no fit images (DDP with tiny data)."""
+        ref = self._with_model(random_init_copy(self.standalone, self.seed) if model is None else model)
         for images in fit_images:
             ref.fit_batch(images)
         if ref.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
-            ref.moments.init_layout(ref.empty_activations(image_size or self._last_image_size))
+            if image_size is None:
+                raise ValueError("compute_baseline got no fit images: pass image_size to join the reduction")
+            ref.moments.init_layout(ref.empty_activations(image_size))
         ref.fit_finish(sum_fn)
         baseline = Baseline(len(METRICS), len(self.captions.names))
         for images, targets, index in score_triples:
             baseline.add(index, ref.score_batch(images, targets))
         self.baseline = baseline
         return ref.score_finish(sum_fn, verdict="retention")
+
+    def _with_model(self, model: nn.Module) -> SurgeryPipeline:
+        """The same surgery (options, CLIP, captions, text embeddings, null seed) on another model of the same
+        architecture, with fresh sums."""
+        other = copy.copy(self)
+        other.standalone = model
+        other.moments = CrossMoments(self.score)
+        other.plan, other.null_matchings, other.counts, other.baseline = None, [], None, None
+        return other
 
     @torch.no_grad()
     def empty_activations(self, image_size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
