@@ -25,6 +25,7 @@ import numpy as np
 
 from xai_lightning.io import atomic_write, atomic_write_text
 from xai_lightning.report import load_run
+from xai_lightning.verdict import counterfactual_truth, outcome_from_metrics
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -79,17 +80,21 @@ def run_one(out: str, strength: float, seed: int, config: str, extra: list[str])
     return version
 
 
-VERDICT_METRICS = ("share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init")
+VERDICT_METRICS = ("reliance", "share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init")
 
 
 def dominant(final: dict[str, float], metric: str) -> str:
+    """The metric's own outcome at the final epoch (a concept, none or undecided)."""
     concepts = [k.split("/", 2)[2] for k in final if k.startswith(f"probe/effect_{metric}/")]
-    return max(concepts, key=lambda c: final[f"probe/effect_{metric}/{c}"])
+    return outcome_from_metrics(final, concepts, metric, prefix="probe/")
 
 
-def row_of(final: dict[str, float], strength: float, seed: int) -> dict:
-    cf = "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
+def row_of(final: dict[str, float], strength: float, seed: int, verdict: str) -> dict:
+    cf = counterfactual_truth(final["cf/color_flip_rate"], final["cf/shape_flip_rate"])
     row = {
+        "verdict": next(
+            m for m in VERDICT_METRICS if final.get("probe/effect/shape") == final.get(f"probe/effect_{m}/shape")
+        ),
         "bias_strength": strength,
         "seed": seed,
         "val/acc": final.get("val/acc"),
@@ -104,12 +109,12 @@ def row_of(final: dict[str, float], strength: float, seed: int) -> dict:
         "effect_hi/color": final["probe/effect_hi/color"],
         "effect/shape": final["probe/effect/shape"],
         "margin_lo": final.get("probe/margin_lo", float("nan")),
+        "decided": final.get("probe/decided") == 1.0,
         "init_retention/color": final.get("probe/init_retention/color", float("nan")),
         "init_retention/shape": final.get("probe/init_retention/shape", float("nan")),
         "retention/color": final["probe/retention/color"],
         "retention/shape": final["probe/retention/shape"],
     }
-    row["decided"] = bool(row["margin_lo"] > 0)
     for metric in VERDICT_METRICS:
         for c in ("color", "shape"):
             row[f"effect_{metric}/{c}"] = final[f"probe/effect_{metric}/{c}"]
@@ -134,8 +139,16 @@ def main() -> None:
     rows = []
     for strength in args.strengths:
         for seed in args.seeds:
-            final = load_run(run_one(args.out, strength, seed, args.config, extra)).final()
-            rows.append(row_of(final, strength, seed))
+            run = load_run(run_one(args.out, strength, seed, args.config, extra))
+            probe = next(
+                (
+                    cb.get("init_args", {})
+                    for cb in run.config["trainer"]["callbacks"]
+                    if "SurgeryProbe" in cb["class_path"]
+                ),
+                {},
+            )
+            rows.append(row_of(run.final(), strength, seed, probe.get("verdict", "reliance")))
     flips = [r["cf/color_flip_rate"] for r in rows]
     cf_contrast = [r["cf/color_flip_rate"] - r["cf/shape_flip_rate"] for r in rows]
     run_seconds = [
@@ -149,6 +162,14 @@ def main() -> None:
                 [r[f"effect_{metric}/color"] - r[f"effect_{metric}/shape"] for r in rows], cf_contrast
             ),
             "detection_rate": float(np.mean([r[f"dominant_{metric}"] == r["cf_dominant"] for r in rows])),
+            "wrong_rate": float(
+                np.mean(
+                    [
+                        r[f"dominant_{metric}"] in ("color", "shape") and r[f"dominant_{metric}"] != r["cf_dominant"]
+                        for r in rows
+                    ]
+                )
+            ),
             "planted_rate": float(np.mean([r[f"dominant_{metric}"] == r["planted"] for r in rows])),
         }
     decided = [r for r in rows if r["decided"]]
@@ -156,14 +177,7 @@ def main() -> None:
         "decided_runs": len(decided),
         "runs": len(rows),
         "detection_rate_decided": (
-            float(
-                np.mean(
-                    [
-                        ("color" if r["effect/color"] > r["effect/shape"] else "shape") == r["cf_dominant"]
-                        for r in decided
-                    ]
-                )
-            )
+            float(np.mean([r[f"dominant_{r['verdict']}"] == r["cf_dominant"] for r in decided]))
             if decided
             else float("nan")
         ),
@@ -176,24 +190,27 @@ def main() -> None:
         f"{len(rows)} runs of `{args.config}` ({' '.join(extra) or 'as configured'}); each run's wall time "
         f"(training + probe, from its DONE file) {min(result['run_seconds']):.0f}–{max(result['run_seconds']):.0f} s, "
         f"{sum(result['run_seconds']):.0f} s in all.",
-        "Effects: colour / shape, each verdict metric minus its reference (null = random matching; init = the "
-        "same surgery on a random-init copy of the model). ✓ = the metric's dominant concept equals the "
-        "counterfactual one.",
+        "Effects: colour / shape, each verdict metric minus its reference (reliance: none needed; null = random "
+        "matching; init = the same surgery on the run's starting weights and re-initialisations). ✓ = the metric's "
+        "outcome equals the counterfactual truth, · = none/undecided, ✗ = the other concept.",
         "",
-        "| bias | seed | val/acc | real_world/acc | cf colour / shape flip | share − null | retention − null | "
-        "retention − init | separation − init | configured verdict: colour effect [95% CI], decided? |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bias | seed | val/acc | real_world/acc | cf colour / shape flip | reliance | share − null | "
+        "retention − null | retention − init | separation − init | configured verdict: colour effect [95% CI], "
+        "decided? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r, metric):
-        ok = "✓" if r[f"dominant_{metric}"] == r["cf_dominant"] else "✗"
+        name = r[f"dominant_{metric}"]
+        ok = "✓" if name == r["cf_dominant"] else ("·" if name in ("none", "undecided") else "✗")
         return f"{r[f'effect_{metric}/color']:+.3f} / {r[f'effect_{metric}/shape']:+.3f} {ok}"
 
     for r in rows:
         md.append(
             f"| {r['bias_strength']:g} | {r['seed']} | {r['val/acc']:.3f} | {r['real_world/acc']:.3f} | "
-            f"{r['cf/color_flip_rate']:.3f} / {r['cf/shape_flip_rate']:.3f} | {cell(r, 'share')} | "
-            f"{cell(r, 'retention')} | {cell(r, 'retention_vs_init')} | {cell(r, 'separation_vs_init')} | "
+            f"{r['cf/color_flip_rate']:.3f} / {r['cf/shape_flip_rate']:.3f} | {cell(r, 'reliance')} | "
+            f"{cell(r, 'share')} | {cell(r, 'retention')} | {cell(r, 'retention_vs_init')} | "
+            f"{cell(r, 'separation_vs_init')} | "
             f"{r['effect/color']:+.3f} "
             f"[{r['effect_lo/color']:+.3f}, {r['effect_hi/color']:+.3f}], {'yes' if r['decided'] else 'undecided'} |"
         )
@@ -227,7 +244,7 @@ def main() -> None:
 
     import matplotlib.pyplot as plt
 
-    shown = ("share", "retention", "retention_vs_init", "separation_vs_init")
+    shown = ("reliance", "share", "retention_vs_init", "separation_vs_init")
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.8), sharex=True)
     for ax, metric in zip(axes, shown):
         sc = ax.scatter(
@@ -246,7 +263,9 @@ def main() -> None:
             ax.set_ylabel("probe: colour effect − shape effect")
         m = result["metrics"][metric]
         rho = m["spearman_contrast"]
-        title = metric.replace("_vs_init", " − init") if metric.endswith("_vs_init") else f"{metric} − null"
+        title = {"reliance": "decision reliance"}.get(metric) or (
+            metric.replace("_vs_init", " − init") if metric.endswith("_vs_init") else f"{metric} − null"
+        )
         rho_text = f"Spearman {rho:+.2f}" if math.isfinite(rho) else "Spearman n/a"
         ax.set_title(f"{title}\n{rho_text}, detection {m['detection_rate']:.2f}", fontsize=9)
         ax.grid(alpha=0.3)

@@ -8,11 +8,12 @@ the surgery under several settings with the shipped probe CLIP:
 * ``paper``: the authors' protocol: fit and score on the coloured *test* split (where every 5 is red and
   every 8 green), the same images for both, verdict = the influence share (DESIGN.md, spec 7/9).
 * ``paper, probe set``: the same, but on the probe set (colour independent of the digit), in-sample.
-* ``ours``: probe set, fit and score on disjoint halves, verdict = caption separation against a random-init
-  copy of the model (the default; the other verdict metrics are shown too).
+* ``ours``: probe set, fit and score on disjoint halves; the surgery against reference networks (here 3
+  re-initialisations of the architecture by its constructor: a checkpoint does not hold the run's starting
+  weights) and the decision-level reliance (the default verdict).
 * single changes from ``ours``: swap fraction, model layers, score, matching.
 
-For each model and setting: the colour and shape effects of both verdict metrics and the concept each
+For each model and setting: the colour and shape effects of every verdict metric and the concept each
 names; the counterfactual ground truth is colour for the biased model and shape for the debiased one.
 """
 
@@ -29,7 +30,8 @@ from xai_lightning.data import ColorMNISTDataModule
 from xai_lightning.io import atomic_write_text
 from xai_lightning.models import ClassifierModule
 from xai_lightning.report import load_run
-from xai_lightning.surgery import SurgeryPipeline, resolve_concepts
+from xai_lightning.surgery import SurgeryPipeline, reference_models, resolve_concepts
+from xai_lightning.surgery.holdout import holdout_mask
 
 SETTINGS = [  # name, fit split, score split, holdout, pipeline kwargs
     ("paper: test split, in-sample", "test", "test", False, {}),
@@ -42,7 +44,7 @@ SETTINGS = [  # name, fit split, score split, holdout, pipeline kwargs
 ]
 
 
-def model_and_data(run_dir: str) -> tuple[ClassifierModule, ColorMNISTDataModule, dict]:
+def model_and_data(run_dir: str) -> tuple[ClassifierModule, ColorMNISTDataModule, dict, dict]:
     run = load_run(run_dir)
     cfg = run.config
     model_args = dict(cfg["model"]["init_args"])
@@ -54,18 +56,19 @@ def model_and_data(run_dir: str) -> tuple[ClassifierModule, ColorMNISTDataModule
     dm = ColorMNISTDataModule(**data_args)
     dm.setup()
     probe = next(cb["init_args"] for cb in cfg["trainer"]["callbacks"] if cb["class_path"].endswith("SurgeryProbe"))
-    return model.eval(), dm, probe
+    return model.eval(), dm, probe, model_args
 
 
 def halves(index: torch.Tensor, fit: bool) -> torch.Tensor:
-    from xai_lightning.callbacks.surgery_probe import holdout_mask
-
     return holdout_mask(index, fit)
+
+
+METRICS = ("reliance", "share", "retention", "retention_vs_init", "separation_vs_init")
 
 
 @torch.no_grad()
 def run_setting(
-    model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, max_score=500, device="cpu"
+    model, dm, probe_cfg, model_args, clip, fit_split, score_split, holdout, kwargs, max_score=500, device="cpu"
 ) -> dict:
     args = dict(
         standalone_layers=probe_cfg.get("standalone_layers", "convs"),
@@ -86,19 +89,19 @@ def run_setting(
         keep = halves(b["index"], False) if holdout else torch.ones_like(b["index"], dtype=torch.bool)
         keep &= torch.cumsum(keep.long(), 0) <= max_score - scored
         if keep.any():
-            targets = torch.stack([b["label"], b["color"]])[:, keep]
+            targets = torch.stack([b["digit_index"], b["color"]])[:, keep]
             triples.append((b["image"][keep].to(device), targets.to(device), b["index"][keep]))
             scored += int(keep.sum())
-    pipe.compute_baseline(fit_images, triples)  # the same surgery on a random-init copy, same images
+    refs = reference_models(lambda: ClassifierModule(**model_args), [10_000, 10_001, 10_002])
+    pipe.compute_references([r.to(device) for r in refs], fit_images, triples)
     for images, targets, index in triples:
         pipe.score_batch(images, targets, index=index)
-    summary = pipe.score_finish(verdict="separation_vs_init", bootstrap=1000)
-    m = summary.metrics
-    out = {k: m[k] for k in m if k.startswith("effect_")}
-    out["decided"] = summary.decided
-    for metric in ("share", "retention", "retention_vs_init", "separation_vs_init"):
-        out[f"dominant_{metric}"] = max(summary.concepts, key=lambda c: m[f"effect_{metric}/{c}"])
-    out["images"] = summary.images
+    out = {"images": pipe.score_finish(verdict="reliance", bootstrap=1000).images}
+    for metric in METRICS:  # each metric's own outcome (the sums are reduced once; summaries only read them)
+        summary = pipe.counts.summary(metric, 1000, pipe.seed, None, pipe.decisions)
+        out.update({k: v for k, v in summary.metrics.items() if k.startswith(f"effect_{metric}")})
+        out[f"outcome_{metric}"] = summary.outcome.text()
+        out[f"name_{metric}"] = summary.outcome.name
     return out
 
 
@@ -113,30 +116,32 @@ def main() -> None:
     models = {name: model_and_data(os.path.join(args.story_dir, name)) for name in ("biased", "debiased")}
     truth = {"biased": "color", "debiased": "shape"}
     clip = load_clip(models["biased"][2].get("clip", {"embedded": "colordigits"})).to(args.device)
-    for model, _, _ in models.values():
+    for model, *_ in models.values():
         model.to(args.device)
     lines = [
         "# Probe settings: which ones tell the biased from the debiased model?",
         "",
-        "Effects colour / shape: metric − null (random matching), or − the same surgery on a random-init copy "
-        "of the model (init). ✓ = the verdict agrees with the counterfactual ground truth (biased: colour, "
-        "debiased: shape); (u) = undecided: the margin's 95% interval contains 0.",
+        "Effects colour / shape, then the metric's outcome: decision reliance (the default verdict), the surgery "
+        "against random matching (null) or against 3 re-initialisations of the architecture (− init). ✓ = the "
+        "outcome names the counterfactual ground truth (biased: colour, debiased: shape), ✗ = it names the other "
+        "concept, · = none or undecided.",
         "",
-        "| setting | model | share − null (paper) | retention − null | retention − init | separation − init "
-        "(default) |",
-        "|---|---|---|---|---|---|",
+        "| setting | model | reliance (default) | share − null (paper) | retention − null | retention − init | "
+        "separation − init |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, fit_split, score_split, holdout, kwargs in SETTINGS:
-        for model_name, (model, dm, probe_cfg) in models.items():
-            r = run_setting(model, dm, probe_cfg, clip, fit_split, score_split, holdout, kwargs, device=args.device)
-            metrics = ("share", "retention", "retention_vs_init", "separation_vs_init")
+        for model_name, (model, dm, probe_cfg, model_args) in models.items():
+            r = run_setting(
+                model, dm, probe_cfg, model_args, clip, fit_split, score_split, holdout, kwargs, device=args.device
+            )
             cells = []
-            for metric in metrics:
-                ok = "✓" if r[f"dominant_{metric}"] == truth[model_name] else "✗"
-                undecided = " (u)" if metric == "separation_vs_init" and not r["decided"] else ""
+            for metric in METRICS:
+                name = r[f"name_{metric}"]
+                mark = "✓" if name == truth[model_name] else ("·" if name in ("none", "undecided") else "✗")
                 cells.append(
                     f"{r[f'effect_{metric}/color']:+.3f} / {r[f'effect_{metric}/shape']:+.3f} "
-                    f"{r[f'dominant_{metric}']} {ok}{undecided}"
+                    f"{r[f'outcome_{metric}']} {mark}"
                 )
             lines.append(f"| {name} | {model_name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)

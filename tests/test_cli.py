@@ -126,3 +126,40 @@ def test_configs_keep_the_last_epoch_in_last_ckpt_even_when_val_acc_stops_improv
     best = torch.load(tmp_path / "best.ckpt", weights_only=False)
     assert last["epoch"] == 2 and best["epoch"] == 0
     assert sorted(os.listdir(tmp_path)) == ["best.ckpt", "last.ckpt"]
+
+
+def test_quickstart_config_runs_the_probe_with_its_references(tmp_path, monkeypatch):
+    """The shipped config end to end at toy sizes: the references are built from the CLI-instantiated model
+    (whose hparams carry LightningCLI's private keys), and the outcome is logged."""
+    monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
+    cli = main(
+        [
+            "fit",
+            "--config",
+            os.path.join(ROOT, "configs", "quickstart.yaml"),
+            "--data.init_args.data_dir",
+            str(tmp_path / "data"),
+            "--data.init_args.train_per_class",
+            "10",
+            "--data.init_args.test_per_class",
+            "4",
+            "--data.init_args.real_world_per_class",
+            "4",
+            "--data.init_args.probe_per_class",
+            "8",
+            "--model.init_args.backbone",
+            "resnet18",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
+    assert probe.reference_info.startswith("the weights at fit start + 3 re-initialisations by ClassifierModule")
+    assert probe.history[0]["outcome"] in ("shape", "color", "none") or "undecided" in probe.history[0]["outcome"]
+    assert probe.history[0]["probe/decided"] in (0.0, 1.0)

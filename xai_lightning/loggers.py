@@ -86,7 +86,8 @@ class WandbLogger(_LightningWandbLogger):
             )
         self._failed = True
 
-    def _guard(self, what: str, fn, *args, **kwargs):
+    def guard(self, what: str, fn, *args, **kwargs):
+        """Runs ``fn``; a W&B error degrades to one warning (W&B is then left alone), never a crash."""
         if self.failed:
             return None
         try:
@@ -96,22 +97,22 @@ class WandbLogger(_LightningWandbLogger):
             return None
 
     def log_metrics(self, metrics, step=None) -> None:
-        self._guard("log_metrics", super().log_metrics, metrics, step)
+        self.guard("log_metrics", super().log_metrics, metrics, step)
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
-        self._guard("log_hyperparams", super().log_hyperparams, params, *args, **kwargs)
+        self.guard("log_hyperparams", super().log_hyperparams, params, *args, **kwargs)
 
     def log_table(self, *args, **kwargs) -> None:
-        self._guard("log_table", super().log_table, *args, **kwargs)
+        self.guard("log_table", super().log_table, *args, **kwargs)
 
     def log_image(self, *args, **kwargs) -> None:
-        self._guard("log_image", super().log_image, *args, **kwargs)
+        self.guard("log_image", super().log_image, *args, **kwargs)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        self._guard("after_save_checkpoint", super().after_save_checkpoint, checkpoint_callback)
+        self.guard("after_save_checkpoint", super().after_save_checkpoint, checkpoint_callback)
 
     def finalize(self, status: str) -> None:
-        self._guard("finalize", super().finalize, status)
+        self.guard("finalize", super().finalize, status)
 
     @rank_zero_only
     def _announce_offline(self, reason: str) -> None:

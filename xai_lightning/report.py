@@ -4,7 +4,8 @@
 
 A run directory is a CSV logger dir (``runs/quickstart/biased``: its ``version_N`` folders are merged, so
 a resumed run reads as one) or a single version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
-``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "dominant": concept}}``),
+``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "outcome": the probe's outcome as the
+console prints it, "leaning": the concept with the largest effect, "decided": bool, "cf_truth": ...}}``),
 ``DIR/learning_curves.png``, ``DIR/concepts_per_epoch.png`` and ``DIR/effect_vs_null.png``.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xai_lightning.io import atomic_write, atomic_write_text
+from xai_lightning.verdict import NONE, UNDECIDED, counterfactual_truth
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +50,34 @@ class Run:
             {k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")}, key=lambda c: (c != "shape", c)
         )
 
-    def dominant(self) -> str:
+    def leaning(self) -> str:
+        """The concept with the largest effect at the last probed epoch, decided or not."""
         final = self.final()
         effects = {c: final[f"probe/effect/{c}"] for c in self.concepts() if math.isfinite(final[f"probe/effect/{c}"])}
-        return max(effects, key=effects.get) if effects else "none"
+        return max(effects, key=effects.get) if effects else NONE
+
+    def outcome(self) -> str:
+        """The logged outcome of the last probed epoch: a concept, ``none`` or ``undecided``."""
+        final = self.final()
+        for name in [*self.concepts(), NONE, UNDECIDED]:
+            if final.get(f"probe/outcome/{name}") == 1.0:
+                return name
+        return UNDECIDED
 
     def decided(self) -> bool:
-        """The dominant concept's margin over the runner-up has a 95% interval above 0."""
-        return self.final().get("probe/margin_lo", float("nan")) > 0
+        return self.outcome() not in (NONE, UNDECIDED)
 
     def verdict(self) -> str:
-        return self.dominant() if self.decided() else f"undecided (leaning {self.dominant()})"
+        """The outcome as the console prints it (``color``, ``none``, ``undecided (leaning shape)``)."""
+        out = self.outcome()
+        return f"{UNDECIDED} (leaning {self.leaning()})" if out == UNDECIDED else out
 
-    def cf_dominant(self) -> str | None:
+    def cf_truth(self) -> str | None:
+        """``color``, ``shape`` or ``mixed`` from the counterfactual flip rates (None when not logged)."""
         final = self.final()
         if "cf/color_flip_rate" not in final:
             return None
-        return "color" if final["cf/color_flip_rate"] > final["cf/shape_flip_rate"] else "shape"
+        return counterfactual_truth(final["cf/color_flip_rate"], final["cf/shape_flip_rate"])
 
 
 def _versions(path: str) -> list[str]:
@@ -119,12 +132,19 @@ def summary(runs: Sequence[Run]) -> dict[str, dict]:
     out = {}
     for run in runs:
         entry = {k: v for k, v in run.final().items()}
-        entry["dominant"] = run.dominant()
+        entry["outcome"] = run.verdict()
+        entry["leaning"] = run.leaning()
         entry["decided"] = run.decided()
-        if run.cf_dominant() is not None:
-            entry["cf_dominant"] = run.cf_dominant()
+        if run.cf_truth() is not None:
+            entry["cf_truth"] = run.cf_truth()
         out[run.name] = entry
     return out
+
+
+def _metric_label(verdict: str) -> str:
+    if verdict == "reliance":
+        return "decision reliance"
+    return verdict.replace("_vs_init", " − start") if verdict.endswith("_vs_init") else f"{verdict} − null"
 
 
 def _fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
@@ -149,7 +169,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         ("probe_set/acc", "probe_set/acc"),
     ):
         row(label, [_fmt(f.get(key)) for f in finals])
-    row("**dominant concept (probe)**", [f"**{r.verdict()}**" for r in runs])
+    row("**outcome (probe)**", [f"**{r.verdict()}**" for r in runs])
     row(
         "margin over the runner-up [95% CI]",
         [
@@ -158,11 +178,9 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
             for f in finals
         ],
     )
-    row("dominant reliance (counterfactual)", [r.cf_dominant() or "–" for r in runs])
-    verdicts = {_probe_arg(r, "verdict") or "separation_vs_init" for r in runs}
-    labels = sorted(
-        v.replace("_vs_init", " − random init") if v.endswith("_vs_init") else f"{v} − null" for v in verdicts
-    )
+    row("reliance (counterfactual ground truth)", [r.cf_truth() or "–" for r in runs])
+    verdicts = {_probe_arg(r, "verdict") or "reliance" for r in runs}
+    labels = sorted(_metric_label(v) for v in verdicts)
     for c in concepts:
         row(
             f"effect/{c} [95% CI] ({' / '.join(labels)})",
@@ -174,7 +192,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         )
     for c in concepts:
         row(
-            f"retention/{c} (null · random init)",
+            f"retention/{c} (null · start)",
             [
                 f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))} · "
                 f"{_fmt(f.get(f'probe/init_retention/{c}'))})"
@@ -183,7 +201,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         )
     for c in concepts:
         row(
-            f"separation/{c} (random init · plain-CLIP unit)",
+            f"separation/{c} (start · plain-CLIP unit)",
             [
                 f"{_fmt(f.get(f'probe/separation/{c}'), sign=True)} "
                 f"({_fmt(f.get(f'probe/init_separation/{c}'), sign=True)} · "
@@ -197,10 +215,11 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
             [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
         )
     for metric, label in (
+        ("reliance", "decision reliance"),
         ("share", "share − null (paper)"),
         ("retention", "retention − null"),
-        ("retention_vs_init", "retention − random init"),
-        ("separation_vs_init", "separation − random init (CLIP units)"),
+        ("retention_vs_init", "retention − start"),
+        ("separation_vs_init", "separation − start (CLIP units)"),
     ):
         for c in concepts:
             row(
@@ -223,29 +242,28 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     lines = [
         "# Run comparison",
         "",
-        "Final epoch of each run. Effects are the probe's verdict metric minus a reference: its value for a "
-        "randomly initialised copy of the model on the same images (`*_vs_init`, the default) or under random "
-        "matching (null control), with a bootstrap 95% interval; the dominant concept has the largest "
-        "effect. The counterfactual columns are the ground truth: the fraction of predictions that change when only "
-        "the colour, or only the digit, is changed.",
+        "Final epoch of each run. The outcome is the chosen verdict's (default: decision reliance, how much the "
+        "predictions change between probe images that differ in the concept); a concept is named when its "
+        "effect's 95% interval lies above the minimum effect and its margin over the runner-up above 0, `none` "
+        "when no effect does, `undecided` otherwise. The surgery's effects are against the weights the run started "
+        "from and re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
+        "counterfactual rows are the ground truth: the fraction of predictions that change when only the colour, "
+        "or only the digit, is changed (clear when one exceeds the other by 0.2, else mixed).",
         "",
         head + "\n".join(rows),
         "",
     ]
     for r in runs:
-        agree = r.cf_dominant()
-        if agree is None:
+        truth = r.cf_truth()
+        if truth is None:
             continue
         if not r.decided():
-            lines.append(
-                f"- **{r.name}**: the probe is undecided (it leans {r.dominant()}, but the margin's interval "
-                f"contains 0: the model's features carry both concepts); the counterfactual says {agree}."
-            )
+            lines.append(f"- **{r.name}**: the probe says **{r.verdict()}**; the counterfactual says {truth}.")
             continue
-        verdict = "agrees with" if agree == r.dominant() else "DISAGREES with"
+        verdict = "agrees with" if truth == r.outcome() else "DISAGREES with"
         lines.append(
-            f"- **{r.name}**: the probe names **{r.dominant()}**, which {verdict} the counterfactual ground truth "
-            f"({agree})."
+            f"- **{r.name}**: the probe names **{r.outcome()}**, which {verdict} the counterfactual ground truth "
+            f"({truth})."
         )
     lines.append("")
     lines += method_table(runs)
@@ -287,8 +305,7 @@ def method_table(runs: Sequence[Run]) -> list[str]:
     lines.append(
         "| counterfactual ground truth (colour / shape flip rate) | "
         + " | ".join(
-            f"{r.cf_dominant() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / "
-            f"{_fmt(f.get('cf/shape_flip_rate'), 2)})"
+            f"{r.cf_truth() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / {_fmt(f.get('cf/shape_flip_rate'), 2)})"
             for r, f in zip(runs, finals)
         )
         + " |"
@@ -356,25 +373,27 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
             if xs:
                 (line,) = axes[0][j].plot(xs, ys, marker="o", label=c)
                 axes[0][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-            xs, share = run.series(f"probe/share/{c}")
-            _, null = run.series(f"probe/null_share/{c}")
+            xs, ys = run.series(f"probe/effect_separation_vs_init/{c}")
+            _, lo = run.series(f"probe/effect_separation_vs_init_lo/{c}")
+            _, hi = run.series(f"probe/effect_separation_vs_init_hi/{c}")
             if xs:
-                (line,) = axes[1][j].plot(xs, share, marker="o", label=f"{c} share")
-                axes[1][j].plot(xs, null, ls="--", color=line.get_color(), label=f"{c} null")
-        axes[0][j].axhline(0, color="k", lw=0.8)
-        axes[0][j].set_title(f"{run.name}: dominant = {run.verdict()}", fontsize=9)
+                (line,) = axes[1][j].plot(xs, ys, marker="o", label=c)
+                axes[1][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+        for ax in axes[:, j]:
+            ax.axhline(0, color="k", lw=0.8)
+        axes[0][j].set_title(f"{run.name}: {run.verdict()} (last epoch)", fontsize=9)
         axes[1][j].set_xlabel("epoch")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("verdict effect, 95% CI")
-    axes[1][0].set_ylabel("influence share (paper)")
+    axes[1][0].set_ylabel("features: separation − start, 95% CI")
     axes[0][-1].legend(fontsize=8)
     axes[1][-1].legend(fontsize=8)
     _save(fig, os.path.join(out, "concepts_per_epoch.png"))
     plt.close(fig)
     names.append("concepts_per_epoch.png")
-    # 3. what the concepts keep after surgery vs the references, final epoch: retention (trained, random-init
-    # copy, null) and the caption separation (trained, random-init copy; the default verdict's quantity)
+    # 3. what the concepts keep after surgery vs the references, final epoch: retention (trained, start and
+    # re-initialisations, null) and the caption separation (trained, references)
     concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.6 + 1.9 * len(runs) * len(concepts), 6.6), sharex=True)
     sep_top = 0.0
@@ -390,7 +409,7 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
             sep, sep_init = f.get(f"probe/separation/{c}", math.nan), f.get(f"probe/init_separation/{c}", math.nan)
             ax2.bar(x - 0.2, sep, 0.4, color="tab:blue")
             ax2.bar(x + 0.2, sep_init, 0.4, color="tab:orange")
-            eff, lo, hi = (f.get(f"probe/effect{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
+            eff, lo, hi = (f.get(f"probe/effect_separation_vs_init{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
             top = max(v for v in (sep, sep_init, 0.0) if math.isfinite(v))
             sep_top = max(sep_top, top)
             ax2.text(x, top + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)
@@ -403,13 +422,13 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
         a.grid(alpha=0.3, axis="y")
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("within-concept accuracy after surgery")
-    ax.legend(["trained model", "random-init copy", "null (random matching)"], fontsize=8, loc="upper right")
+    ax.legend(["trained model", "start + re-initialisations", "null (random matching)"], fontsize=8, loc="upper right")
     ax.set_title("Retention after surgery", fontsize=10)
     ax2.set_ylabel("caption separation after surgery")
-    ax2.legend(["trained model", "random-init copy"], fontsize=8, loc="upper right")
+    ax2.legend(["trained model", "start + re-initialisations"], fontsize=8, loc="upper right")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_ylim(top=1.35 * sep_top + 0.05)
-    ax2.set_title("Separation after surgery; text = the verdict's effect [95% CI]", fontsize=10)
+    ax2.set_title("Separation after surgery; text = separation − start [95% CI], CLIP units", fontsize=10)
     fig.tight_layout()
     _save(fig, os.path.join(out, "effect_vs_null.png"))
     plt.close(fig)
@@ -443,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = write_report(args.runs, args.out, args.names)
     for name, entry in data.items():
         log.info(
-            f"{name}: dominant={entry['dominant']} val/acc={_fmt(entry.get('val/acc'))} "
+            f"{name}: outcome={entry['outcome']} val/acc={_fmt(entry.get('val/acc'))} "
             f"real_world/acc={_fmt(entry.get('real_world/acc'))}"
         )
     log.info(f"wrote {os.path.join(args.out, 'report.md')}")

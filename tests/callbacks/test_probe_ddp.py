@@ -8,23 +8,34 @@ import torch
 from tests.callbacks.test_surgery_probe import _csv_metrics, _trainer
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from xai_lightning.callbacks import SurgeryProbe
+from xai_lightning.surgery.holdout import holdout_mask
 
 
 @pytest.mark.ddp
-def test_two_processes_give_the_single_process_numbers(tmp_path):
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},  # 48 probe images, 24 per rank: nothing is padded
+        # 45 probe images over 2 ranks: Lightning's sampler pads one rank with a duplicate of image 0
+        {"digits": [1, 4, 7], "colors": ["red", "green", "blue"], "probe_per_class": 15},
+    ],
+)
+def test_two_processes_give_the_single_process_numbers(tmp_path, data):
     """Uses the shipped probe CLIP: a random CLIP's caption similarities are near-ties, where float
-    rounding of a different batch composition may flip an argmax."""
+    rounding of a different batch composition may flip an argmax. The references (3 re-initialisations
+    under validate) are fitted and scored on every rank's own images and shared."""
     torch.manual_seed(0)
-    model = TinyClassifier()
-    # 48 probe images, 24 per rank: nothing is padded; fit on one half, score the other
+    model = TinyClassifier(num_classes=len(data.get("digits", [5, 8])))
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         out = tmp_path / f"d{devices}"
         probe = SurgeryProbe(clip={"embedded": "colordigits"}, null_draws=3, bootstrap=200, max_score_samples=48)
         trainer = _trainer(out, [probe], devices=devices, strategy=strategy)
-        trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
+        trainer.validate(model, tiny_datamodule(str(tmp_path / "data"), **data))
         results[devices] = {k: v for k, v in _csv_metrics(out).items() if k.startswith("probe/") and "seconds" not in k}
-    assert results[1]["probe/images"] == results[2]["probe/images"] > 12
+    n = len(data.get("digits", [5, 8])) * data.get("probe_per_class", 24)
+    held_out = int(holdout_mask(torch.arange(n), fit=False).sum())
+    assert results[1]["probe/images"] == results[2]["probe/images"] == held_out
     assert results[1].keys() == results[2].keys()
     for k, v in results[1].items():
         assert results[2][k] == pytest.approx(v, abs=1e-4), k

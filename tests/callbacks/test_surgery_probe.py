@@ -12,30 +12,16 @@ import torch
 
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
+from xai_lightning import names
 from xai_lightning.callbacks import SurgeryProbe
-from xai_lightning.callbacks.surgery_probe import holdout_mask
 from xai_lightning.clip import save_probe_clip
 from xai_lightning.surgery import (
     DEFAULT_CONCEPTS,
     SurgeryPipeline,
     count_forward_hooks,
-    random_init_copy,
     resolve_concepts,
 )
-
-CONTRACT = [
-    "share",
-    "share_clip",
-    "share_surgery",
-    "null_share",
-    "effect",
-    "effect_lo",
-    "effect_hi",
-    "correct",
-    "wrong",
-    "zeroshot_acc",
-    "retention",
-]
+from xai_lightning.surgery.holdout import holdout_mask
 
 
 @pytest.fixture(scope="module")
@@ -81,106 +67,119 @@ def _csv_metrics(tmp_path) -> dict[str, float]:
     return out
 
 
-def test_logs_every_contract_key_finite(tmp_path, clip_file):
+def test_logs_exactly_the_documented_keys_finite(tmp_path, clip_file):
+    """Every probe key logged is in the one list of names (xai_lightning.names), and every listed key is
+    logged; values are finite (the tiny CLIP's near-ties aside, nothing is NaN)."""
     torch.manual_seed(0)
     probe = _probe(clip_file)
     trainer = _trainer(tmp_path, [probe], max_epochs=1, limit_train_batches=2)
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
-    logged = _csv_metrics(tmp_path)
-    keys = [f"probe/{m}/{c}" for m in CONTRACT for c in ("shape", "color")]
-    keys += [
-        "probe/delta/shape_5",
-        "probe/delta/shape_8",
-        "probe/delta/color_red",
-        "probe/delta/color_green",
-        "probe/match/coverage",
-        "probe/seconds",
-    ] + [f"probe/match/score_mean/visual.layer{i}" for i in range(1, 5)]
-    missing = [k for k in keys if k not in logged]
-    assert not missing
-    assert all(math.isfinite(logged[k]) for k in keys)
+    logged = {k: v for k, v in _csv_metrics(tmp_path).items() if k.startswith("probe/")}
+    expected = names.probe_keys(
+        ["shape", "color"],
+        ["shape_5", "shape_8", "color_red", "color_green"],
+        [f"visual.layer{i}" for i in range(1, 5)],
+        ["reliance", "share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init"],
+    )
+    assert sorted(set(logged) - set(expected) - set(names.PROBE_ONCE)) == []
+    assert sorted(set(expected) - set(logged)) == []
+    assert all(math.isfinite(v) for v in logged.values())
     held_out = int(holdout_mask(torch.arange(48), fit=False).sum())
     assert 12 <= held_out <= 36 and logged["probe/images"] == held_out  # the held-out half of 48 probe images
-    # shares of the two concepts partition the images; effect interval brackets the effect
-    assert logged["probe/share/shape"] + logged["probe/share/color"] == pytest.approx(1.0)
-    for c in ("shape", "color"):
-        assert logged[f"probe/effect_lo/{c}"] <= logged[f"probe/effect/{c}"] <= logged[f"probe/effect_hi/{c}"]
+    assert logged["probe/reliance_images"] == held_out
+    assert sum(logged[f"probe/outcome/{o}"] for o in ("shape", "color", "none", "undecided")) == 1.0
     files = os.listdir(os.path.join(str(tmp_path), "csv", "version_0", "probe"))
     assert {"plan_epoch000.pt", "table_epoch000.csv", "match_scores_epoch000.png"} <= set(files)
 
 
-def _direct(model, dm, seed: int = 0):
-    """SurgeryPipeline run by hand on the probe set: fit on one half, score the other (no baseline)."""
+def _direct(model, dm, references: list | None = None):
+    """SurgeryPipeline run by hand on the probe set: fit on one half, score the other."""
     pipe = SurgeryPipeline(
-        model,
-        tiny_clip(seed=1),
-        resolve_concepts(DEFAULT_CONCEPTS, dm.attributes),
-        "convs",
-        "stages",
-        null_draws=3,
-        seed=seed,
+        model, tiny_clip(seed=1), resolve_concepts(DEFAULT_CONCEPTS, dm.attributes), "convs", "stages", null_draws=3
     )
-    outcomes, indices = [], []
-    with torch.no_grad():
-        for batch in dm.dataloader("probe_set"):  # fit on one half of the probe set ...
-            fit = holdout_mask(batch["index"], fit=True)
-            pipe.fit_batch(batch["image"][fit])
-        pipe.fit_finish()
-        for batch in dm.dataloader("probe_set"):  # ... score the other half
+
+    def fit_images():
+        for batch in dm.dataloader("probe_set"):
+            yield batch["image"][holdout_mask(batch["index"], fit=True)]
+
+    def scored():
+        for batch in dm.dataloader("probe_set"):
             held = holdout_mask(batch["index"], fit=False) & (batch["index"] < 2 * 48)
-            targets = torch.stack([batch["label"], batch["color"]])[:, held]
-            outcomes.append(pipe.score_batch(batch["image"][held], targets))
-            indices.append(batch["index"][held])
-    return pipe, torch.cat(outcomes, dim=-1), torch.cat(indices)
+            targets = torch.stack([batch["digit_index"], batch["color"]])[:, held]
+            yield batch["image"][held], targets, batch["index"][held]
+
+    with torch.no_grad():
+        for images in fit_images():
+            pipe.fit_batch(images)
+        pipe.fit_finish()
+        if references:
+            pipe.compute_references(references, fit_images, scored())
+        for images, targets, index in scored():
+            pipe.score_batch(images, targets, index=index)
+    return pipe
 
 
 def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
-    """The logged numbers equal SurgeryPipeline run directly on the same data; the random-init baseline equals
-    a second pipeline run by hand on a random-init copy, paired image by image."""
+    """Every logged probe number equals SurgeryPipeline run by hand on the same data, references included
+    (under validate: the architecture rebuilt by its constructor under the probe's seeds)."""
+    from xai_lightning.surgery import reference_models
+
     torch.manual_seed(0)
     model, dm = TinyClassifier().eval(), tiny_datamodule(str(tmp_path / "data"))
     probe = _probe(clip_file)
-    assert probe.verdict == "separation_vs_init" and probe.baseline == "random_init"  # the defaults
+    assert (probe.verdict, probe.reference, probe.reference_reinits) == ("reliance", "start", 3)  # the defaults
     trainer = _trainer(tmp_path, [probe])
     trainer.validate(model, dm)
     logged = _csv_metrics(tmp_path)
-    pipe, trained, idx = _direct(model, dm)
-    summary = pipe.score_finish(verdict="retention", bootstrap=200)
+    assert "no fit start" in probe.reference_info and "10000, 10001, 10002" in probe.reference_info
+    dm.setup()
+    pipe = _direct(model, dm, reference_models(TinyClassifier, [10_000, 10_001, 10_002]))
+    summary = pipe.score_finish(verdict="reliance", bootstrap=200)
     assert torch.equal(pipe.moments.scores(), probe.pipe.moments.scores())
     for k, v in summary.metrics.items():
-        if k.startswith(("effect/", "effect_lo/", "effect_hi/", "margin")):
-            continue  # those follow the verdict (vs init here), checked below
-        assert logged[f"probe/{k}"] == pytest.approx(v, abs=1e-6), k
-    init_pipe, init, idx2 = _direct(random_init_copy(model, seed=0), dm)
-    assert torch.equal(idx, idx2)
-    init_summary = init_pipe.score_finish(verdict="retention", bootstrap=200)
-    for c_i, c in enumerate(("shape", "color")):
-        assert logged[f"probe/init_retention/{c}"] == pytest.approx(init_summary.metrics[f"retention/{c}"], abs=1e-6)
-        for m_i, metric in enumerate(("share", "retention")):
-            a, b = trained[m_i, c_i], init[m_i, c_i]
-            both = (a >= 0) & (b >= 0)
-            expected = float((a[both] - b[both]).double().mean())
-            assert logged[f"probe/effect_{metric}_vs_init/{c}"] == pytest.approx(expected, abs=1e-6), (metric, c)
-        a, b = trained[2, c_i], init[2, c_i]  # separation, in units of plain CLIP's mean |separation|
-        both = ~(a.isnan() | b.isnan())
-        unit = summary.metrics[f"separation_clip/{c}"]
-        expected = float((a[both] - b[both]).mean()) / unit
-        assert logged[f"probe/effect_separation_vs_init/{c}"] == pytest.approx(expected, abs=1e-5), c
-        assert logged[f"probe/effect/{c}"] == logged[f"probe/effect_separation_vs_init/{c}"]
-    assert logged["probe/baseline_seconds"] > 0
+        assert logged[f"probe/{k}"] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+    assert logged["probe/reference_seconds"] > 0
 
 
-def test_baseline_is_computed_once_per_run(tmp_path, clip_file):
+def test_references_are_computed_once_and_travel_in_the_checkpoint(tmp_path, clip_file):
     probe = _probe(clip_file)
     trainer = _trainer(tmp_path, [probe], max_epochs=2, limit_train_batches=1)
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     assert [h["epoch"] for h in probe.history] == [0, 1]
-    assert "probe/baseline_seconds" in probe.history[0] and "probe/baseline_seconds" not in probe.history[1]
-    for c in ("shape", "color"):  # the reference does not train: the same value at every epoch
+    assert "probe/reference_seconds" in probe.history[0] and "probe/reference_seconds" not in probe.history[1]
+    assert "weights at fit start + 3 re-initialisations" in probe.reference_info
+    for c in ("shape", "color"):  # the references do not train: the same value at every epoch
         assert probe.history[0][f"probe/init_retention/{c}"] == probe.history[1][f"probe/init_retention/{c}"]
-    none = _probe(clip_file, verdict="retention", baseline="none")
+    state = probe.state_dict()  # what a checkpoint keeps
+    assert "start" not in state and state["reference"]["outcomes"]["table"].shape[0] == 4
+    resumed = _probe(clip_file)
+    resumed.load_state_dict(state)
+    _trainer(tmp_path / "resumed", [resumed], max_epochs=1, limit_train_batches=1).fit(
+        TinyClassifier(), tiny_datamodule(str(tmp_path / "data"))
+    )
+    assert len(resumed.history) == 3 and "probe/reference_seconds" not in resumed.history[-1]  # not recomputed
+    assert torch.equal(resumed.pipe.reference.table.nan_to_num(7.0), probe.pipe.reference.table.nan_to_num(7.0))
+    none = _probe(clip_file, verdict="retention", reference="none")
     _trainer(tmp_path / "none", [none]).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
-    assert none.pipe.baseline is None and not any("vs_init" in k for k in none.history[0])
+    assert none.pipe.reference is None and not any("vs_init" in k for k in none.history[0])
+
+
+def test_the_start_snapshot_is_the_weights_at_fit_start_and_waits_in_checkpoints(tmp_path, clip_file):
+    """Before the first probed epoch the snapshot is what a checkpoint carries (a resume must not take its
+    restored weights for the start)."""
+    torch.manual_seed(3)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = _probe(clip_file, every_n_epochs=5)  # never probed in 1 epoch: the snapshot stays pending
+    _trainer(tmp_path, [probe], max_epochs=1, limit_train_batches=2).fit(model, tiny_datamodule(str(tmp_path / "data")))
+    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # it trained
+    state = probe.state_dict()
+    assert state["start"].keys() == before.keys()
+    assert all(torch.equal(state["start"][k], v) for k, v in before.items())
+    restored = _probe(clip_file)
+    restored.load_state_dict(state)
+    restored.on_fit_start(None, model)  # a resumed fit: the saved start wins over the restored weights
+    assert all(torch.equal(restored._start_state[k], v) for k, v in before.items())
 
 
 def test_no_hooks_left_after_exception_mid_validation(tmp_path, clip_file):
@@ -211,6 +210,40 @@ def test_probe_never_alters_training(tmp_path, clip_file):
     assert float(metrics1["val/acc/dataloader_idx_0"]) == float(metrics2["val/acc/dataloader_idx_0"])
 
 
+def test_callback_order_does_not_change_what_the_probe_sees(tmp_path, clip_file):
+    """CounterfactualCheck runs the model again on edited images in on_validation_batch_end; whichever runs
+    first, the probe fits on the validation forward's own maps."""
+    from xai_lightning.callbacks import CounterfactualCheck
+
+    z = {}
+    for order in ("probe_first", "counterfactual_first"):
+        torch.manual_seed(0)
+        probe = _probe(clip_file, reference="none", verdict="retention")
+        callbacks = [probe, CounterfactualCheck()] if order == "probe_first" else [CounterfactualCheck(), probe]
+        _trainer(tmp_path / order, callbacks).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+        z[order] = probe.pipe.moments.scores()
+    assert torch.equal(z["probe_first"], z["counterfactual_first"])
+
+
+def test_limited_validation_fits_the_model_and_its_references_on_the_same_images(tmp_path, clip_file, monkeypatch):
+    fitted = []
+    original = SurgeryPipeline._reference_plan
+
+    def spy(self, *args, **kwargs):
+        model, plan = original(self, *args, **kwargs)
+        fitted.append(plan.extras["images"])
+        return model, plan
+
+    monkeypatch.setattr(SurgeryPipeline, "_reference_plan", spy)
+    probe = _probe(clip_file)
+    _trainer(tmp_path, [probe], limit_val_batches=2).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    dm = tiny_datamodule(str(tmp_path / "data"))
+    dm.setup()
+    first_two = torch.cat([b["index"] for _, b in zip(range(2), dm.dataloader("probe_set"))])
+    assert probe.pipe.plan.extras["images"] == int(holdout_mask(first_two, fit=True).sum()) < 24
+    assert fitted == [probe.pipe.plan.extras["images"]] * 3  # under validate: 3 re-initialisations, no start
+
+
 def test_holdout_halves_are_disjoint_balanced_and_shard_evenly():
     index = torch.arange(10_000)
     fit, held = holdout_mask(index, True), holdout_mask(index, False)
@@ -222,12 +255,16 @@ def test_holdout_halves_are_disjoint_balanced_and_shard_evenly():
 
 
 def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):
-    with pytest.raises(ValueError, match="allowed: share, retention, share_vs_init, retention_vs_init"):
+    with pytest.raises(ValueError, match="allowed: reliance, share, retention, share_vs_init, retention_vs_init"):
         SurgeryProbe(verdict="vibes")
-    with pytest.raises(ValueError, match="allowed: random_init, none"):
-        SurgeryProbe(baseline="trained")
-    with pytest.raises(ValueError, match="set baseline='random_init'"):
-        SurgeryProbe(baseline="none")
+    with pytest.raises(ValueError, match="allowed: start, none"):
+        SurgeryProbe(reference="trained")
+    with pytest.raises(ValueError, match="set reference='start'"):
+        SurgeryProbe(verdict="separation_vs_init", reference="none")
+    with pytest.raises(ValueError, match="reference_reinits=-1 must be >= 0"):
+        SurgeryProbe(reference_reinits=-1)
+    with pytest.raises(ValueError, match="'none' is reserved"):
+        resolve_concepts({"none": {"attribute": "digit", "template": "{}"}}, {"digit": ["5"]})
     with pytest.raises(ValueError, match="allowed: argmax, one_to_one"):
         SurgeryProbe(matching="hungarian")
     with pytest.raises(ValueError, match="swap_fraction"):
@@ -262,8 +299,9 @@ def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file
     assert glob.glob(os.path.join(run_dir, "media", "table", "probe", "table_*.table.json"))
     assert glob.glob(os.path.join(run_dir, "media", "images", "probe", "match_scores_*.png"))
     assert os.path.isfile(os.path.join(run_dir, "probe", "plan_epoch000.pt"))
-    log = glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0]
-    assert b"probe/effect/color" in open(log, "rb").read()  # the metrics are in the run's log
+    log = open(glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0], "rb").read()
+    assert b"probe/effect/color" in log  # the metrics are in the run's log
+    assert b"probe/outcome" in log  # and the outcome in its summary
 
 
 def test_sanity_check_is_skipped(tmp_path, clip_file):

@@ -15,6 +15,7 @@ class TinyClassifier(L.LightningModule):
         self, num_classes: int = 2, fail_on_probe_batch: int | None = None, nan_on_probe: bool = False
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # the probe rebuilds the architecture from these for its references
         self.net = TinyCNN(num_classes)
         self.fail_on_probe_batch = fail_on_probe_batch
         self.nan_on_probe = nan_on_probe

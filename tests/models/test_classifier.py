@@ -37,6 +37,11 @@ def test_init_checkpoint_retrains_from_saved_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(src.net.state_dict().values(), dst.net.state_dict().values()))
     with pytest.raises(ValueError, match="does not fit backbone 'resnet34'"):
         ClassifierModule(num_classes=2, backbone="resnet34", init_checkpoint=path)
+    # pretrained on other classes: every weight but the head is loaded, the head is fresh
+    ten = ClassifierModule(num_classes=10, backbone="resnet18", init_checkpoint=path)
+    assert ten.net.fc.out_features == 10
+    body = [k for k in src.net.state_dict() if not k.startswith("fc.")]
+    assert all(torch.equal(src.net.state_dict()[k], ten.net.state_dict()[k]) for k in body)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ClassifierModule(init_checkpoint=str(tmp_path / "nope.ckpt"))
 
@@ -44,7 +49,8 @@ def test_init_checkpoint_retrains_from_saved_weights(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backbone": "vgg11"}, "unknown backbone 'vgg11'; allowed: resnet18, resnet34, resnet50"),
+        ({"backbone": "resnet5"}, "unknown backbone 'resnet5'; allowed: simple_cnn, alexnet, convnext_base"),
+        ({"backbone": "inception_v3"}, "unknown backbone 'inception_v3' \\(its training output has auxiliary heads\\)"),
         ({"input_transform": "sepia"}, "allowed: none, grayscale"),
         ({"normalization": "cifar"}, "allowed: imagenet, clip, none"),
         ({"optimizer": "lbfgs"}, "allowed: adam, adamw, sgd"),
@@ -74,3 +80,17 @@ def test_logs_the_documented_keys(tmp_path):
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "real_world/acc", "probe_set/acc"} <= keys
     trainer.test(trainer.lightning_module, tiny_datamodule(str(tmp_path)))
     assert {"test/acc", "real_world/acc"} <= set(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("backbone", ["simple_cnn", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"])
+def test_any_torchvision_classifier_or_the_plain_cnn_trains_and_the_probe_presets_find_layers(backbone):
+    from xai_lightning.surgery import resolve_layers
+
+    m = ClassifierModule(num_classes=3, backbone=backbone)
+    x = torch.rand(4, 3, 32, 32)
+    loss = torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 2, 0]))
+    loss.backward()  # the new head is wired to the body
+    assert m(x).shape == (4, 3)
+    convs, stages = resolve_layers(m, "convs"), resolve_layers(m, "stages")
+    assert len(convs) >= 4 and len(stages) >= 4
+    assert all(isinstance(m.get_submodule(n), torch.nn.Conv2d) for n in convs)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from xai_lightning.surgery import ProbeCounts, resolve_concepts
+from xai_lightning.verdict import outcome_from_metrics
 
 ATTRS = {"digit": ["5", "8"], "color": ["red", "green"]}
 SPEC = {
@@ -126,7 +127,12 @@ def test_counts_equal_a_loop_over_images_also_across_batches(seed):
     assert r.dominant == caps.names[dom]
     assert r.metrics["margin"] == pytest.approx(margin, abs=1e-12)
     assert r.metrics["margin_lo"] <= r.metrics["margin"] <= r.metrics["margin_hi"]
-    assert r.decided == (r.metrics["margin_lo"] > 0)
+    top_lo = r.metrics[f"effect_lo/{r.dominant}"]
+    assert r.decided == (top_lo > 0 and r.metrics["margin_lo"] > 0)
+    assert r.metrics["decided"] == float(r.decided)
+    for metric in ("share", "retention"):  # every metric's outcome can be read back from the logged names
+        own = counts.summary(verdict=metric, bootstrap=500).outcome.name
+        assert outcome_from_metrics(r.metrics, caps.names, metric) == own
     for c in caps.names:
         assert m[f"effect/{c}"] == m[f"effect_share/{c}"]
         assert m[f"effect_lo/{c}"] <= m[f"effect/{c}"] <= m[f"effect_hi/{c}"]
@@ -157,73 +163,97 @@ def _separation_loop(s, targets, concept_of, value_of, c):
     return out
 
 
+def _paired_reference(d: np.ndarray, ref_means: np.ndarray) -> tuple[float, float, float]:
+    """The paired comparison's interval, written out: image variance + between-reference variance (1 + 1/R),
+    Welch-Satterthwaite degrees of freedom, Student's t."""
+    from scipy import stats
+
+    n, r = len(d), len(ref_means)
+    var_img = d.var(ddof=1) / n
+    var_net = ref_means.var(ddof=1) * (1 + 1 / r)
+    total = var_img + var_net
+    df = total**2 / (var_img**2 / (n - 1) + var_net**2 / (r - 1))
+    half = stats.t.ppf(0.975, df) * np.sqrt(total)
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_vs_init_effects_pair_each_image_with_its_baseline_outcome(seed):
+def test_vs_init_effects_pair_each_image_with_its_reference_networks(seed):
     caps = resolve_concepts(SPEC, ATTRS)
     g = torch.Generator().manual_seed(seed)
-    L, B, K, D = 2, 41, 4, 2
+    L, B, K, D, R = 1, 41, 4, 2, 3
     sims = torch.rand(L + 1, B, K, generator=g, dtype=torch.float64)
     null = torch.rand(D, B, K, generator=g, dtype=torch.float64)
     targets = torch.stack([torch.randint(0, 2, (B,), generator=g), torch.randint(-1, 2, (B,), generator=g)])
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    base = torch.stack(  # the reference model's outcomes: share, retention in {0, 1}, separation; NaN undefined
+    ref = torch.stack(  # R reference networks' outcomes: share, retention in {0, 1}, separation; NaN undefined
         [
-            torch.randint(0, 2, (2, B), generator=g).double(),
-            torch.where(targets >= 0, torch.randint(0, 2, (2, B), generator=g).double(), nan),
-            torch.where(targets >= 0, torch.rand(2, B, generator=g, dtype=torch.float64) - 0.5, nan),
+            torch.stack(
+                [
+                    torch.randint(0, 2, (2, B), generator=g).double(),
+                    torch.where(targets >= 0, torch.randint(0, 2, (2, B), generator=g).double(), nan),
+                    torch.where(targets >= 0, torch.rand(2, B, generator=g, dtype=torch.float64) - 0.5 + 0.2 * r, nan),
+                ]
+            )
+            for r in range(R)
         ]
     )
-    counts = ProbeCounts(caps, levels=L, null_draws=D)
+    counts = ProbeCounts(caps, levels=L, null_draws=D, references=R)
     outcome = torch.cat(
-        [counts.update(sims[:, p], null[:, p], targets[:, p], base[..., p]) for p in torch.arange(B).split(16)], -1
+        [counts.update(sims[:, p], null[:, p], targets[:, p], ref[..., p]) for p in torch.arange(B).split(16)], -1
     )
     co, vo, tl = caps.concept_of.tolist(), caps.value_of.tolist(), targets.tolist()
-    ref = _reference(sims.numpy(), null.numpy(), tl, co, vo, 2)
-    # the returned per-image outcomes are the definitions
+    loop = _reference(sims.numpy(), null.numpy(), tl, co, vo, 2)
     infl = (sims[-1] - sims[0]).argmax(dim=1)
-    for c in range(2):
+    for c in range(2):  # the returned per-image outcomes are the definitions
         assert outcome[0, c].tolist() == [float(co[int(k)] == c) for k in infl]
         assert [not math.isnan(o) for o in outcome[1, c].tolist()] == [
-            b in ref[f"per_image_retention/{c}"] for b in range(B)
+            b in loop[f"per_image_retention/{c}"] for b in range(B)
         ]
         sep = _separation_loop(sims[-1].tolist(), tl, co, vo, c)
         assert [None if math.isnan(o) else pytest.approx(o, abs=1e-12) for o in outcome[2, c].tolist()] == sep
-    s = counts.summary(verdict="retention_vs_init", bootstrap=500)
-    diffs = {}
+    s = counts.summary(verdict="separation_vs_init", bootstrap=500)
+    per_image = {}
     for c, name in enumerate(caps.names):
-        for m, metric in enumerate(("share", "retention")):
-            pairs = [(float(outcome[m, c, b]), float(base[m, c, b])) for b in range(B)]
-            d = [a - r for a, r in pairs if not (math.isnan(a) or math.isnan(r))]
-            diffs[(metric, c)] = {b: a - r for b, (a, r) in enumerate(pairs) if not (math.isnan(a) or math.isnan(r))}
-            assert s.metrics[f"effect_{metric}_vs_init/{name}"] == pytest.approx(np.mean(d), abs=1e-12)
-        assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_retention_vs_init/{name}"]
-        for metric in ("share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init"):
-            lo, hi = s.metrics[f"effect_{metric}_lo/{name}"], s.metrics[f"effect_{metric}_hi/{name}"]
-            assert lo <= s.metrics[f"effect_{metric}/{name}"] <= hi, metric
-        # separation: mean paired difference in units of plain CLIP's mean |separation|, normal interval
-        sep = _separation_loop(sims[-1].tolist(), tl, co, vo, c)
         sep0 = [abs(x) for x in _separation_loop(sims[0].tolist(), tl, co, vo, c) if x is not None]
-        unit = np.mean(sep0)
-        d = np.array([sep[b] - float(base[2, c, b]) for b in range(B) if sep[b] is not None]) / unit
-        diffs[("separation", c)] = {b: (sep[b] - float(base[2, c, b])) / unit for b in range(B) if sep[b] is not None}
-        assert s.metrics[f"separation_clip/{name}"] == pytest.approx(unit, abs=1e-12)
-        assert s.metrics[f"effect_separation_vs_init/{name}"] == pytest.approx(d.mean(), abs=1e-12)
-        half = 1.959964 * d.std(ddof=1) / np.sqrt(len(d))
-        assert s.metrics[f"effect_separation_vs_init_hi/{name}"] == pytest.approx(d.mean() + half, abs=1e-9)
+        units = {"share": 1.0, "retention": 1.0, "separation": float(np.mean(sep0))}
+        for m, metric in enumerate(("share", "retention", "separation")):
+            rows = [
+                b
+                for b in range(B)
+                if not (math.isnan(outcome[m, c, b]) or any(math.isnan(ref[r, m, c, b]) for r in range(R)))
+            ]
+            d = np.array([float(outcome[m, c, b] - ref[:, m, c, b].mean()) for b in rows]) / units[metric]
+            means = np.array([float(ref[r, m, c, rows].mean()) for r in range(R)]) / units[metric]
+            point, lo, hi = _paired_reference(d, means)
+            key = f"effect_{metric}_vs_init"
+            assert s.metrics[f"{key}/{name}"] == pytest.approx(point, abs=1e-12)
+            assert s.metrics[f"{key}_lo/{name}"] == pytest.approx(lo, abs=1e-9)
+            assert s.metrics[f"{key}_hi/{name}"] == pytest.approx(hi, abs=1e-9)
+            assert s.metrics[f"init_{metric}/{name}"] == pytest.approx(float(ref[:, m, c, rows].mean()), abs=1e-12)
+            per_image[(metric, c)] = dict(zip(rows, d))
+            per_image[(metric, "ref", c)] = {b: ref[:, m, c, b].numpy() / units[metric] for b in rows}
+        assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_separation_vs_init/{name}"]
+    # the margin: per image d_dominant - d_other, references' means of the same difference
     dom = caps.names.index(s.dominant)
-    both = [b for b in diffs[("retention", 0)] if b in diffs[("retention", 1)]]
-    margin = np.mean([diffs[("retention", dom)][b] - diffs[("retention", 1 - dom)][b] for b in both])
-    assert s.metrics["margin"] == pytest.approx(margin, abs=1e-12)
-    sv = counts.summary(verdict="separation_vs_init")
-    dom = caps.names.index(sv.dominant)
-    both = [b for b in diffs[("separation", 0)] if b in diffs[("separation", 1)]]
-    v = np.array([diffs[("separation", dom)][b] - diffs[("separation", 1 - dom)][b] for b in both])
-    assert sv.metrics["margin"] == pytest.approx(v.mean(), abs=1e-12)
-    assert sv.metrics["margin_lo"] == pytest.approx(v.mean() - 1.959964 * v.std(ddof=1) / np.sqrt(len(v)), abs=1e-9)
-    assert sv.decided == (sv.metrics["margin_lo"] > 0)
-    # without a baseline, a vs-init verdict is an error, not a silent zero
+    both = [b for b in per_image[("separation", 0)] if b in per_image[("separation", 1)]]
+    e = np.array([per_image[("separation", dom)][b] - per_image[("separation", 1 - dom)][b] for b in both])
+    rm = np.array(
+        [
+            np.mean(
+                [
+                    per_image[("separation", "ref", dom)][b][r] - per_image[("separation", "ref", 1 - dom)][b][r]
+                    for b in both
+                ]
+            )
+            for r in range(R)
+        ]
+    )
+    point, lo, hi = _paired_reference(e, rm)
+    assert (s.metrics["margin"], s.metrics["margin_lo"], s.metrics["margin_hi"]) == pytest.approx((point, lo, hi))
+    # without references, a vs-init verdict is an error, not a silent zero
     plain = ProbeCounts(caps, levels=L, null_draws=D)
     plain.update(sims, null, targets)
-    with pytest.raises(ValueError, match="random-init baseline"):
+    with pytest.raises(ValueError, match="compares with reference networks"):
         plain.summary(verdict="separation_vs_init")
     assert not any("vs_init" in k for k in plain.summary(verdict="share").metrics)

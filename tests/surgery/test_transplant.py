@@ -113,9 +113,16 @@ def test_hooks_removed_after_exception_and_level_zero_has_none():
 
     clip.encode_image = spy
     pipe.score_batch(images, torch.zeros(1, len(images), dtype=torch.long))
-    assert seen[0] == base[0]  # level 0: plain CLIP, no hooks at all
-    assert seen[1:5] == [base[0] + 1, base[0] + 2, base[0] + 3, base[0] + 4]
+    # plain CLIP without hooks; whole layers swapped: the last layer alone decides (one hook), for the
+    # transplant and each of the 2 null draws; no intermediate level is computed (nothing reads it)
+    assert seen == [base[0], base[0] + 1, base[0] + 1, base[0] + 1]
     assert count_forward_hooks(clip.model) == base[0]
+    partial = SurgeryPipeline(cnn, clip, captions, "convs", CLIP_LAYERS, null_draws=1, swap_fraction=0.5)
+    partial.fit_batch(images)
+    partial.fit_finish()
+    seen.clear()
+    partial.score_batch(images, torch.zeros(1, len(images), dtype=torch.long))
+    assert seen == [base[0], base[0] + 4, base[0] + 4]  # a partial swap propagates: every layer, cumulatively
 
 
 def test_pipeline_scores_equal_direct_matching_scores():
@@ -144,39 +151,43 @@ def test_unknown_layer_lists_available_names():
         resolve_layers(clip.model, ["visual.layer5"])
 
 
-def test_random_init_copy_is_seeded_untrained_and_leaves_the_model_and_rng_alone():
-    from xai_lightning.surgery import random_init_copy
+def test_reference_models_are_seeded_constructor_builds_and_leave_the_rng_alone():
+    from xai_lightning.surgery import reference_models
 
     torch.manual_seed(0)
-    model = TinyCNN()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)  # "trained": far from any fresh init
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = TinyCNN()
     state = torch.get_rng_state()
-    a, b, c = random_init_copy(model, 3), random_init_copy(model, 3), random_init_copy(model, 4)
+    a = reference_models(TinyCNN, [3, 4], start=start)
+    b = reference_models(TinyCNN, [3])
     assert torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    for k, v in a.state_dict().items():
-        assert torch.equal(v, b.state_dict()[k]), k  # same seed, same copy
-        assert not torch.equal(v, c.state_dict()[k]), k  # another seed, another copy
-        assert not torch.equal(v, before[k]), k  # nothing learned survives
-    fresh = TinyCNN()
-    for (k, v), w in zip(a.state_dict().items(), fresh.state_dict().values()):  # same init distribution
-        if v.dim() >= 2:
-            assert v.std().item() == pytest.approx(w.std().item(), rel=0.5), k
-    assert not a.training
+    assert len(a) == 3 and a[0] is not start and not any(m.training for m in a)
+    for k, v in start.state_dict().items():
+        assert torch.equal(a[0].state_dict()[k], v), k  # the start, copied
+        assert torch.equal(a[1].state_dict()[k], b[0].state_dict()[k]), k  # same seed, same network
+        assert not torch.equal(a[1].state_dict()[k], a[2].state_dict()[k]), k  # another seed, another one
 
 
-def test_random_init_copy_of_a_module_in_training_copies_neither_its_trainer_nor_its_graph():
-    from xai_lightning.surgery import random_init_copy
+def test_a_reinitialised_resnet_has_the_constructors_weight_statistics_not_reset_parameters():
+    """torchvision initialises ResNet convs with kaiming_normal(fan_out); nn.Conv2d.reset_parameters() draws
+    kaiming_uniform(a=sqrt(5)) over fan_in: per layer the std differs by a factor 0.5-2.5. The references
+    are built by the constructor, so their per-layer weight std matches a fresh model's."""
+    from xai_lightning.models import ClassifierModule
+    from xai_lightning.surgery import reference_models
 
-    model = TinyCNN()
-    model._trainer = object()  # what a LightningModule refers to outside itself: shared, not copied
-    model.last_loss = model(random_images(2)).sum()  # a graph output cached on the module (not deep-copyable)
-    clone = random_init_copy(model, 0)
-    assert clone._trainer is None and model._trainer is not None
-    assert clone.last_loss.grad_fn is None and torch.equal(clone.last_loss, model.last_loss.detach())
+    (ref,) = reference_models(lambda: ClassifierModule(num_classes=2, backbone="resnet18"), [7])
+    torch.manual_seed(123)
+    fresh = ClassifierModule(num_classes=2, backbone="resnet18")
+    reset = ClassifierModule(num_classes=2, backbone="resnet18")
+    for m in reset.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    ratios_fresh, ratios_reset = [], []
+    for w, f, r in zip(ref.net.parameters(), fresh.net.parameters(), reset.net.parameters(), strict=True):
+        if w.dim() == 4 and w.numel() > 5000:  # convs large enough for a stable std
+            ratios_fresh.append(w.std().item() / f.std().item())
+            ratios_reset.append(w.std().item() / r.std().item())
+    assert all(0.9 < x < 1.1 for x in ratios_fresh), ratios_fresh
+    assert max(abs(x - 1) for x in ratios_reset) > 0.4, ratios_reset
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])

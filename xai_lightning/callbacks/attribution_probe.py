@@ -25,10 +25,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from xai_lightning.attribution import CHANNEL_METHODS, METHODS, attribute, color_share, on_digit, require_captum
-from xai_lightning.callbacks.common import preserved_rng, split_index, val_loader
+from xai_lightning.callbacks.common import split_index, val_loader
 from xai_lightning.io import atomic_write, check_writable
 from xai_lightning.surgery.layers import get_modules
 
@@ -116,7 +117,7 @@ class AttributionProbe(Callback):
         t0 = time.perf_counter()
         sums = torch.zeros(len(METHODS), 4, dtype=torch.float64, device=pl_module.device)  # share sum, n, digit sum, n
         shown: dict[str, Any] = {}
-        with preserved_rng(pl_module.device):
+        with isolate_rng(include_cuda=pl_module.device.type == "cuda"):
             for batch in self._batches(trainer, pl_module):
                 images, color = batch["image"], batch["color"]
                 with torch.no_grad():

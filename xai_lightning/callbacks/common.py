@@ -1,14 +1,15 @@
-"""Helpers the callbacks share: validation split lookup and RNG preservation."""
+"""Helpers the callbacks share: validation split lookup, the batches a validation pass really ran, and
+the samples a DDP rank owns."""
 
 from __future__ import annotations
 
-import contextlib
-import random
+import itertools
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def split_index(trainer: L.Trainer, split: str | int, who: str) -> int:
@@ -29,14 +30,25 @@ def val_loader(trainer: L.Trainer, index: int) -> DataLoader:
     return (loaders if isinstance(loaders, (list, tuple)) else [loaders])[index]
 
 
-@contextlib.contextmanager
-def preserved_rng(device: torch.device):
-    """Runs a block without disturbing any random state (torch CPU/CUDA, numpy, random): a callback's extra
-    work (e.g. iterating a DataLoader, which draws a seed) must not change training."""
-    py, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=True):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(np_state)
+def val_batches(trainer: L.Trainer, index: int) -> Iterator[Any]:
+    """The batches of validation dataloader ``index`` that a validation pass runs (``limit_val_batches``
+    included), in order: what a callback iterates again must be what validation saw."""
+    loader = val_loader(trainer, index)
+    counts = trainer.num_val_batches
+    limit = counts[index] if isinstance(counts, (list, tuple)) and index < len(counts) else None
+    batches = iter(loader)
+    return itertools.islice(batches, int(limit)) if limit is not None and limit != float("inf") else batches
+
+
+def owned(trainer: L.Trainer, index: int, sample_index: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the batch's samples this rank owns. Under DDP, Lightning's unshuffled
+    ``DistributedSampler`` deals sample ``i`` to rank ``i mod world`` and pads the last round with the first
+    samples again; counting only ``i mod world == rank`` counts every sample exactly once (1 and N processes
+    see the same set). Valid when ``sample_index`` is the sample's position in the dataset."""
+    keep = torch.ones_like(sample_index, dtype=torch.bool)
+    if trainer.world_size == 1:
+        return keep
+    sampler = getattr(val_loader(trainer, index), "sampler", None)
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
+        return sample_index.long() % trainer.world_size == trainer.global_rank
+    return keep

@@ -3,9 +3,9 @@
 For the images of one validation split (default ``probe_set``, where colour and digit vary
 independently), the model predicts again after a controlled edit:
 
-* colour edit: the same digit in another palette colour (``(c + 1 + label mod (K - 1)) mod K``, so
+* colour edit: the same digit in another palette colour (``(c + 1 + digit mod (K - 1)) mod K``, so
   never the same colour; gray digits are skipped);
-* shape edit: the next image in the batch with a different class, drawn in this image's colour.
+* shape edit: the next image in the batch with a different digit, drawn in this image's colour.
 
 Logged every epoch: ``cf/color_flip_rate`` and ``cf/shape_flip_rate`` = fraction of predictions that
 change. A colour-reliant model flips on colour edits; a shape-reliant one on shape edits. The edits
@@ -26,27 +26,27 @@ from xai_lightning.data.colorize import colorize
 
 
 def color_counterfactual(
-    images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
+    images: torch.Tensor, color: torch.Tensor, digit: torch.Tensor, rgb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(edited images, mask of images that have a colour to change)."""
+    """(edited images, mask of images that have a colour to change); ``digit`` [B] is the digit's class index."""
     k = len(rgb)
     colored = color >= 0
     if k < 2:
         return images, torch.zeros_like(colored)
-    new = torch.where(colored, (color + 1 + label % (k - 1)) % k, color)
+    new = torch.where(colored, (color + 1 + digit % (k - 1)) % k, color)
     return colorize(images.amax(dim=1), new, rgb.to(images)), colored
 
 
 def shape_counterfactual(
-    images: torch.Tensor, color: torch.Tensor, label: torch.Tensor, rgb: torch.Tensor
+    images: torch.Tensor, color: torch.Tensor, digit: torch.Tensor, rgb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(edited images, mask of images that found a donor of another class in the batch)."""
-    b = len(label)
-    donor = torch.arange(b, device=label.device)
-    found = torch.zeros(b, dtype=torch.bool, device=label.device)
+    """(edited images, mask of images that found a donor of another digit in the batch)."""
+    b = len(digit)
+    donor = torch.arange(b, device=digit.device)
+    found = torch.zeros(b, dtype=torch.bool, device=digit.device)
     for shift in range(1, b):
-        j = (torch.arange(b, device=label.device) + shift) % b
-        take = ~found & (label[j] != label)
+        j = (torch.arange(b, device=digit.device) + shift) % b
+        take = ~found & (digit[j] != digit)
         donor = torch.where(take, j, donor)
         found |= take
         if bool(found.all()):
@@ -99,10 +99,11 @@ class CounterfactualCheck(Callback):
     ) -> None:
         if dataloader_idx != self.index or not self._on(trainer):
             return
-        images, color, label = batch["image"], batch["color"], batch["label"]
+        images, color = batch["image"], batch["color"]
+        digit = batch.get("digit_index", batch["label"])  # labels may be random (label_mode random)
         pred = pl_module(images).argmax(-1)
-        x_color, ok_color = color_counterfactual(images, color, label, self.rgb)
-        x_shape, ok_shape = shape_counterfactual(images, color, label, self.rgb)
+        x_color, ok_color = color_counterfactual(images, color, digit, self.rgb)
+        x_shape, ok_shape = shape_counterfactual(images, color, digit, self.rgb)
         flip_color = (pl_module(x_color).argmax(-1) != pred) & ok_color
         flip_shape = (pl_module(x_shape).argmax(-1) != pred) & ok_shape
         self.counts += torch.stack([flip_color.sum(), ok_color.sum(), flip_shape.sum(), ok_shape.sum()]).double()

@@ -1,37 +1,22 @@
-"""SurgeryProbe: which concept does the model rely on, every validation epoch (DESIGN.md section 7).
+"""SurgeryProbe: which concept does the model rely on, every validation epoch.
 
-During validation, forward hooks on the LightningModule's layers reuse the forward that
-``validation_step`` runs anyway; the probe CLIP runs on the same batch and both are folded into the
-running sums at once (no feature maps are kept across batches). At epoch end: one reduction across
-ranks, matching, caption scoring on each rank's shard of the scoring split, counts reduced, metrics
-logged. All math lives in ``xai_lightning.surgery.SurgeryPipeline``.
-
-Logged every probed epoch (``<c>`` = concept, ``<k>`` = caption key, ``<l>`` = CLIP layer):
-``probe/share/<c>``, ``probe/share_clip/<c>``, ``probe/share_surgery/<c>``, ``probe/null_share/<c>``,
-``probe/effect/<c>``, ``probe/effect_lo/<c>``, ``probe/effect_hi/<c>``, ``probe/correct/<c>``,
-``probe/wrong/<c>``, ``probe/zeroshot_acc/<c>``, ``probe/retention/<c>``, ``probe/null_retention/<c>``,
-``probe/effect_share/<c>``, ``probe/effect_retention/<c>``, ``probe/margin``, ``probe/margin_lo``,
-``probe/margin_hi`` (dominant minus runner-up effect), ``probe/delta/<k>``,
-``probe/separation/<c>``, ``probe/separation_clip/<c>``; with a baseline (default) also
-``probe/effect_<m>_vs_init/<c>`` (``m`` = share, retention, separation), ``probe/init_retention/<c>``,
-``probe/init_share/<c>``, ``probe/init_separation/<c>`` (the random-init copy's own values) and
-``probe/baseline_seconds`` (the epoch it is computed, once per run),
-``probe/match/coverage``, ``probe/match/score_mean/<l>``, ``probe/seconds`` (= ``probe/fit_seconds`` +
-``probe/score_seconds``), ``probe/images``.
-With W&B also ``probe/table`` (caption x view), ``probe/match_scores`` (plot) and the surgery plan as
-an artifact; the plan, table and plot are also written to ``<log_dir>/probe/``.
+During validation, forward hooks record the maps of the validation forward itself (the first forward of
+each batch: other callbacks that run the model again on edited images are not seen); the probe CLIP runs
+on the same batch and both are folded into the running sums at once (no feature maps are kept across
+batches). At epoch end: one reduction across ranks, matching, then every scored image is scored with
+captions and its prediction recorded; counts are reduced and the verdict decided. All math lives in
+``xai_lightning.surgery.SurgeryPipeline`` and ``xai_lightning.verdict``; the logged names are listed in
+``xai_lightning.callbacks.names``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import copy
 import logging
 import os
-import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -40,27 +25,33 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from xai_lightning.callbacks.common import preserved_rng, split_index, val_loader
+from xai_lightning.callbacks import probe_outputs
+from xai_lightning.callbacks.common import owned, split_index, val_batches, val_loader
 from xai_lightning.clip import SPEC_KEYS, load_clip
-from xai_lightning.io import atomic_write, atomic_write_text, check_writable
+from xai_lightning.io import check_writable
 from xai_lightning.surgery import (
     DEFAULT_CONCEPTS,
-    ProbeSummary,
+    ReferenceOutcomes,
     SurgeryPipeline,
-    capture,
     check_options,
+    reference_models,
     resolve_concepts,
 )
+from xai_lightning.surgery.holdout import holdout_mask
+from xai_lightning.surgery.layers import FirstForward
+from xai_lightning.verdict import ProbeSummary
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("random_init", "none")
+REFERENCES = ("start", "none")
 
 
 class SurgeryProbe(Callback):
-    """Tracks which concept a model relies on by network surgery into a probe CLIP.
+    """Tracks which concept a model relies on: its decisions on the probe set, and what its features carry
+    by network surgery into a probe CLIP.
 
     Args:
         clip: probe CLIP spec (``{embedded: colordigits}``, ``{model: RN50, pretrained: openai, cache_dir: ...}``,
@@ -73,23 +64,27 @@ class SurgeryProbe(Callback):
         score: ``reference`` | ``pearson``. matching: ``argmax`` | ``one_to_one``.
         swap_fraction: best-matched fraction of each CLIP layer replaced (1.0 = paper, whole stage).
         interpolation: resizing of transplanted maps (``bilinear`` | ``bicubic`` | ``area`` | ``nearest``).
-        verdict: metric behind ``probe/effect`` and the dominant concept: ``separation_vs_init`` (default:
-            the within-concept caption separation after surgery, trained minus random-init copy),
-            ``retention_vs_init``, ``share_vs_init``, ``retention`` | ``share`` (paper; both against the null
-            control only). See ``xai_lightning.surgery.scoring``.
-        baseline: ``random_init`` (the same surgery on a seeded random-init copy of the model, computed
-            once per run on the same images; needed by the ``*_vs_init`` verdicts) | ``none``.
+        verdict: metric behind ``probe/effect``, the margin and the outcome: ``reliance`` (default: how much the
+            model's predictions change between probe images that differ in the concept, beyond images that
+            agree on every concept), ``separation_vs_init`` | ``retention_vs_init`` | ``share_vs_init`` (the
+            surgery against the reference networks), ``retention`` | ``share`` (against the null control, the
+            paper's). All are logged side by side whatever the choice.
+        min_effect: how large an effect's interval must lie above to count (None: the verdict's default,
+            0.1 for ``reliance``, 0 for the others).
+        reference: ``start`` (the same surgery on the weights the fit started from and on
+            ``reference_reinits`` re-initialisations of the architecture by its constructor, computed once
+            per run and kept in checkpoints; needed by the ``*_vs_init`` verdicts) | ``none``.
+        reference_reinits: re-initialisations (the model is rebuilt from its saved hyper-parameters under
+            seeds; with ``init_checkpoint``/pretrained weights the constructor loads those again).
         fit_split: validation dataloader (name in the datamodule's ``val_split_names``, or index) whose
             batches fit statistics and matching.
         score_splits: validation dataloaders scored with captions after matching.
-        holdout: where a score split is the fit split, fit on a fixed pseudo-random half of it (by ``index``) and
-            score the other half.
-            Fitting and scoring the same images inflates the verdict: the argmax matching picks, among tens
-            of thousands of channels, those that happen to correlate with the concept in that very sample.
+        holdout: where a score split is the fit split, fit on a fixed pseudo-random half of it (by ``index``)
+            and score the other half (fitting and scoring the same images inflates the surgery's effects).
         max_score_samples: images scored per epoch (over all ranks, from the start of each split).
-        null_draws: random matchings of the null control. bootstrap: resamples of the effect interval.
+        null_draws: random matchings of the null control. bootstrap: resamples of the intervals.
         every_n_epochs: probe every n-th epoch (and always under ``validate``).
-        seed: null matchings and bootstrap.
+        seed: null matchings, bootstrap and the re-initialisations' seeds.
         zeroshot_warn: warn when the probe's zero-shot accuracy of a concept is below this.
         save_dir: where plans/tables/plots go (default ``<trainer.log_dir>/probe``).
     """
@@ -104,8 +99,10 @@ class SurgeryProbe(Callback):
         matching: str = "argmax",
         swap_fraction: float = 1.0,
         interpolation: str = "bilinear",
-        verdict: str = "separation_vs_init",
-        baseline: str = "random_init",
+        verdict: str = "reliance",
+        min_effect: float | None = None,
+        reference: str = "start",
+        reference_reinits: int = 3,
         fit_split: str | int = "probe_set",
         score_splits: Sequence[str | int] = ("probe_set",),
         holdout: bool = True,
@@ -131,35 +128,36 @@ class SurgeryProbe(Callback):
         ):
             if int(value) < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
-        if baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(BASELINES)}")
-        if verdict.endswith("_vs_init") and baseline == "none":
-            raise ValueError(f"verdict {verdict!r} compares with the random-init baseline: set baseline='random_init'")
+        if reference not in REFERENCES:
+            raise ValueError(f"unknown reference {reference!r}; allowed: {', '.join(REFERENCES)}")
+        if int(reference_reinits) < 0:
+            raise ValueError(f"reference_reinits={reference_reinits} must be >= 0")
+        if verdict.endswith("_vs_init") and reference == "none":
+            raise ValueError(f"verdict {verdict!r} compares with reference networks: set reference='start'")
         if not score_splits:
             raise ValueError("score_splits is empty; give at least one validation split (e.g. probe_set)")
         self.clip_spec = dict(clip) if isinstance(clip, Mapping) else clip
         self.standalone_layers, self.clip_layers = standalone_layers, clip_layers
         self.concepts = dict(concepts or DEFAULT_CONCEPTS)
         self.score, self.matching, self.swap_fraction = score, matching, float(swap_fraction)
-        self.interpolation, self.verdict, self.baseline = interpolation, verdict, baseline
+        self.interpolation, self.verdict = interpolation, verdict
+        self.min_effect = None if min_effect is None else float(min_effect)
+        self.reference, self.reference_reinits = reference, int(reference_reinits)
         self.fit_split, self.score_splits, self.holdout = fit_split, list(score_splits), bool(holdout)
-        self.max_score_samples, self.null_draws, self.bootstrap = (
-            int(max_score_samples),
-            int(null_draws),
-            int(bootstrap),
-        )
-        self.every_n_epochs, self.seed, self.zeroshot_warn = int(every_n_epochs), int(seed), float(zeroshot_warn)
-        self.save_dir = save_dir
+        self.max_score_samples, self.null_draws = int(max_score_samples), int(null_draws)
+        self.bootstrap, self.every_n_epochs = int(bootstrap), int(every_n_epochs)
+        self.seed, self.zeroshot_warn, self.save_dir = int(seed), float(zeroshot_warn), save_dir
         self.pipe: SurgeryPipeline | None = None
         self.history: list[dict[str, Any]] = []
         self.last_summary: ProbeSummary | None = None
+        self.reference_info = ""
+        self._start_state: dict[str, torch.Tensor] | None = None  # weights at fit start, until references exist
+        self._restored_reference: dict | None = None
         self._hooks = contextlib.ExitStack()
-        self._acts: dict[str, torch.Tensor] | None = None
+        self._recorder: FirstForward | None = None
         self._active = False
-        self._fitting_batch = False
         self._fit_seconds = 0.0
         self._skip_reason: str | None = None
-        self._baseline_metrics: dict[str, float] = {}
 
     # ---- setup -----------------------------------------------------------------------------------
     @override
@@ -204,6 +202,13 @@ class SurgeryProbe(Callback):
                 logger.experiment.define_metric("epoch")
                 logger.experiment.define_metric("probe/*", step_metric="epoch")
 
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The weights the run starts from (a resumed run keeps the snapshot or the references it saved)."""
+        if self.reference == "none" or self._start_state is not None or self._restored_reference is not None:
+            return
+        self._start_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
     def _probing(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking or self.pipe is None:
             return False
@@ -219,17 +224,15 @@ class SurgeryProbe(Callback):
             return
         self.pipe.to(pl_module.device)
         self.pipe.reset()
-        self._fit_seconds = 0.0
-        self._skip_reason = None
-        self._acts = self._hooks.enter_context(capture(pl_module, self.pipe.standalone_layers))
+        self._fit_seconds, self._skip_reason = 0.0, None
+        self._recorder = self._hooks.enter_context(FirstForward(pl_module, self.pipe.standalone_layers))
 
     @override
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._fitting_batch = self._active and dataloader_idx == self.fit_index
-        if self._acts is not None:
-            self._acts.clear()
+        if self._active and dataloader_idx == self.fit_index:
+            self._recorder.arm()
 
     @override
     def on_validation_batch_end(
@@ -241,27 +244,44 @@ class SurgeryProbe(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._fitting_batch:
+        if not self._active or dataloader_idx != self.fit_index:
             return
         t0 = time.perf_counter()
-        images = batch["image"]
-        acts = dict(self._acts)
-        self._acts.clear()
-        if self.holdout and self.fit_index in self.score_indices:
-            keep = self._half(batch, fit=True)
-            images, acts = images[keep], {n: a[keep] for n, a in acts.items()}
-        missing = [n for n in self.pipe.standalone_layers if n not in acts]
-        if missing:
-            raise RuntimeError(
-                f"SurgeryProbe: validation_step did not run the hooked layers {missing[:3]}; the "
-                f"module's validation_step must call its forward on batch['image']"
-            )
+        acts = self._recorded_maps()
+        keep = self._keep(trainer, batch, fit=True)
+        images, acts = batch["image"][keep], {n: a[keep] for n, a in acts.items()}
         bad = [n for n, a in acts.items() if not torch.isfinite(a).all()]
         if bad:
             self._skip_reason = f"non-finite activations in {bad[0]} (batch {batch_idx})"
         elif self._skip_reason is None and len(images):
             self.pipe.fit_batch(images, acts)
         self._fit_seconds += time.perf_counter() - t0
+
+    def _recorded_maps(self) -> dict[str, torch.Tensor]:
+        rec = self._recorder
+        missing = [n for n in self.pipe.standalone_layers if n not in rec.maps]
+        if not rec.recorded or missing:
+            raise RuntimeError(
+                f"SurgeryProbe: validation_step did not run the hooked layers {missing[:3]}; the "
+                f"module's validation_step must call its forward on batch['image']"
+            )
+        return dict(rec.maps)
+
+    def _keep(self, trainer: L.Trainer, batch: Mapping[str, torch.Tensor], fit: bool, split: int | None = None):
+        """This rank's share of the batch's images for the fit (or the scored) half."""
+        split = self.fit_index if split is None else split
+        index = batch.get("index")
+        if index is None:
+            if self.holdout and self.fit_index in self.score_indices:
+                raise ValueError(
+                    "SurgeryProbe(holdout=True) needs batch['index'] (the sample's position in its split) "
+                    "to fit and score on disjoint samples; ColorMNISTDataModule provides it"
+                )
+            return torch.ones(len(batch["image"]), dtype=torch.bool, device=batch["image"].device)
+        keep = owned(trainer, split, index)
+        if self.holdout and self.fit_index in self.score_indices and split == self.fit_index:
+            keep &= holdout_mask(index, fit)
+        return keep
 
     # ---- epoch end: reduce, match, score, log ----------------------------------------------------
     def _sum(self, trainer: L.Trainer):
@@ -272,38 +292,34 @@ class SurgeryProbe(Callback):
             return None
         return lambda t: trainer.strategy.reduce(t, reduce_op=torch.distributed.ReduceOp.MAX)
 
-    def _half(self, batch: Mapping[str, torch.Tensor], fit: bool) -> torch.Tensor:
-        if "index" not in batch:
-            raise ValueError(
-                "SurgeryProbe(holdout=True) needs batch['index'] (the sample's position in its split) "
-                "to fit and score on disjoint samples; ColorMNISTDataModule provides it"
-            )
-        return holdout_mask(batch["index"], fit)
+    def _image_size(self, trainer: L.Trainer) -> int:
+        return int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
 
-    def _fit_images(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        """This rank's fit images (the fit half under ``holdout``), as the validation pass saw them."""
-        for batch in val_loader(trainer, self.fit_index):
-            images = batch["image"]
-            if self.holdout and self.fit_index in self.score_indices:
-                images = images[self._half(batch, fit=True)]
+    def _fit_images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[torch.Tensor]:
+        """This rank's fit images, as the validation pass saw them."""
+        for batch in val_batches(trainer, self.fit_index):
+            images = batch["image"][self._keep(trainer, batch, fit=True)]
             if len(images):
                 yield images.to(pl_module.device)
 
     def _score_triples(self, trainer: L.Trainer, pl_module: L.LightningModule):
         """(images, targets, id) of this rank's scored images; ids are unique across score splits."""
-        captions = self.pipe.captions
-        offset, offsets = 0, {}
+        offsets, total = {}, 0
         for idx in self.score_indices:
-            offsets[idx] = offset
-            offset += len(val_loader(trainer, idx).dataset)
+            offsets[idx] = total
+            total += len(val_loader(trainer, idx).dataset)
         for idx, batch in self._score_batches(trainer, pl_module):
+            captions = self.pipe.captions
             targets = torch.stack([batch[self.attribute_keys[a]] for a in captions.attributes]).long()
             index = batch.get("index")
             if index is None:
-                if self.baseline != "none":
-                    raise ValueError("SurgeryProbe(baseline='random_init') needs batch['index'] to pair images")
-                index = torch.zeros(len(targets[0]), dtype=torch.long)
+                if self.reference != "none":
+                    raise ValueError("SurgeryProbe(reference='start') needs batch['index'] to pair images")
+                index = torch.zeros(len(targets[0]), dtype=torch.long, device=targets.device)
             yield batch["image"], targets, index + offsets[idx]
+
+    def _score_total(self, trainer: L.Trainer) -> int:
+        return sum(len(val_loader(trainer, idx).dataset) for idx in self.score_indices)
 
     def _score_batches(self, trainer: L.Trainer, pl_module: L.LightningModule):
         """This rank's share of the scored images, as (split index, batch). Which images are scored depends
@@ -312,26 +328,16 @@ class SurgeryProbe(Callback):
         for idx in self.score_indices:
             held_out = self.holdout and idx == self.fit_index
             limit = self.max_score_samples * (2 if held_out else 1)
-            for batch in val_loader(trainer, idx):
+            for batch in val_batches(trainer, idx):
+                keep = self._keep(trainer, batch, fit=False, split=idx)
                 if "index" in batch:
-                    keep = batch["index"] < limit
-                    if held_out:
-                        keep &= self._half(batch, fit=False)
-                    if not bool(keep.any()):
-                        if int(batch["index"].min()) >= limit:
-                            break
-                        continue
-                    batch = {k: v[keep] for k, v in batch.items()}
-                yield idx, move_data_to_device(batch, pl_module.device)
+                    keep &= batch["index"] < limit
+                    if not bool(keep.any()) and int(batch["index"].min()) >= limit:
+                        break
+                if bool(keep.any()):
+                    yield idx, move_data_to_device({k: v[keep] for k, v in batch.items()}, pl_module.device)
 
-    @override
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active:
-            return
-        self._active = False
-        self._hooks.close()
-        self._acts = None
-        t0 = time.perf_counter()
+    def _skipped(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         skip = trainer.strategy.reduce(
             torch.tensor(float(self._skip_reason is not None), device=pl_module.device), reduce_op="sum"
         )
@@ -341,58 +347,100 @@ class SurgeryProbe(Callback):
                 f"{self._skip_reason or 'non-finite activations on another rank'}"
             )
             pl_module.log("probe/skipped", 1.0)
+        return float(skip) > 0
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        self._hooks.close()
+        self._recorder = None
+        t0 = time.perf_counter()
+        if self._skipped(trainer, pl_module):
             return
         if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
-            size = int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
-            self.pipe.moments.init_layout(self.pipe.empty_activations(size))
-        # The probe must not change training: keep every RNG as it was (iterating a DataLoader draws seeds).
-        with preserved_rng(pl_module.device):
+            self.pipe.moments.init_layout(self.pipe.empty_activations(self._image_size(trainer)))
+        # The probe must not change training: every RNG is kept as it was (iterating a DataLoader draws seeds).
+        with isolate_rng(include_cuda=pl_module.device.type == "cuda"):
             plan = self.pipe.fit_finish(self._sum(trainer))
             t_match = time.perf_counter()
-            baseline_seconds = 0.0
-            if self.baseline != "none" and self.pipe.baseline is None:
-                t_base = time.perf_counter()
-                base = self.pipe.compute_baseline(
-                    self._fit_images(trainer, pl_module),
-                    self._score_triples(trainer, pl_module),
-                    sum_fn=self._sum(trainer),
-                    image_size=int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size)),
-                )
-                self._baseline_metrics = {
-                    f"probe/init_{k.split('/')[0]}/{k.split('/')[1]}": v
-                    for k, v in base.metrics.items()
-                    if k.split("/")[0] in ("retention", "share")
-                }
-                baseline_seconds = time.perf_counter() - t_base  # once per run, reported apart
+            reference_seconds = self._ensure_references(trainer, pl_module)
+            t_score = time.perf_counter()
             for images, targets, index in self._score_triples(trainer, pl_module):
-                self.pipe.score_batch(images, targets, index=index)
-            summary = self.pipe.score_finish(self._sum(trainer), self._max(trainer), self.verdict, self.bootstrap)
+                self.pipe.score_batch(images, targets, index=index if self.pipe.reference is not None else None)
+            summary = self.pipe.score_finish(
+                self._sum(trainer), self._max(trainer), self.verdict, self.bootstrap, self.min_effect
+            )
         t_end = time.perf_counter()
-        seconds = self._fit_seconds + t_end - t0 - baseline_seconds
-        metrics = {f"probe/{k}": v for k, v in summary.metrics.items()}
-        metrics["probe/fit_seconds"] = self._fit_seconds + t_match - t0
-        metrics["probe/score_seconds"] = t_end - t_match - baseline_seconds
-        metrics["probe/match/coverage"] = plan.extras["coverage"]
-        for layer, s in plan.summaries().items():
-            metrics[f"probe/match/score_mean/{layer}"] = s["score_mean"]
-        metrics["probe/seconds"] = seconds
-        metrics["probe/images"] = float(summary.images)
-        metrics.update(self._baseline_metrics)
-        if baseline_seconds:
-            metrics["probe/baseline_seconds"] = baseline_seconds
-        pl_module.log_dict({k: float(v) for k, v in metrics.items()}, sync_dist=False)
+        timings = {
+            "probe/fit_seconds": self._fit_seconds + t_match - t0,
+            "probe/score_seconds": t_end - t_score,
+            "probe/seconds": self._fit_seconds + (t_match - t0) + (t_end - t_score),
+        }
+        if reference_seconds:
+            timings["probe/reference_seconds"] = reference_seconds  # once per run, reported apart
+        metrics = self._metrics(summary, plan, timings)
+        pl_module.log_dict(metrics, sync_dist=False)
         self.last_summary = summary
-        self.history.append(
-            {
-                "epoch": trainer.current_epoch,
-                "dominant": summary.dominant,
-                "decided": summary.decided,
-                **{k: float(v) for k, v in metrics.items()},
-            }
-        )
+        self.history.append({"epoch": trainer.current_epoch, "outcome": summary.outcome.text(), **metrics})
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
             self._report(trainer, summary, plan, metrics, out_dir)
+
+    @staticmethod
+    def _metrics(summary: ProbeSummary, plan, timings: Mapping[str, float]) -> dict[str, float]:
+        metrics = {f"probe/{k}": float(v) for k, v in summary.metrics.items()}
+        metrics["probe/match/coverage"] = float(plan.extras["coverage"])
+        for layer, s in plan.summaries().items():
+            metrics[f"probe/match/score_mean/{layer}"] = float(s["score_mean"])
+        metrics["probe/images"] = float(summary.images)
+        metrics["probe/skipped"] = 0.0
+        metrics.update({k: float(v) for k, v in timings.items()})
+        return metrics
+
+    # ---- references ------------------------------------------------------------------------------
+    def _ensure_references(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """Computes the reference networks' outcomes once per run (restored from a checkpoint if saved);
+        returns the seconds it took (0 when nothing was computed)."""
+        if self.reference == "none" or self.pipe.reference is not None:
+            return 0.0
+        if self._restored_reference is not None:
+            self.pipe.reference = ReferenceOutcomes.from_state_dict(self._restored_reference["outcomes"])
+            self.reference_info = self._restored_reference.get("info", "")
+            self._restored_reference = None
+            return 0.0
+        t0 = time.perf_counter()
+        models, self.reference_info = self._reference_models(trainer, pl_module)
+        self.pipe.compute_references(
+            models,
+            lambda: self._fit_images(trainer, pl_module),
+            self._score_triples(trainer, pl_module),
+            sum_fn=self._sum(trainer),
+            image_size=self._image_size(trainer),
+            total=self._score_total(trainer),
+        )
+        self._start_state = None  # the references hold what was needed of it
+        seconds = time.perf_counter() - t0
+        rank_zero_info(f"SurgeryProbe: references = {self.reference_info}; computed once ({seconds:.1f}s)")
+        return seconds
+
+    def _reference_models(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[list, str]:
+        seeds = [10_000 * (self.seed + 1) + k for k in range(self.reference_reinits)]
+        if self._start_state is None and not seeds:
+            raise ValueError(
+                "SurgeryProbe(reference='start') under validate has no fit start; set reference_reinits >= 1 "
+                "(re-initialisations of the architecture) or reference='none'"
+            )
+        start = None
+        if self._start_state is not None:
+            start = _rebuild(pl_module, allow_copy=True)
+            start.load_state_dict(self._start_state)
+        models = reference_models(lambda: _rebuild(pl_module), seeds, start)
+        parts = ["the weights at fit start"] if start is not None else ["no fit start (validate)"]
+        if seeds:
+            parts.append(f"{len(seeds)} re-initialisations by {type(pl_module).__name__}'s constructor (seeds {seeds})")
+        return models, " + ".join(parts)
 
     # ---- rank-0 outputs ---------------------------------------------------------------------------
     def _out_dir(self, trainer: L.Trainer) -> str:
@@ -400,61 +448,27 @@ class SurgeryProbe(Callback):
 
     def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float], out: str) -> None:
         epoch = trainer.current_epoch
-        m = summary.metrics
-        verdict = summary.dominant if summary.decided else f"undecided (leaning {summary.dominant})"
-        margin = f", margin {m['margin']:+.3f} [{m['margin_lo']:+.3f}, {m['margin_hi']:+.3f}]" if "margin" in m else ""
-        reference = "random init" if summary.verdict.endswith("_vs_init") else "null"
-        lines = [
-            f"SurgeryProbe epoch {epoch}: dominant concept = {verdict}{margin} "
-            f"(verdict {summary.verdict.removesuffix('_vs_init')} vs {reference}, {summary.images} images, "
-            f"{metrics['probe/seconds']:.1f}s)"
-        ]
-        for c in summary.concepts:
-            init = metrics.get(f"probe/init_retention/{c}")
-            init = f", init {init:.3f}" if init is not None else ""
-            sep = f"  separation {m[f'separation/{c}']:+.3f}"
-            if f"init_separation/{c}" in m:
-                sep += f" (init {m[f'init_separation/{c}']:+.3f}, CLIP unit {m[f'separation_clip/{c}']:.3f})"
-            lines.append(
-                f"  {c:>10}: effect {m[f'effect/{c}']:+.3f} [{m[f'effect_lo/{c}']:+.3f}, {m[f'effect_hi/{c}']:+.3f}]"
-                f"{sep}  retention {m[f'retention/{c}']:.3f} (null {m[f'null_retention/{c}']:.3f}{init})"
-                f"  share {m[f'share/{c}']:.3f} (null {m[f'null_share/{c}']:.3f})"
-                f"  zero-shot {m[f'zeroshot_acc/{c}']:.3f}"
-            )
-        rank_zero_info("\n".join(lines))
+        # its own lines, never glued to a progress bar
+        rank_zero_info("\n" + "\n".join(probe_outputs.summary_lines(summary, metrics, epoch)))
         for c in summary.concepts:
             acc = summary.metrics[f"zeroshot_acc/{c}"]
             if acc < self.zeroshot_warn:
                 rank_zero_warn(
                     f"SurgeryProbe: the probe CLIP's zero-shot accuracy for {c!r} is {acc:.2f} "
-                    f"(< {self.zeroshot_warn}); it cannot see this concept, so its effect means little. "
-                    f"Use a probe CLIP that knows it (README: 'The probe CLIP')."
+                    f"(< {self.zeroshot_warn}); it cannot see this concept, so its surgery effects mean little. "
+                    f"Use a probe CLIP that knows it (docs/probe_clip.md)."
                 )
-        rows = _table_rows(summary)
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["caption", "key", "clip", "surgery", "influence", "null_surgery"])
-        writer.writerows(rows)
-        atomic_write_text(os.path.join(out, f"table_epoch{epoch:03d}.csv"), buf.getvalue())
-        plan_path = os.path.join(out, f"plan_epoch{epoch:03d}.pt")
-        plan.save(plan_path)
-        fig = _match_plot(plan, epoch)
-        atomic_write(
-            os.path.join(out, f"match_scores_epoch{epoch:03d}.png"), lambda f: fig.savefig(f, format="png", dpi=90)
-        )
+        rows = probe_outputs.table_rows(summary)
+        fig = probe_outputs.match_plot(plan, epoch)
+        plan_path = probe_outputs.write_files(out, summary, plan, epoch, rows, fig)
         for logger in trainer.loggers:
-            if (
-                isinstance(logger, WandbLogger)
-                and getattr(logger, "mode", "") != "disabled"
-                and not getattr(logger, "failed", False)
-            ):
-                try:
-                    _log_wandb(logger, summary, rows, fig, plan_path, epoch)
-                except Exception as err:  # noqa: BLE001 - W&B trouble must not stop training
-                    if hasattr(logger, "_fail"):
-                        logger._fail("SurgeryProbe table/plot/artifact", err)
-                    else:
-                        rank_zero_warn(f"SurgeryProbe: W&B logging failed ({err}); the run dir has everything")
+            if isinstance(logger, WandbLogger) and getattr(logger, "mode", "") != "disabled":
+                run = logger.experiment
+                what = "SurgeryProbe table/plot/artifact"
+                if hasattr(logger, "guard"):
+                    logger.guard(what, probe_outputs.log_wandb, run, summary, rows, fig, plan_path, epoch)
+                else:
+                    probe_outputs.log_wandb(run, summary, rows, fig, plan_path, epoch)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -464,7 +478,7 @@ class SurgeryProbe(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._hooks.close()
         self._active = False
-        self._acts = None
+        self._recorder = None
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -473,72 +487,59 @@ class SurgeryProbe(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        state: dict[str, Any] = {"history": self.history}
+        if self.pipe is not None and self.pipe.reference is not None:
+            state["reference"] = {"outcomes": self.pipe.reference.state_dict(), "info": self.reference_info}
+        elif self._restored_reference is not None:
+            state["reference"] = self._restored_reference
+        elif self._start_state is not None:  # references not computed yet: keep where the run started
+            state["start"] = self._start_state
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self._restored_reference = state_dict.get("reference")
+        self._start_state = state_dict.get("start")
 
 
-def holdout_mask(index: torch.Tensor, fit: bool) -> torch.Tensor:
-    """The fit (or the held-out) half of a split, by sample index: a multiplicative hash, so that any DDP
-    sharding (rank = index mod world size) splits evenly, unlike index parity."""
-    in_fit = (index.long() * 2654435761) % 4294967296 < 2147483648
-    return in_fit if fit else ~in_fit
+def _rebuild(module: L.LightningModule, allow_copy: bool = False) -> torch.nn.Module:
+    """A new instance of ``module``'s class from its saved hyper-parameters (its own constructor and
+    initialisation), checked to have the same parameters and shapes. With ``allow_copy`` a module that cannot
+    be rebuilt is deep-copied instead (its weights are about to be overwritten)."""
+    # LightningCLI adds private entries (``_class_path``, ``_instantiator``) that are no constructor arguments
+    hparams = {k: v for k, v in dict(getattr(module, "hparams", {}) or {}).items() if not k.startswith("_")}
+    try:
+        other = type(module)(**hparams)
+    except TypeError as err:
+        if allow_copy:
+            return _detached_copy(module)
+        raise ValueError(
+            f"SurgeryProbe: cannot rebuild {type(module).__name__} from its hyper-parameters ({err}); call "
+            "self.save_hyperparameters() in its __init__, or set reference_reinits: 0"
+        ) from err
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if want != got:
+        if allow_copy:
+            return _detached_copy(module)
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise ValueError(
+            f"SurgeryProbe: {type(module).__name__}(**hparams) builds another architecture than the model "
+            f"(differs at {diff}); save every constructor argument with self.save_hyperparameters(), or set "
+            "reference_reinits: 0"
+        )
+    return other.to(next(module.parameters()).device)
 
 
-def _table_rows(summary: ProbeSummary) -> list[list]:
-    sims = summary.sim_mean  # [L + 1, K]
-    return [
-        [
-            cap,
-            key,
-            round(float(sims[0, k]), 5),
-            round(float(sims[-1, k]), 5),
-            round(float(sims[-1, k] - sims[0, k]), 5),
-            round(float(summary.null_sim_mean[k]), 5),
-        ]
-        for k, (cap, key) in enumerate(zip(summary.captions, summary.keys))
-    ]
-
-
-def _match_plot(plan, epoch: int):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    data, labels = [], []
-    for name, sl in plan.clip_slices().items():
-        matched = plan.matching.source[sl] >= 0
-        data.append(plan.matching.score[sl][matched].float().cpu().numpy())
-        labels.append(f"{name}\n({int(matched.sum())}/{sl.stop - sl.start})")
-    ax.boxplot(data, tick_labels=labels, showfliers=False)
-    ax.set_ylabel("match score Z")
-    ax.set_title(
-        f"best-match scores per CLIP layer, epoch {epoch} (coverage {plan.extras['coverage']:.3f})", fontsize=9
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _log_wandb(logger: WandbLogger, summary: ProbeSummary, rows: list[list], fig, plan_path: str, epoch: int) -> None:
-    import wandb
-
-    run = logger.experiment
-    table = wandb.Table(columns=["caption", "key", "clip", "surgery", "influence", "null_surgery"], data=rows)
-    run.log({"probe/table": table, "probe/match_scores": wandb.Image(fig), "epoch": epoch})
-    # the plan also goes into the run's own files (uploaded by `wandb sync`): an offline artifact only
-    # references W&B's staging area outside the run directory
-    os.makedirs(os.path.join(run.dir, "probe"), exist_ok=True)
-    kept = os.path.join(run.dir, "probe", os.path.basename(plan_path))
-    shutil.copyfile(plan_path, kept)
-    run.save(kept, base_path=run.dir, policy="now")
-    art = wandb.Artifact(
-        f"surgery-plan-{run.id}",
-        type="surgery_plan",
-        metadata={"epoch": epoch, "dominant": summary.dominant, "verdict": summary.verdict},
-    )
-    art.add_file(plan_path, name="plan.pt")
-    run.log_artifact(art, aliases=[f"epoch-{epoch}", "latest"])
+def _detached_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of a module in the middle of training: its trainer is not copied, and tensors that are
+    outputs of a graph (e.g. a cached loss) are copied detached."""
+    memo: dict[int, object] = {}
+    for m in module.modules():
+        for name, value in vars(m).items():
+            if name == "_trainer" and value is not None:
+                memo[id(value)] = None
+            elif isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(module, memo)

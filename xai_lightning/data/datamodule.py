@@ -20,26 +20,31 @@ from xai_lightning.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: digit_index stored beside the (possibly random) label
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 VAL_SPLITS = ("val", "real_world", "probe_set", "test", "train")
+LABEL_MODES = ("digit", "random")
 
 
 class ColorDigits(Dataset):
-    """Coloured digits; items are dicts ``image`` [3, S, S] float in [0, 1], ``label``, ``digit``, ``color``
-    and ``index`` (position in the split: lets consumers hold out samples independently of batching)."""
+    """Coloured digits; items are dicts ``image`` [3, S, S] float in [0, 1], ``label`` (the training target),
+    ``digit`` (0-9), ``digit_index`` (the digit's position in the data module's ``digits``: equal to ``label``
+    unless labels are random), ``color`` and ``index`` (position in the split: lets consumers hold out samples
+    independently of batching)."""
 
     def __init__(
         self,
         intensity: torch.Tensor,  # [N, 28, 28] uint8
         digit: torch.Tensor,  # [N]
-        label: torch.Tensor,  # [N] class index
+        label: torch.Tensor,  # [N] class index (the target)
         color: torch.Tensor,  # [N] palette index or GRAY
         rgb: torch.Tensor,  # [K, 3]
         image_size: int,
         interpolation: str = "bilinear",
+        digit_index: torch.Tensor | None = None,  # [N] position of the digit in the class list (default: label)
     ) -> None:
         self.intensity, self.digit, self.label, self.color = intensity, digit, label, color
+        self.digit_index = label if digit_index is None else digit_index
         self.rgb, self.image_size, self.interpolation = rgb, image_size, interpolation
 
     def __len__(self) -> int:
@@ -63,6 +68,7 @@ class ColorDigits(Dataset):
             "image": self.images(slice(i, i + 1))[0],
             "label": self.label[i],
             "digit": self.digit[i],
+            "digit_index": self.digit_index[i],
             "color": self.color[i],
             "index": torch.tensor(i),
         }
@@ -102,6 +108,10 @@ class ColorMNISTDataModule(L.LightningDataModule):
         colors: palette names (``red``, ``green``, ...) or ``{name: [r, g, b]}``.
         color_mode: ``biased`` | ``random`` | ``grayscale`` for train/val/test.
         bias_strength: probability that a ``biased`` sample has its class's colour (else random).
+        label_mode: ``digit`` (the label is the digit's class) | ``random`` (every split's labels drawn
+            uniformly at random, independently of digit and colour, seeded and fixed per image: a model trains
+            and changes its features but can rely on neither concept; colours still follow the digit under
+            ``biased``). The probe reads the digit from ``digit_index``, never from ``label``.
         gray_fraction: probability that a randomly coloured sample is gray instead.
         train_per_class, test_per_class, real_world_per_class, probe_per_class: split sizes per class
             (``train`` includes the validation fold).
@@ -117,6 +127,7 @@ class ColorMNISTDataModule(L.LightningDataModule):
         colors: Sequence[ColorSpec] = ("red", "green"),
         color_mode: str = "biased",
         bias_strength: float = 1.0,
+        label_mode: str = "digit",
         gray_fraction: float = 0.0,
         train_per_class: int = 5000,
         test_per_class: int = 1000,
@@ -146,6 +157,9 @@ class ColorMNISTDataModule(L.LightningDataModule):
         self.rgb = torch.from_numpy(rgb)
         if color_mode not in COLOR_MODES:
             raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"unknown label_mode {label_mode!r}; allowed: {', '.join(LABEL_MODES)}")
+        self.label_mode = label_mode
         for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name}={value} is outside [0, 1]")
@@ -196,7 +210,7 @@ class ColorMNISTDataModule(L.LightningDataModule):
         """Attribute name -> value names; a batch's ``attribute_keys[a]`` entry indexes into them."""
         return {"digit": self.class_names, "color": self.color_names}
 
-    attribute_keys = {"digit": "label", "color": "color"}
+    attribute_keys = {"digit": "digit_index", "color": "color"}
 
     # ---- generation and cache -----------------------------------------------------------------
     def cache_key(self) -> str:
@@ -207,6 +221,7 @@ class ColorMNISTDataModule(L.LightningDataModule):
             "rgb": self.rgb.tolist(),
             "color_mode": self.color_mode,
             "bias_strength": self.bias_strength,
+            "label_mode": self.label_mode,
             "gray_fraction": self.gray_fraction,
             "sizes": self.sizes,
             "seed": self.seed,
@@ -227,11 +242,15 @@ class ColorMNISTDataModule(L.LightningDataModule):
             mode = self.color_mode if split in ("train", "test") else "random"
             rng = np.random.default_rng([self.seed, code, 99])
             colors = assign_colors(labels, len(self.color_names), mode, self.bias_strength, rng, self.gray_fraction)
+            targets = labels
+            if self.label_mode == "random":  # own stream: the digits and colours are those of label_mode digit
+                targets = np.random.default_rng([self.seed, code, 123]).integers(0, len(self.digits), len(labels))
             arrays.update(
                 {
                     f"{split}.intensity": images,
                     f"{split}.digit": digits,
-                    f"{split}.label": labels,
+                    f"{split}.label": targets,
+                    f"{split}.digit_index": labels,
                     f"{split}.color": colors,
                 }
             )
@@ -257,12 +276,19 @@ class ColorMNISTDataModule(L.LightningDataModule):
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
         def make(split: str, index: torch.Tensor | None = None) -> ColorDigits:
-            parts = [t[f"{split}.{k}"] for k in ("intensity", "digit", "label", "color")]
+            parts = [t[f"{split}.{k}"] for k in ("intensity", "digit", "label", "color", "digit_index")]
             if index is not None:
                 parts = [p[index] for p in parts]
-            return ColorDigits(*parts, rgb=self.rgb, image_size=self.image_size, interpolation=self.interpolation)
+            *parts, digit_index = parts
+            return ColorDigits(
+                *parts,
+                rgb=self.rgb,
+                image_size=self.image_size,
+                interpolation=self.interpolation,
+                digit_index=digit_index,
+            )
 
-        val_mask = self.fold_mask(t["train.label"].numpy())
+        val_mask = self.fold_mask(t["train.digit_index"].numpy())
         self.datasets = {
             "train": make("train", torch.from_numpy(np.flatnonzero(~val_mask))),
             "val": make("train", torch.from_numpy(np.flatnonzero(val_mask))),

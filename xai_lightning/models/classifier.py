@@ -15,7 +15,13 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from xai_lightning.models.backbones import INPUT_TRANSFORMS, build_backbone, resolve_normalization, to_grayscale
+from xai_lightning.models.backbones import (
+    INPUT_TRANSFORMS,
+    build_backbone,
+    head_name,
+    resolve_normalization,
+    to_grayscale,
+)
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -34,7 +40,8 @@ class ClassifierModule(L.LightningModule):
 
     Args:
         num_classes: linked from the datamodule by the CLI.
-        backbone: ``resnet18|34|50|101|152``.
+        backbone: ``simple_cnn`` or any torchvision classification model (``resnet50``, ``resnet18``,
+            ``mobilenet_v3_small``, ``efficientnet_b0``, ...); its last layer is replaced for ``num_classes``.
         weights: torchvision weights (``IMAGENET1K_V2``) or ``None`` (random init, offline).
         normalization: ``imagenet`` | ``clip`` | ``none`` | ``[[mean x3], [std x3]]``.
         input_transform: ``none`` | ``grayscale`` (debiasing pre-processor).
@@ -80,18 +87,31 @@ class ClassifierModule(L.LightningModule):
             self._load_init_checkpoint(init_checkpoint)
 
     def _load_init_checkpoint(self, path: str) -> None:
+        """Loads every ``net.*`` weight; a head of another size (pretrained on other classes) stays fresh."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
         net_state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
         if not net_state:
             raise ValueError(f"init_checkpoint {path!r} holds no 'net.*' weights of a ClassifierModule")
-        missing, unexpected = self.net.load_state_dict(net_state, strict=False)
+        own = self.net.state_dict()
+        head = head_name(self.net)
+        resized = [k for k, v in net_state.items() if k in own and own[k].shape != v.shape]
+        if any(not k.startswith(f"{head}.") for k in resized):
+            raise ValueError(
+                f"init_checkpoint {path!r} does not fit backbone {self.hparams.backbone!r}: "
+                f"shapes differ outside the head ({head}) at {[k for k in resized if not k.startswith(head)][:5]}"
+            )
+        missing, unexpected = self.net.load_state_dict(
+            {k: v for k, v in net_state.items() if k not in resized}, strict=False
+        )
+        missing = [k for k in missing if k not in resized]
         if missing or unexpected:
             raise ValueError(
                 f"init_checkpoint {path!r} does not fit backbone {self.hparams.backbone!r}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        rank_zero_info(f"ClassifierModule: initialised from {path}")
+        note = f" (head {head} re-initialised for {self.hparams.num_classes} classes)" if resized else ""
+        rank_zero_info(f"ClassifierModule: initialised from {path}{note}")
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,22 @@
 
 Layer discovery and hooks (``layers``), exact single-pass matching statistics (``moments``), matching
 (``matching``), the activation transplant (``transplant``), concepts/captions (``concepts``), caption
-scoring with a null control (``scoring``) and the end-to-end ``SurgeryPipeline``.
+scoring with a null control and reference networks (``scoring``) and the end-to-end ``SurgeryPipeline``.
+The verdict built on top lives in ``xai_lightning.verdict``.
 """
 
 from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS, CaptionSet, resolve_concepts
 from xai_lightning.surgery.layers import PRESETS, capture, count_forward_hooks, forward_hooks, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, layer_summaries, match, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments, matching_scores, near_constant
-from xai_lightning.surgery.pipeline import Baseline, ClipLike, SurgeryPipeline, check_options, random_init_copy
-from xai_lightning.surgery.scoring import METRICS, VERDICTS, VIEWS, ProbeCounts, ProbeSummary
+from xai_lightning.surgery.pipeline import (
+    ClipLike,
+    ReferenceOutcomes,
+    SurgeryPipeline,
+    check_options,
+    reference_models,
+)
+from xai_lightning.surgery.scoring import METRICS, VIEWS, ProbeCounts, image_outcomes
 from xai_lightning.surgery.transplant import (
     StandardizedMaps,
     SurgeryPlan,
@@ -20,6 +27,7 @@ from xai_lightning.surgery.transplant import (
     select_swaps,
     transplant,
 )
+from xai_lightning.verdict import VERDICTS, ProbeSummary
 
 __all__ = [
     "DEFAULT_CONCEPTS",
@@ -39,16 +47,17 @@ __all__ = [
     "CrossMoments",
     "matching_scores",
     "near_constant",
-    "Baseline",
     "ClipLike",
+    "ReferenceOutcomes",
     "SurgeryPipeline",
     "check_options",
-    "random_init_copy",
+    "reference_models",
     "METRICS",
     "VERDICTS",
     "VIEWS",
     "ProbeCounts",
     "ProbeSummary",
+    "image_outcomes",
     "StandardizedMaps",
     "SurgeryPlan",
     "build_plan",

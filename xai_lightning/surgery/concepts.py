@@ -59,6 +59,8 @@ def resolve_concepts(spec: Mapping[str, Mapping], attributes: Mapping[str, Seque
         )
     names, attrs, values, captions, concept_of, value_of, keys = [], [], [], [], [], [], []
     for ci, (name, entry) in enumerate(spec.items()):
+        if str(name) in ("none", "undecided"):
+            raise ValueError(f"concept name {name!r} is reserved (a verdict outcome); choose another name")
         entry = dict(entry)
         unknown = set(entry) - {"attribute", "template", "captions"}
         if unknown:

@@ -11,7 +11,18 @@ import torch
 from torch import nn
 
 PRESETS = ("convs", "all_convs", "blocks", "stages")
-_BLOCK_CLASSES = ("BasicBlock", "Bottleneck")
+# residual / inverted-residual blocks of torchvision's CNN families (ResNet, MobileNet, EfficientNet,
+# ConvNeXt, RegNet, ShuffleNet, DenseNet) and open_clip's ModifiedResNet
+_BLOCK_CLASSES = (
+    "BasicBlock",
+    "Bottleneck",
+    "InvertedResidual",
+    "MBConv",
+    "FusedMBConv",
+    "CNBlock",
+    "ResBottleneckBlock",
+    "_DenseLayer",
+)
 
 
 def _preset(model: nn.Module, preset: str) -> list[str]:
@@ -24,11 +35,20 @@ def _preset(model: nn.Module, preset: str) -> list[str]:
         return [n for n, m in named if isinstance(m, nn.Conv2d) and "downsample" not in n.split(".")]
     if preset == "blocks":
         return [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES]
-    # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet)
-    return [
+    # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet), else
+    # the children of a `features` Sequential (torchvision's MobileNet, EfficientNet, ConvNeXt, VGG, ...)
+    stages = [
         n
         for n, m in named
         if n.split(".")[-1] in ("layer1", "layer2", "layer3", "layer4") and isinstance(m, nn.Sequential)
+    ]
+    if stages:
+        return stages
+    return [
+        f"{n}.{child}"
+        for n, m in named
+        if n.split(".")[-1] == "features" and isinstance(m, nn.Sequential)
+        for child, _ in m.named_children()
     ]
 
 
@@ -118,3 +138,65 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
 def count_forward_hooks(model: nn.Module) -> int:
     """Number of forward hooks registered on any submodule (tests assert it returns to its old value)."""
     return sum(len(m._forward_hooks) for m in model.modules())
+
+
+class FirstForward:
+    """Records the named layers' maps and the model's own output of the *first* forward after ``arm()``.
+
+    A callback that hooks a model during validation must see exactly the validation forward, even when
+    other callbacks run the model again on edited images before it reads the maps. Use as a context
+    manager (hooks are removed on exit, exceptions included)::
+
+        with FirstForward(model, names) as rec:
+            rec.arm(); model(x); model(edited)     # rec.maps / rec.output are those of model(x)
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        self.model, self.names = model, list(names)
+        self.maps: dict[str, torch.Tensor] = {}
+        self.output: object = None
+        self._armed = False
+        self._handles: list = []
+
+    def arm(self) -> None:
+        """Forget the last batch; the next forward of ``model`` is recorded."""
+        self.maps, self.output, self._armed = {}, None, True
+
+    @property
+    def recorded(self) -> bool:
+        return not self._armed and self.output is not None
+
+    def _layer_hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if self._armed:
+                if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                    raise TypeError(
+                        f"layer {name!r} returned {type(output).__name__} "
+                        f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps"
+                    )
+                self.maps[name] = output
+
+        return hook
+
+    def _root_hook(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        if self._armed:
+            self.output, self._armed = output, False
+
+    def __enter__(self) -> FirstForward:
+        try:
+            for name, module in get_modules(self.model, self.names).items():
+                self._handles.append(module.register_forward_hook(self._layer_hook(name)))
+            self._handles.append(self.model.register_forward_hook(self._root_hook))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._armed = False
+
+    def __exit__(self, *exc) -> None:
+        self.close()

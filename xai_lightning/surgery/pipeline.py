@@ -1,16 +1,18 @@
 """Network surgery end to end on any CNN and any CLIP-like model (pure PyTorch, no Lightning).
 
     pipe = SurgeryPipeline(cnn, clip, resolve_concepts(spec, attributes), standalone_layers="convs")
-    for batch in fit_loader:                      # one pass: statistics and Z together
-        pipe.fit_batch(batch["image"])
+    for images in fit_images:                     # one pass: statistics and Z together
+        pipe.fit_batch(images)
     plan = pipe.fit_finish()                      # matching (+ null matchings)
-    for batch in score_loader:
-        pipe.score_batch(batch["image"], targets)  # targets [n_concepts, B] value indices
-    summary = pipe.score_finish()                 # shares, retention, effect vs null, dominant concept
+    pipe.compute_references(reference_models(build_cnn, [0, 1, 2], start=cnn0), fit_images, scored)  # once
+    for images, targets, index in scored:
+        pipe.score_batch(images, targets, index=index)  # targets [n_concepts, B] value indices
+    summary = pipe.score_finish()                 # effects, the verdict's outcome
 
-The ``*_vs_init`` verdicts compare with the same surgery on a randomly initialised copy of the model:
-``pipe.compute_baseline(fit_images, score_triples)`` once (the copy is fitted and scored on the same
-images), then ``score_batch(..., index=...)`` pairs each image with its baseline outcome.
+``score_batch`` also records the model's predictions, so the decision-level verdict (``reliance``: how much
+the predictions depend on each concept) needs nothing else. The ``*_vs_init`` verdicts compare the
+surgery with the same surgery on reference networks (``compute_references``, once per run: the weights
+the run started from and re-initialisations of the architecture), paired per image by ``index``.
 
 The ``SurgeryProbe`` callback drives exactly these calls from Lightning hooks (and passes DDP
 reductions as ``sum_fn``), so the callback adds no math of its own.
@@ -30,10 +32,12 @@ from xai_lightning.surgery.concepts import CaptionSet
 from xai_lightning.surgery.layers import capture, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
-from xai_lightning.surgery.scoring import METRICS, VERDICTS, ProbeCounts, ProbeSummary
+from xai_lightning.surgery.scoring import METRICS, ProbeCounts, image_outcomes
 from xai_lightning.surgery.transplant import INTERPOLATIONS, StandardizedMaps, SurgeryPlan, build_plan, transplant
+from xai_lightning.verdict import VERDICTS, DecisionTable, ProbeSummary
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]
+Images = Callable[[], Iterable[torch.Tensor]] | Sequence[torch.Tensor]
 
 
 class ClipLike(Protocol):
@@ -66,35 +70,26 @@ def check_options(
         raise ValueError(f"null_draws={null_draws} must be >= 1 (the null control is what makes the effect honest)")
 
 
-@torch.no_grad()
-def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with every parameter and buffer re-drawn by its module's ``reset_parameters``
-    (``reset_running_stats`` for norms), seeded, in eval mode: the same architecture and preprocessing
-    (e.g. a grayscale ``input_transform``) with nothing learned. The caller's RNG state is kept.
+def reference_models(
+    build: Callable[[], nn.Module], seeds: Sequence[int], start: nn.Module | None = None
+) -> list[nn.Module]:
+    """Reference networks: ``start`` (a copy of the weights the run started from, if given) and one network per
+    seed built by ``build()`` (the architecture's own constructor and initialisation) under
+    ``torch.manual_seed(seed)``; all in eval mode. The caller's RNG state is kept."""
+    out = [copy.deepcopy(start).eval()] if start is not None else []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            out.append(build().eval())
+    return out
 
-    Works on a module in the middle of training: what it refers to outside itself (a ``_trainer``
-    attribute, as a LightningModule has) is not copied, and tensors that are outputs of a graph (e.g. a
-    cached last loss) are copied detached."""
-    memo: dict[int, object] = {}
-    for module in model.modules():
-        for name, value in vars(module).items():
-            if name == "_trainer" and value is not None:
-                memo[id(value)] = None
-            elif isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    clone = copy.deepcopy(model, memo)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in clone.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-            elif hasattr(module, "reset_running_stats"):
-                module.reset_running_stats()
-    return clone.eval()
+
+def _images(source: Images) -> Iterable[torch.Tensor]:
+    return source() if callable(source) else source
 
 
 class SurgeryPipeline:
-    """Fit (statistics + matching) and score (captions, null control) network surgery.
+    """Fit (statistics + matching) and score (captions, null control, decisions) network surgery.
 
     Args:
         standalone: the model to explain (eval mode is the caller's business).
@@ -104,10 +99,11 @@ class SurgeryPipeline:
         clip_layers: CLIP module names, in the cumulative swap order (default: ``visual.layer1..4``).
         score: ``reference`` (paper formula, exact statistics) or ``pearson``.
         matching: ``argmax`` (paper) or ``one_to_one``.
-        swap_fraction: best-matched fraction of each CLIP layer's channels to replace (1.0 = paper).
+        swap_fraction: best-matched fraction of each CLIP layer's channels to replace (1.0 = paper). With
+            1.0 the last layer's transplant alone decides CLIP's output, so only it is hooked.
         interpolation: resizing of transplanted maps.
         null_draws: random matchings for the null control.
-        seed: for the null matchings.
+        seed: for the null matchings and the bootstrap.
     """
 
     def __init__(
@@ -124,7 +120,7 @@ class SurgeryPipeline:
         null_draws: int = 8,
         seed: int = 0,
     ) -> None:
-        check_options(score, matching, swap_fraction, interpolation, null_draws, "share")
+        check_options(score, matching, swap_fraction, interpolation, null_draws, "reliance")
         self.standalone, self.clip, self.captions = standalone, clip, captions
         self.standalone_layers = resolve_layers(standalone, standalone_layers)
         self.clip_layers = resolve_layers(clip.model, clip_layers)
@@ -138,13 +134,25 @@ class SurgeryPipeline:
         self.plan: SurgeryPlan | None = None
         self.null_matchings: list[Matching] = []
         self.counts: ProbeCounts | None = None
-        self.baseline: Baseline | None = None
+        self.decisions: DecisionTable | None = None
+        self.reference: ReferenceOutcomes | None = None
+
+    @property
+    def swapped_layers(self) -> list[str]:
+        """The CLIP layers hooked for the full transplant (the last one alone when whole layers are swapped:
+        the same output, as near-constant channels are never swapped and barely move)."""
+        return self.clip_layers[-1:] if self.swap_fraction == 1.0 else self.clip_layers
 
     # ---- fit ----------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], object]:
+        """(feature maps of the hooked layers, the model's output) for one batch."""
+        model = self.standalone if model is None else model
+        with capture(model, self.standalone_layers) as acts:
+            out = model(images)
+        return dict(acts), out
+
     def standalone_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with capture(self.standalone, self.standalone_layers) as acts:
-            self.standalone(images)
-        return dict(acts)
+        return self.forward(images)[0]
 
     @torch.no_grad()
     def fit_batch(self, images: torch.Tensor, standalone_acts: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -157,44 +165,49 @@ class SurgeryPipeline:
             self.clip.encode_image(self.clip.preprocess(images))
         self.moments.update(s_acts, dict(c_acts))
 
-    def fit_finish(self, sum_fn: SumFn | None = None) -> SurgeryPlan:
-        """Reduces the sums across ranks (``sum_fn``), matches, selects swaps and draws the null matchings."""
+    def fit_plan(self, sum_fn: SumFn | None = None) -> SurgeryPlan:
+        """Reduces the sums across ranks (``sum_fn``), matches and selects swaps."""
         if sum_fn is not None:
             self.moments.all_reduce(sum_fn)
         self.plan = build_plan(self.moments, self.matching_method, self.swap_fraction)
-        gen = torch.Generator().manual_seed(self.seed)
-        self.null_matchings = [
-            random_matching(self.plan.s_valid, self.plan.c_valid, gen) for _ in range(self.null_draws)
-        ]
-        self.counts = ProbeCounts(self.captions, len(self.clip_layers), self.null_draws, self.text_features.device)
         return self.plan
+
+    def fit_finish(self, sum_fn: SumFn | None = None) -> SurgeryPlan:
+        """``fit_plan``, then the null matchings; the epoch's scoring starts afresh."""
+        plan = self.fit_plan(sum_fn)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.null_matchings = [random_matching(plan.s_valid, plan.c_valid, gen) for _ in range(self.null_draws)]
+        self.counts, self.decisions = None, None
+        return plan
+
+    def _new_counts(self) -> ProbeCounts:
+        refs = self.reference.refs if self.reference is not None else 0
+        return ProbeCounts(self.captions, 1, self.null_draws, self.text_features.device, references=refs)
 
     # ---- score --------------------------------------------------------------------------------
     def _similarity(self, clip_input: torch.Tensor) -> torch.Tensor:
         emb = F.normalize(self.clip.encode_image(clip_input).float(), dim=-1)
         return emb @ self.text_features.T  # [B, K]
 
+    def _swapped(self, x: torch.Tensor, plan: SurgeryPlan, maps: StandardizedMaps, matching=None) -> torch.Tensor:
+        with transplant(self.clip.model, plan, maps, self.swapped_layers, self.interpolation, matching):
+            return self._similarity(x)
+
     @torch.no_grad()
     def similarities(
         self, images: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sims [L + 1, B, K], null_sims [D, B, K]): level 0 runs CLIP with no hooks at all; level i swaps
-        CLIP layers 1..i; the null swaps all L layers under each random matching."""
+        """(sims [2, B, K], null_sims [D, B, K]): plain CLIP (no hooks at all), CLIP with every listed layer
+        transplanted, and the full transplant under each random matching (the null control)."""
         if self.plan is None:
             raise RuntimeError("call fit_finish() before scoring")
         if standalone_maps is None:
             standalone_maps = self.standalone_maps(images)
-        standalone_maps = StandardizedMaps(self.plan, standalone_maps)  # once per batch, shared by all swaps
+        maps = StandardizedMaps(self.plan, standalone_maps)  # once per batch, shared by all swaps
         x = self.clip.preprocess(images)
-        levels = [self._similarity(x)]
-        for i in range(1, len(self.clip_layers) + 1):
-            with transplant(self.clip.model, self.plan, standalone_maps, self.clip_layers[:i], self.interpolation):
-                levels.append(self._similarity(x))
-        null = []
-        for m in self.null_matchings:
-            with transplant(self.clip.model, self.plan, standalone_maps, self.clip_layers, self.interpolation, m):
-                null.append(self._similarity(x))
-        return torch.stack(levels), torch.stack(null) if null else levels[0].new_zeros(0, *levels[0].shape)
+        plain, swapped = self._similarity(x), self._swapped(x, self.plan, maps)
+        null = [self._swapped(x, self.plan, maps, m) for m in self.null_matchings]
+        return torch.stack([plain, swapped]), torch.stack(null) if null else plain.new_zeros(0, *plain.shape)
 
     @torch.no_grad()
     def score_batch(
@@ -203,52 +216,86 @@ class SurgeryPipeline:
         targets: torch.Tensor,
         standalone_maps: Mapping[str, torch.Tensor] | None = None,
         index: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores a batch. ``targets`` [n_concepts, B]: each image's value index per concept (-1 unknown).
-        ``index`` [B]: the images' ids, needed once a baseline exists (pairs each image with its baseline
-        outcome). Returns the per-image outcomes [len(METRICS), n_concepts, B]."""
+        """Scores a batch and records the model's predictions. ``targets`` [n_concepts, B]: each image's value
+        index per concept (-1 unknown). ``index`` [B]: the images' ids, needed once references exist (pairs
+        each image with its reference outcomes). Pass ``standalone_maps`` and ``logits`` together to reuse a
+        forward. Returns the per-image outcomes [len(METRICS), n_concepts, B]."""
+        if self.plan is None:
+            raise RuntimeError("call fit_finish() before scoring")
+        if self.counts is None:
+            self.counts = self._new_counts()
+        if standalone_maps is None:
+            standalone_maps, logits = self.forward(images)
+        self._record_decisions(logits, targets)
         sims, null = self.similarities(images, standalone_maps)
-        base = None
-        if self.baseline is not None:
+        ref = None
+        if self.reference is not None:
             if index is None:
-                raise ValueError("a baseline was computed: score_batch needs the images' index to pair them")
-            base = self.baseline.lookup(index)
-        return self.counts.update(sims, null, targets.to(sims.device), base)
+                raise ValueError("references were computed: score_batch needs the images' index to pair them")
+            ref = self.reference.lookup(index)
+        return self.counts.update(sims, null, targets.to(sims.device), ref)
 
-    def compute_baseline(
+    def _record_decisions(self, logits: object, targets: torch.Tensor) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            return  # no class scores: the decision-level verdict is unavailable (score_finish says so)
+        if self.decisions is None:
+            cards = [len(v) for v in self.captions.values]
+            self.decisions = DecisionTable(cards, logits.shape[1], self.text_features.device)
+        self.decisions.update(logits.argmax(dim=1).to(self.decisions.counts.device), targets.to(logits.device))
+
+    # ---- references ---------------------------------------------------------------------------
+    def compute_references(
         self,
-        fit_images: Iterable[torch.Tensor],
+        models: Sequence[nn.Module],
+        fit_images: Images,
         score_triples: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-        model: nn.Module | None = None,
         sum_fn: SumFn | None = None,
         image_size: int | None = None,
-    ) -> ProbeSummary:
-        """The same surgery on a reference model (default: ``random_init_copy(standalone, seed)``), fitted on
-        ``fit_images`` and scored on ``score_triples`` = (images, targets, index) batches: its per-image
-        outcomes are kept by index for the ``*_vs_init`` verdicts of every later ``score_batch``. Returns
-        the reference's own summary (its shares and retention). ``image_size`` lays out the sums on a rank
-        that has no fit images (DDP with tiny data)."""
-        ref = self._with_model(random_init_copy(self.standalone, self.seed) if model is None else model)
-        for images in fit_images:
-            ref.fit_batch(images)
-        if ref.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
+        total: int | None = None,
+    ) -> None:
+        """The same surgery on each reference network, fitted on ``fit_images`` (a sequence, or a function
+        returning a fresh iterable: it is read once per reference) and scored on ``score_triples`` =
+        (images, targets, index) batches; every later ``score_batch`` pairs its images with these outcomes by
+        index. ``image_size`` lays out the sums on a rank with no fit images (DDP with tiny data);
+        ``total`` (ids are below it) sizes the table that ranks share."""
+        plans = [self._reference_plan(m, fit_images, sum_fn, image_size) for m in models]
+        table = ReferenceOutcomes(len(models), len(METRICS), len(self.captions.names))
+        with torch.no_grad():
+            for images, targets, index in score_triples:
+                x = self.clip.preprocess(images)
+                plain = self._similarity(x).double()
+                outs = []
+                for model, plan in plans:
+                    maps = StandardizedMaps(plan, self.forward(images, model)[0])
+                    swapped = self._swapped(x, plan, maps).double()
+                    outs.append(image_outcomes(self.captions, plain, swapped, targets.to(plain.device).long()))
+                table.add(index, torch.stack(outs))
+        if sum_fn is not None:
+            table.all_reduce(sum_fn, self.text_features.device, total)
+        self.reference = table
+
+    def _reference_plan(
+        self, model: nn.Module, fit_images: Images, sum_fn: SumFn | None, image_size: int | None
+    ) -> tuple[nn.Module, SurgeryPlan]:
+        model = model.to(self.text_features.device).eval()
+        other = self._with_model(model)
+        for images in _images(fit_images):
+            other.fit_batch(images)
+        if other.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
             if image_size is None:
-                raise ValueError("compute_baseline got no fit images: pass image_size to join the reduction")
-            ref.moments.init_layout(ref.empty_activations(image_size))
-        ref.fit_finish(sum_fn)
-        baseline = Baseline(len(METRICS), len(self.captions.names))
-        for images, targets, index in score_triples:
-            baseline.add(index, ref.score_batch(images, targets))
-        self.baseline = baseline
-        return ref.score_finish(sum_fn, verdict="retention")
+                raise ValueError("compute_references got no fit images: pass image_size to join the reduction")
+            other.moments.init_layout(other.empty_activations(image_size))
+        return model, other.fit_plan(sum_fn)
 
     def _with_model(self, model: nn.Module) -> SurgeryPipeline:
-        """The same surgery (options, CLIP, captions, text embeddings, null seed) on another model of the same
+        """The same surgery (options, CLIP, captions, text embeddings, seed) on another model of the same
         architecture, with fresh sums."""
         other = copy.copy(self)
         other.standalone = model
         other.moments = CrossMoments(self.score)
-        other.plan, other.null_matchings, other.counts, other.baseline = None, [], None, None
+        other.plan, other.null_matchings, other.counts, other.decisions, other.reference = None, [], None, None, None
         return other
 
     @torch.no_grad()
@@ -262,18 +309,35 @@ class SurgeryPipeline:
             self.clip.encode_image(self.clip.preprocess(empty))
         return s_acts, {k: v[:0] for k, v in c_acts.items()}
 
+    # ---- summary ------------------------------------------------------------------------------
+    def _reduce_decisions(self, sum_fn: SumFn | None, max_fn: SumFn | None) -> None:
+        if sum_fn is None:
+            return
+        width = torch.tensor([float(self.decisions.classes if self.decisions else 0)], device=self.text_features.device)
+        width = int((max_fn(width) if max_fn is not None else width).item())
+        if self.decisions is None and width:  # this rank scored nothing: join with zero counts
+            self.decisions = DecisionTable([len(v) for v in self.captions.values], width, self.text_features.device)
+        if self.decisions is not None:
+            self.decisions.all_reduce(sum_fn)
+
     def score_finish(
         self,
         sum_fn: SumFn | None = None,
         max_fn: SumFn | None = None,
-        verdict: str = "retention",
+        verdict: str = "reliance",
         bootstrap: int = 2000,
+        min_effect: float | None = None,
     ) -> ProbeSummary:
-        if self.counts is None:
+        """Reduces every count across ranks and summarizes the epoch: all verdict metrics side by side, the
+        chosen one's outcome (``min_effect``: None = the verdict's default)."""
+        if self.plan is None:
             raise RuntimeError("call fit_finish() and score_batch() first")
+        if self.counts is None:  # nothing scored (on this rank): join the reductions with zero counts
+            self.counts = self._new_counts()
         if sum_fn is not None:
             self.counts.all_reduce(sum_fn, max_fn)
-        return self.counts.summary(verdict, bootstrap, self.seed)
+        self._reduce_decisions(sum_fn, max_fn)
+        return self.counts.summary(verdict, bootstrap, self.seed, min_effect, self.decisions)
 
     def to(self, device: torch.device | str) -> SurgeryPipeline:
         """Moves the CLIP and the text embeddings (the standalone model is the caller's)."""
@@ -282,33 +346,62 @@ class SurgeryPipeline:
         return self
 
     def reset(self) -> None:
-        """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused; the baseline,
-        which does not change with training, is kept)."""
+        """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused; the references,
+        which do not change with training, are kept)."""
         self.moments.reset()
-        self.plan, self.null_matchings, self.counts = None, [], None
+        self.plan, self.null_matchings, self.counts, self.decisions = None, [], None, None
 
 
-class Baseline:
-    """Per-image outcomes of the reference model, by image index (this rank's images)."""
+class ReferenceOutcomes:
+    """Per-image outcomes of the reference networks, by image id: [R, metrics, concepts, ids]."""
 
-    def __init__(self, metrics: int, concepts: int) -> None:
-        self.table = torch.full((metrics, concepts, 0), float("nan"), dtype=torch.float64)
+    def __init__(self, refs: int, metrics: int, concepts: int) -> None:
+        self.refs = refs
+        self.table = torch.full((refs, metrics, concepts, 0), float("nan"), dtype=torch.float64)
         self.scored = torch.zeros(0, dtype=torch.bool)
 
-    def add(self, index: torch.Tensor, outcomes: torch.Tensor) -> None:
-        index = index.long().cpu()
-        if index.numel() and int(index.max()) >= self.table.shape[-1]:
-            grow = int(index.max()) + 1 - self.table.shape[-1]
-            self.table = torch.cat([self.table, self.table.new_full((*self.table.shape[:2], grow), float("nan"))], -1)
+    def _grow(self, size: int) -> None:
+        if size > self.table.shape[-1]:
+            grow = size - self.table.shape[-1]
+            self.table = torch.cat([self.table, self.table.new_full((*self.table.shape[:3], grow), float("nan"))], -1)
             self.scored = torch.cat([self.scored, self.scored.new_zeros(grow)])
-        self.table[:, :, index] = outcomes.double().cpu()
+
+    def add(self, index: torch.Tensor, outcomes: torch.Tensor) -> None:
+        """``outcomes`` [R, metrics, concepts, B] of the images ``index`` [B]."""
+        index = index.long().cpu()
+        if index.numel():
+            self._grow(int(index.max()) + 1)
+        self.table[..., index] = outcomes.double().cpu()
         self.scored[index] = True
+
+    def all_reduce(self, sum_fn: SumFn, device: torch.device | str = "cpu", total: int | None = None) -> None:
+        """Every rank ends with every rank's images (each image is scored on one rank); ``total`` (ids are
+        below it) makes the tables of all ranks the same size."""
+        self._grow(int(total or 0))
+        values = torch.nan_to_num(self.table, nan=0.0)
+        defined = (~self.table.isnan()).double()
+        packed = torch.cat([values.reshape(-1), defined.reshape(-1), self.scored.double()])
+        packed = sum_fn(packed.to(device)).cpu()
+        n = values.numel()
+        v, d = packed[:n].view_as(values), packed[n : 2 * n].view_as(values)
+        self.table = torch.where(d > 0, v / d.clamp_min(1.0), float("nan"))
+        self.scored = packed[2 * n :] > 0
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         index = index.long().cpu()
         if index.numel() and (int(index.max()) >= self.table.shape[-1] or not bool(self.scored[index].all())):
             raise ValueError(
-                "an image scored now was not scored by the baseline (the scoring set must be the same images "
+                "an image scored now was not scored by the references (the scoring set must be the same images "
                 "every epoch)"
             )
-        return self.table[:, :, index]
+        return self.table[..., index]
+
+    def state_dict(self) -> dict:
+        return {"table": self.table.clone(), "scored": self.scored.clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ReferenceOutcomes:
+        refs, metrics, concepts, _ = state["table"].shape
+        out = cls(refs, metrics, concepts)
+        out.table, out.scored = state["table"].clone(), state["scored"].clone()
+        return out
