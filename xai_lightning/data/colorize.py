@@ -95,6 +95,21 @@ def assign_colors(
     return np.where(follows, labels % num_colors, random_colors).astype(np.int64)
 
 
+def assign_conflicts(labels: np.ndarray, num_colors: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Biased colours with an exact number of conflicts: ``round(fraction * N)`` samples, chosen by a seeded
+    permutation, get a colour other than their class's (uniform among the others); the rest get their class's
+    colour ``c mod K``. The graded-reliance knob: unlike ``bias_strength`` (a coin per sample), the count of
+    conflicting samples is fixed, so a small fraction (0.1% - 5%) means the same thing on every seed."""
+    if num_colors < 2:
+        raise ValueError("conflict_fraction needs at least 2 colours")
+    n = len(labels)
+    colors = (labels % num_colors).astype(np.int64)
+    chosen = rng.permutation(n)[: int(round(fraction * n))]
+    shift = rng.integers(1, num_colors, size=len(chosen))  # another colour, uniformly
+    colors[chosen] = (colors[chosen] + shift) % num_colors
+    return colors
+
+
 def colorize(intensity: torch.Tensor, color: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
     """Coloured images from intensities.
 

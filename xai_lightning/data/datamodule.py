@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from xai_lightning.data.colorize import COLOR_MODES, GRAY, ColorSpec, assign_colors, colorize, resolve_colors
+from xai_lightning.data.colorize import (
+    COLOR_MODES,
+    GRAY,
+    ColorSpec,
+    assign_colors,
+    assign_conflicts,
+    colorize,
+    resolve_colors,
+)
 from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
 from xai_lightning.io import atomic_write
 
@@ -108,6 +116,9 @@ class ColorMNISTDataModule(L.LightningDataModule):
         colors: palette names (``red``, ``green``, ...) or ``{name: [r, g, b]}``.
         color_mode: ``biased`` | ``random`` | ``grayscale`` for train/val/test.
         bias_strength: probability that a ``biased`` sample has its class's colour (else random).
+        conflict_fraction: instead of ``bias_strength``, the exact fraction of ``biased`` train and test samples
+            whose colour is another class's (seeded; e.g. 0.001 - 0.05). A few conflicting digits decide
+            how much a model relies on colour: the graded-reliance knob of the validation suite.
         label_mode: ``digit`` (the label is the digit's class) | ``random`` (every split's labels drawn
             uniformly at random, independently of digit and colour, seeded and fixed per image: a model trains
             and changes its features but can rely on neither concept; colours still follow the digit under
@@ -127,6 +138,7 @@ class ColorMNISTDataModule(L.LightningDataModule):
         colors: Sequence[ColorSpec] = ("red", "green"),
         color_mode: str = "biased",
         bias_strength: float = 1.0,
+        conflict_fraction: float | None = None,
         label_mode: str = "digit",
         gray_fraction: float = 0.0,
         train_per_class: int = 5000,
@@ -157,6 +169,14 @@ class ColorMNISTDataModule(L.LightningDataModule):
         self.rgb = torch.from_numpy(rgb)
         if color_mode not in COLOR_MODES:
             raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
+        if conflict_fraction is not None:
+            if not 0.0 <= float(conflict_fraction) <= 1.0:
+                raise ValueError(f"conflict_fraction={conflict_fraction} is outside [0, 1]")
+            if float(bias_strength) != 1.0:
+                raise ValueError("give either bias_strength or conflict_fraction, not both")
+            if color_mode != "biased":
+                raise ValueError(f"conflict_fraction needs color_mode 'biased', got {color_mode!r}")
+        self.conflict_fraction = None if conflict_fraction is None else float(conflict_fraction)
         if label_mode not in LABEL_MODES:
             raise ValueError(f"unknown label_mode {label_mode!r}; allowed: {', '.join(LABEL_MODES)}")
         self.label_mode = label_mode
@@ -221,6 +241,7 @@ class ColorMNISTDataModule(L.LightningDataModule):
             "rgb": self.rgb.tolist(),
             "color_mode": self.color_mode,
             "bias_strength": self.bias_strength,
+            "conflict_fraction": self.conflict_fraction,
             "label_mode": self.label_mode,
             "gray_fraction": self.gray_fraction,
             "sizes": self.sizes,
@@ -241,7 +262,10 @@ class ColorMNISTDataModule(L.LightningDataModule):
             labels = class_of[digits]  # class index = position in self.digits
             mode = self.color_mode if split in ("train", "test") else "random"
             rng = np.random.default_rng([self.seed, code, 99])
-            colors = assign_colors(labels, len(self.color_names), mode, self.bias_strength, rng, self.gray_fraction)
+            if mode == "biased" and self.conflict_fraction is not None:
+                colors = assign_conflicts(labels, len(self.color_names), self.conflict_fraction, rng)
+            else:
+                colors = assign_colors(labels, len(self.color_names), mode, self.bias_strength, rng, self.gray_fraction)
             targets = labels
             if self.label_mode == "random":  # own stream: the digits and colours are those of label_mode digit
                 targets = np.random.default_rng([self.seed, code, 123]).integers(0, len(self.digits), len(labels))

@@ -1,0 +1,221 @@
+"""Calibration: how often does the probe name a concept for models that rely on nothing?
+
+    python experiments/calibration.py OUT [--trained-seeds 0 1 2] [--untrained-seeds 0 ... 9]
+        [--train-per-class 1000] [-- FIT_ARGS...]
+
+Two families of null models, every verdict metric side by side:
+
+* ``random labels``: the quickstart (``configs/quickstart.yaml``, ``--data.label_mode random``) trained
+  on labels drawn independently of digit and colour: the features change, no concept predicts the label.
+  Every probed epoch is one test (and each run's final epoch). Trained through the CLI, as users do.
+* ``untrained``: a freshly initialised ResNet-50 (seed s) probed against 3 reference networks that exclude
+  its own weights (re-initialisations under other seeds), on the quickstart probe set: tests the
+  between-network part of the surgery's interval (the decision-level reliance of an untrained network is 0:
+  it predicts one class).
+
+A false positive is any named concept (``none`` and ``undecided`` are not). The rate comes with a
+Clopper-Pearson 95% interval. The counterfactual flip rates of each null model are reported beside it: a
+model trained on random labels can still, by chance, let colour or shape decide its predictions on new
+images, which the counterfactual then shows.
+
+Writes OUT/calibration.json and OUT/calibration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from validate_verdict import Scenario, epoch_rows, run_one  # the suite next to this script
+
+from xai_lightning.callbacks.counterfactual import color_counterfactual, shape_counterfactual
+from xai_lightning.clip import load_clip
+from xai_lightning.data import ColorMNISTDataModule
+from xai_lightning.io import atomic_write_text
+from xai_lightning.models import ClassifierModule
+from xai_lightning.report import load_run
+from xai_lightning.surgery import DEFAULT_CONCEPTS, SurgeryPipeline, reference_models, resolve_concepts
+from xai_lightning.surgery.holdout import holdout_mask
+from xai_lightning.verdict import VERDICTS, counterfactual_truth
+
+CONCEPTS = ["shape", "color"]
+
+
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), float("nan")
+    lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    return lo, hi
+
+
+def trained_nulls(out: str, seeds: list[int], train_per_class: int, extra: list[str]) -> list[dict]:
+    rows = []
+    for s in seeds:
+        args = ["--data.init_args.label_mode", "random", "--data.init_args.train_per_class", str(train_per_class)]
+        sc = Scenario(f"random_labels_s{s}", "random labels", args, s)
+        run_dir = run_one(out, sc, extra, {})
+        rows += epoch_rows(sc.name, sc.family, load_run(os.path.join(run_dir, "biased")).epochs)
+    return rows
+
+
+@torch.no_grad()
+def _counterfactual(model, dm) -> tuple[float, float]:
+    counts = torch.zeros(4)
+    for b in dm.dataloader("probe_set"):
+        pred = model(b["image"]).argmax(-1)
+        xc, okc = color_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
+        xs, oks = shape_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
+        counts += torch.tensor(
+            [
+                ((model(xc).argmax(-1) != pred) & okc).sum(),
+                okc.sum(),
+                ((model(xs).argmax(-1) != pred) & oks).sum(),
+                oks.sum(),
+            ]
+        ).float()
+    return float(counts[0] / counts[1]), float(counts[2] / counts[3])
+
+
+@torch.no_grad()
+def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
+    """Each untrained network against 3 re-initialisations under other seeds, on the quickstart probe set."""
+    dm = ColorMNISTDataModule(
+        data_dir=os.path.join(out, "data"),
+        train_per_class=5,
+        test_per_class=5,
+        real_world_per_class=5,
+        probe_per_class=500,
+        image_size=32,
+        eval_batch_size=250,
+    )
+    dm.setup()
+    clip = load_clip({"embedded": "colordigits"})
+    captions = resolve_concepts(DEFAULT_CONCEPTS, dm.attributes)
+    batches = list(dm.dataloader("probe_set"))
+
+    def fit_images():
+        for b in batches:
+            yield b["image"][holdout_mask(b["index"], fit=True)]
+
+    def scored():
+        for b in batches:
+            keep = holdout_mask(b["index"], fit=False)
+            yield b["image"][keep], torch.stack([b["digit_index"], b["color"]])[:, keep], b["index"][keep]
+
+    rows = []
+    for s in seeds:
+        t0 = time.time()
+        torch.manual_seed(s)
+        model = ClassifierModule(num_classes=2).eval()
+        pipe = SurgeryPipeline(model, clip, captions, "convs", "stages", null_draws=8)
+        for x in fit_images():
+            pipe.fit_batch(x)
+        pipe.fit_finish()
+        build = lambda: ClassifierModule(num_classes=2)  # noqa: E731
+        pipe.compute_references(reference_models(build, [100_000 + 10 * s + k for k in range(3)]), fit_images, scored())
+        for x, t, i in scored():
+            pipe.score_batch(x, t, index=i)
+        pipe.score_finish(bootstrap=2000)
+        cf_color, cf_shape = _counterfactual(model, dm)
+        row = {"run": f"untrained_s{s}", "family": "untrained", "epoch": 0, "cf_color": cf_color, "cf_shape": cf_shape}
+        row["truth"] = counterfactual_truth(cf_color, cf_shape)
+        for v in VERDICTS:
+            summary = pipe.counts.summary(v, 2000, pipe.seed, None, pipe.decisions)
+            row[f"outcome/{v}"] = summary.outcome.name
+            for c in CONCEPTS:
+                for k in ("", "_lo", "_hi"):
+                    row[f"{v}{k}/{c}"] = summary.metrics[f"effect_{v}{k}/{c}"]
+        print(
+            f"[calibration] untrained seed {s}: "
+            + ", ".join(f"{v} {row[f'outcome/{v}']}" for v in VERDICTS)
+            + f" ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def rates(rows: list[dict]) -> dict:
+    out = {}
+    for v in VERDICTS:
+        named = [r for r in rows if r.get(f"outcome/{v}") in CONCEPTS]
+        lo, hi = clopper_pearson(len(named), len(rows))
+        rate = len(named) / len(rows) if rows else float("nan")
+        out[v] = {"false_positives": len(named), "n": len(rows), "rate": rate, "lo": lo, "hi": hi}
+    return out
+
+
+def markdown(families: dict[str, list[dict]], header: list[str]) -> str:
+    lines = [*header, "", "## False-positive rate (any named concept), 95% Clopper-Pearson interval", ""]
+    lines += ["| null family | tests | " + " | ".join(VERDICTS) + " |", "|---|---|" + "---|" * len(VERDICTS)]
+    for name, rows in families.items():
+        r = rates(rows)
+        cells = [
+            f"{r[v]['false_positives']}/{r[v]['n']} = {r[v]['rate']:.2f} [{r[v]['lo']:.2f}, {r[v]['hi']:.2f}]"
+            for v in VERDICTS
+        ]
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Every null model",
+        "",
+        "| model | epoch | cf colour / shape | truth | " + " | ".join(VERDICTS) + " | reliance colour / shape |",
+        "|---|---|---|---|" + "---|" * len(VERDICTS) + "---|",
+    ]
+    for rows in families.values():
+        for r in rows:
+            rel = f"{r['reliance/color']:+.3f} / {r['reliance/shape']:+.3f}" if "reliance/color" in r else "–"
+            lines.append(
+                f"| {r['run']} | {r['epoch']} | {r['cf_color']:.3f} / {r['cf_shape']:.3f} | {r['truth']} | "
+                + " | ".join(r.get(f"outcome/{v}", "–") for v in VERDICTS)
+                + f" | {rel} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in argv:
+        extra, argv = argv[argv.index("--") + 1 :], argv[: argv.index("--")]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--trained-seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--untrained-seeds", type=int, nargs="*", default=list(range(10)))
+    ap.add_argument("--train-per-class", type=int, default=1000)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    trained = trained_nulls(args.out, args.trained_seeds, args.train_per_class, extra)
+    untrained = untrained_nulls(args.out, args.untrained_seeds)
+    finals = {r["run"]: r for r in trained}  # the last probed epoch of each run
+    families = {
+        "random labels (every probed epoch)": trained,
+        "random labels (final epoch)": list(finals.values()),
+        "untrained vs references without it": untrained,
+    }
+    families = {name: rows for name, rows in families.items() if rows}
+    wall = time.time() - t0
+    result = {name: {"rates": rates(rows), "rows": rows} for name, rows in families.items()}
+    result["seconds"] = wall
+    atomic_write_text(os.path.join(args.out, "calibration.json"), json.dumps(result, indent=1) + "\n")
+    header = [
+        "# Calibration: models that rely on nothing",
+        "",
+        f"`python experiments/calibration.py {' '.join(sys.argv[1:])}`: {len(args.trained_seeds)} runs of the "
+        f"quickstart on random labels ({args.train_per_class} training digits per class), "
+        f"{len(args.untrained_seeds)} untrained ResNet-50s against 3 references each; {wall:.0f} s.",
+    ]
+    atomic_write_text(os.path.join(args.out, "calibration.md"), markdown(families, header))
+    print(open(os.path.join(args.out, "calibration.md")).read())
+
+
+if __name__ == "__main__":
+    main()
