@@ -174,3 +174,71 @@ def test_download_failure_explains_offline_alternatives(tmp_path, monkeypatch):
     dm = ColorMNISTDataModule(source="mnist", data_dir=str(tmp_path), **SMALL)
     with pytest.raises(RuntimeError, match=r"could not download mnist.*--data.source synthetic.*\.npz"):
         dm.prepare_data()
+
+
+def test_conflict_fraction_plants_an_exact_seeded_number_of_conflicts_per_split(tmp_path):
+    kw = dict(
+        data_dir=str(tmp_path),
+        train_per_class=500,
+        test_per_class=250,
+        real_world_per_class=5,
+        probe_per_class=5,
+        image_size=28,
+        colors=["red", "green", "blue"],
+        digits=[1, 4, 7],
+    )
+    dm = ColorMNISTDataModule(conflict_fraction=0.02, seed=3, **kw)
+    dm.setup()
+    for split, n in (("train", 1500), ("test", 750)):
+        labels = torch.from_numpy(dm._load_or_generate(write=False)[f"{split}.digit_index"])
+        colors = torch.from_numpy(dm._load_or_generate(write=False)[f"{split}.color"])
+        assert len(labels) == n and int((colors != labels % 3).sum()) == round(0.02 * n)  # exactly 2%
+        assert bool((colors >= 0).all())
+    same = ColorMNISTDataModule(conflict_fraction=0.02, seed=3, **kw)
+    other = ColorMNISTDataModule(conflict_fraction=0.02, seed=4, **kw)
+    same.setup()
+    other.setup()
+    assert torch.equal(same.datasets["train"].color, dm.datasets["train"].color)  # seeded
+    assert not torch.equal(other.datasets["train"].color, dm.datasets["train"].color)
+    assert dm.cache_key() != ColorMNISTDataModule(conflict_fraction=0.01, seed=3, **kw).cache_key()
+    with pytest.raises(ValueError, match="either bias_strength or conflict_fraction"):
+        ColorMNISTDataModule(conflict_fraction=0.02, bias_strength=0.9, **kw)
+    with pytest.raises(ValueError, match="needs color_mode 'biased'"):
+        ColorMNISTDataModule(conflict_fraction=0.02, color_mode="random", **kw)
+
+
+def test_random_labels_are_independent_of_digit_and_colour_and_the_digit_stays_readable(tmp_path):
+    dm = ColorMNISTDataModule(
+        data_dir=str(tmp_path),
+        label_mode="random",
+        train_per_class=2000,
+        test_per_class=5,
+        real_world_per_class=5,
+        probe_per_class=5,
+        image_size=28,
+        seed=2,
+    )
+    dm.setup()
+    train = dm.datasets["train"]
+    assert torch.equal(train.color, train.digit_index)  # biased colours still follow the digit
+    table = torch.zeros(2, 2)
+    for lab, d in zip(train.label.tolist(), train.digit_index.tolist()):
+        table[lab, d] += 1
+    expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
+    assert float(((table - expected) ** 2 / expected).sum()) < 10.83  # label independent of digit (and colour)
+    assert torch.equal(torch.tensor([5, 8])[train.digit_index], train.digit)
+    again = ColorMNISTDataModule(
+        data_dir=str(tmp_path / "b"),
+        label_mode="random",
+        train_per_class=2000,
+        test_per_class=5,
+        real_world_per_class=5,
+        probe_per_class=5,
+        image_size=28,
+        seed=2,
+    )
+    again.setup()
+    assert torch.equal(again.datasets["train"].label, train.label)  # fixed per image
+    assert dm.attribute_keys["digit"] == "digit_index"
+    with pytest.raises(ValueError, match="allowed: digit, random"):
+        ColorMNISTDataModule(label_mode="shuffled")
