@@ -1,0 +1,110 @@
+"""ConceptAlarm on a scripted probe: fires at the right epoch, stops when asked, never on none/undecided."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+
+from tests.callbacks.test_surgery_probe import _trainer
+from tests.helpers.modules import TinyClassifier, tiny_datamodule
+from xai_lightning.callbacks import ConceptAlarm, SurgeryProbe
+from xai_lightning.callbacks.concept_alarm import alarm_step
+
+
+class ScriptedProbe(SurgeryProbe):
+    """A SurgeryProbe whose outcome per epoch is given (no CLIP, no surgery): what the alarm reads."""
+
+    def __init__(self, script: list[str]) -> None:
+        super().__init__()
+        self.script = script
+
+    def setup(self, trainer, pl_module, stage):
+        pass
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        pass
+
+    def on_validation_batch_start(self, *args, **kwargs):
+        pass
+
+    def on_validation_batch_end(self, *args, **kwargs):
+        pass
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        outcome = self.script[trainer.current_epoch]
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "outcome": outcome,
+                "probe/effect/color": 0.4,
+                "probe/effect_lo/color": 0.3,
+                "probe/effect_hi/color": 0.5,
+            }
+        )
+
+
+def _alarm_rows(log_dir) -> dict[int, float]:
+    rows = csv.DictReader(open(os.path.join(log_dir, "csv", "version_0", "metrics.csv")))
+    return {int(float(r["epoch"])): float(r["alarm/color"]) for r in rows if r.get("alarm/color")}
+
+
+def _epochs(log_dir) -> int:
+    rows = csv.DictReader(open(os.path.join(log_dir, "csv", "version_0", "metrics.csv")))
+    return 1 + max(int(float(r["epoch"])) for r in rows if r.get("epoch"))
+
+
+def test_alarm_step_counts_named_epochs_in_a_row_and_fires_once():
+    streaks, fired, seen = {}, {}, []
+    for epoch, named in enumerate(["color", "undecided", "color", "color", "color", "none"]):
+        streaks, fire = alarm_step(streaks, named, ["color", "shape"], 2, fired)
+        fired.update({c: epoch for c in fire})
+        seen.append((streaks["color"], fire))
+    assert seen == [(1, []), (0, []), (1, []), (2, ["color"]), (3, []), (0, [])]
+
+
+@pytest.mark.parametrize(
+    "script, patience, stop, fired_at, epochs",
+    [
+        (["none", "undecided (leaning color)", "color", "color", "color"], 2, False, 3, 5),
+        (["none", "color", "color", "color", "color"], 2, True, 2, 3),  # stopped after epoch 2: 2 epochs saved
+        (["shape", "none", "undecided (leaning color)", "shape", "none"], 1, True, None, 5),  # never fires
+    ],
+)
+def test_alarm_fires_at_the_right_epoch_and_stops_when_asked(tmp_path, script, patience, stop, fired_at, epochs):
+    alarm = ConceptAlarm(spurious=["color"], patience=patience, stop=stop)
+    trainer = _trainer(
+        tmp_path, [ScriptedProbe(script), alarm], max_epochs=len(script), limit_train_batches=1, limit_val_batches=1
+    )
+    trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert alarm.fired == ({} if fired_at is None else {"color": fired_at})
+    assert _alarm_rows(tmp_path) == ({} if fired_at is None else {fired_at: float(fired_at)})
+    assert _epochs(tmp_path) == epochs
+
+
+@pytest.mark.ddp
+def test_alarm_stops_every_rank_of_two_processes(tmp_path):
+    alarm = ConceptAlarm(spurious=["color"], patience=1, stop=True)
+    trainer = _trainer(
+        tmp_path,
+        [ScriptedProbe(["none", "color", "color", "color"]), alarm],
+        max_epochs=4,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        devices=2,
+        strategy="ddp_spawn",
+    )
+    trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert _alarm_rows(tmp_path) == {1: 1.0} and _epochs(tmp_path) == 2
+
+
+def test_bad_alarm_arguments(tmp_path):
+    with pytest.raises(ValueError, match="patience=0 must be >= 1"):
+        ConceptAlarm(patience=0)
+    with pytest.raises(ValueError, match="allowed: reliance, share"):
+        ConceptAlarm(verdict="vibes")
+    with pytest.raises(ValueError, match="add a SurgeryProbe"):
+        _trainer(tmp_path, [ConceptAlarm()], max_epochs=1).fit(TinyClassifier(), tiny_datamodule(str(tmp_path)))
