@@ -40,3 +40,5 @@ python -m xai_lightning fit --config configs/quickstart.yaml "${extra[@]}" "$@"
 python -m xai_lightning fit --config configs/quickstart_debiased.yaml "${extra[@]}" "$@"
 python -m xai_lightning.report "$out/biased" "$out/debiased" --out "$out" --names biased debiased
 echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"
+echo "dashboard: after \`wandb sync $out/wandb/offline-run-*\` (if offline), run"
+echo "  python -m xai_lightning.dashboard --entity <your W&B entity> --project xai-lightning --group $XAI_GROUP"

@@ -92,3 +92,32 @@ def probe_keys(
         keys += _fill(PROBE_REFERENCE, c=concepts)
     keys += _fill(PROBE_CAPTION, k=caption_keys) + _fill(PROBE_LAYER, l=clip_layers) + list(PROBE_SCALAR)
     return keys
+
+
+ALL_PATTERNS = (
+    PROBE_CONCEPT
+    + PROBE_METRIC
+    + PROBE_METRIC_SCALAR
+    + PROBE_REFERENCE
+    + PROBE_CAPTION
+    + PROBE_LAYER
+    + PROBE_SCALAR
+    + PROBE_ONCE
+    + ALARM
+    + COUNTERFACTUAL
+    + TIMER
+    + CLASSIFIER
+)
+
+
+def known(key: str) -> bool:
+    """Whether a concrete key (``probe/effect/color``) is one of the documented names."""
+    import re
+
+    for pattern in ALL_PATTERNS:
+        regex = re.escape(pattern)
+        for ph in ("c", "k", "l", "m"):
+            regex = regex.replace(re.escape("{" + ph + "}"), ".+")
+        if re.fullmatch(regex, key):
+            return True
+    return False
