@@ -153,3 +153,138 @@ def test_unknown_layer_through_the_callback_lists_available_names(tmp_path, clip
     )
     with pytest.raises(ValueError, match=r"unknown layer 'net.conv9'.*net\.conv1"):
         trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+
+
+TINY = [
+    "--data.init_args.train_per_class",
+    "10",
+    "--data.init_args.test_per_class",
+    "4",
+    "--data.init_args.real_world_per_class",
+    "4",
+    "--data.init_args.probe_per_class",
+    "20",
+    "--model.init_args.backbone",
+    "resnet18",
+    "--trainer.logger",
+    "lightning.pytorch.loggers.CSVLogger",
+]
+
+
+def _cli_error(capsys, *args) -> str:
+    """Runs the CLI, expects the one-line user error (exit 2), returns it."""
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"), *args])
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1] == "(set XAI_DEBUG=1 for the traceback)" and err[-2].startswith("error: ")
+    return err[-2]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.init_args.digits", "[12]"], "error: digits [12]: each must be in 0-9 (got [12])"),
+        (["--data.init_args.digits", "[5]"], "error: digits [5]: give at least 2 digits"),
+        (["--data.init_args.digits", "[1,4,7]"], "digit 7 would share red with digit 1); give at least 3 colours"),
+        (["--data.init_args.bias_strength", "1.5"], "error: bias_strength=1.5 is outside [0, 1]"),
+        (["--data.init_args.colors", "[red,mauve]"], "error: unknown color 'mauve'; allowed names: red, green"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_option(tmp_path, capsys, args, message):
+    assert message in _cli_error(capsys, "--data.init_args.data_dir", str(tmp_path), *args)
+
+
+def test_unreadable_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path, capsys):
+    foreign = tmp_path / "weights.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    assert f"{foreign} is not a Lightning checkpoint" in _cli_error(capsys, "--ckpt_path", str(foreign))
+    real = tmp_path / "real.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"w": torch.zeros(1000)}}, real)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(real.read_bytes()[:700])
+    assert f"{truncated} is not a readable checkpoint" in _cli_error(capsys, "--ckpt_path", str(truncated))
+    bad_npz = tmp_path / "digits.npz"
+    bad_npz.write_bytes(os.urandom(2000))
+    msg = _cli_error(
+        capsys,
+        "--data.init_args.source",
+        str(bad_npz),
+        "--data.init_args.data_dir",
+        str(tmp_path),
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        *TINY,
+    )
+    assert f"{bad_npz} is not a readable .npz" in msg
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    hparams = {"_class_path": "xai_lightning.models.ClassifierModule", "backbone": "resnet50", "num_classes": 2}
+    torch.save({"pytorch-lightning_version": "2.6.0", "hyper_parameters": hparams, "state_dict": {}}, ckpt)
+    msg = _cli_error(capsys, "--ckpt_path", str(ckpt), "--model.init_args.backbone", "resnet18")
+    assert "holds a model with backbone='resnet50', the command asks for 'resnet18'" in msg
+
+
+def test_a_new_fit_into_a_folder_that_holds_a_run_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
+    old = tmp_path / "runs" / "biased" / "version_0"
+    old.mkdir(parents=True)
+    (old / "metrics.csv").write_text("epoch,val/acc\n0,0.5\n")
+    msg = _cli_error(
+        capsys,
+        "--data.init_args.data_dir",
+        str(tmp_path / "data"),
+        "--trainer.logger.save_dir",
+        str(tmp_path / "runs"),
+        *TINY[:-2],
+    )
+    assert "already holds a run (version_0); resume it with --ckpt_path last" in msg
+
+
+def test_a_full_disk_leaves_the_old_checkpoint_and_says_which_folder(tmp_path, monkeypatch):
+    import errno
+
+    from xai_lightning.checkpoint_io import AtomicCheckpointIO
+    from xai_lightning.errors import CheckpointError
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "best.ckpt"
+    io.save_checkpoint({"epoch": 0}, path)
+    before = path.read_bytes()
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=f"no space left on the device of {tmp_path / 'ckpts'}"):
+        io.save_checkpoint({"epoch": 1}, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path / "ckpts") == ["best.ckpt"]  # nothing half-written
+
+
+def test_sigterm_exits_143_after_checkpointing_the_last_epoch(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XAI_RUN_DIR=str(tmp_path / "runs"), WANDB_MODE="disabled", PYTHONPATH=ROOT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "xai_lightning",
+        "fit",
+        "--config",
+        os.path.join(ROOT, "configs", "quickstart.yaml"),
+        "--data.init_args.data_dir",
+        str(tmp_path / "data"),
+        *TINY[:-2],
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.callbacks+=tests.helpers.modules.SelfTerminate",
+    ]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "terminated (SIGTERM)" in done.stderr
+    last = torch.load(tmp_path / "runs" / "biased" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 0  # the completed epoch before the signal

@@ -1,21 +1,35 @@
 """Command line: ``python -m xai_lightning fit|validate|test|predict --config FILE``.
 
 A ``LightningCLI`` in omegaconf parser mode (configs may use ``${...}`` interpolation). Values that
-must agree are linked from the datamodule to the model (``num_classes``; ``class_names`` and
-``color_names`` for models that take them).
+must agree are linked from the datamodule to the model (``num_classes``). Errors that are the user's to
+fix (a bad option, an unreadable checkpoint, a full disk) print as one line; ``XAI_DEBUG=1`` shows the
+traceback. A run stopped by SIGTERM (a preempted job, ``timeout``) exits with 143 after its last
+completed epoch was checkpointed, so schedulers see it failed.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
+import os
+import re
+import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from xai_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable
+from xai_lightning.errors import ConfigError, UserError
 from xai_lightning.io import check_writable
 from xai_lightning.loggers import WandbLogger
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a terminated process
 
 
 class SaveConfigToRun(SaveConfigCallback):
@@ -26,15 +40,59 @@ class SaveConfigToRun(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.mode != "disabled":
                 config = self.parser.dump(self.config, skip_none=False, format="json")
-                import json
-
                 logger.experiment.config.update({"cli": json.loads(config)}, allow_val_change=True)
+
+
+def _first_reason(err: BaseException) -> str:
+    """The user's sentence inside jsonargparse's wrapping (``Does not validate against any of the Union
+    subtypes ... - digits [12]: each must be in 0-9``), else the message's first line."""
+    text = str(err)
+    reasons = [m.strip() for m in re.findall(r"^\s+- (.+)$", text, flags=re.M) if "Expected a <class" not in m]
+    return reasons[0] if reasons else text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 class XAILightningCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+            raise ConfigError(_first_reason(err)) from err
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Resuming restores the checkpoint's model: refuse a command that asks for another one."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and os.path.isfile(path):
+            hparams = dict(check_resumable(path).get("hyper_parameters", {}) or {})
+            given = self.config[sub].get("model")
+            given = dict(getattr(given, "init_args", {}) or {}) if given is not None else {}
+            clash = {
+                k: (v, given[k])
+                for k, v in hparams.items()
+                if not k.startswith("_") and k in given and given[k] != v and k != "num_classes"
+            }
+            if clash:
+                k, (saved, asked) = next(iter(clash.items()))
+                raise ConfigError(
+                    f"--ckpt_path {path} holds a model with {k}={saved!r}, the command asks for {asked!r}; resuming "
+                    f"restores the checkpoint's model: drop --model.init_args.{k}, or start a new run without "
+                    "--ckpt_path"
+                )
+        super()._parse_ckpt_path()
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _check_outputs(self) -> None:
         """Every output location must be writable before training starts (not after the first epoch)."""
@@ -51,8 +109,25 @@ class XAILightningCLI(LightningCLI):
             for path in sorted(paths):
                 check_writable(path)
 
+    def _check_not_a_rerun(self) -> None:
+        """A new fit into a run directory that already holds a run would mix two runs (the report merges a
+        run's versions, which is right only for a resume): refuse, say how to resume or where to go."""
+        sub = self.config.get("subcommand")
+        if sub != "fit" or self.config[sub].get("ckpt_path"):
+            return
+        for logger in self.trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                root = os.path.join(logger.save_dir, logger.name or "")
+                old = sorted(glob.glob(os.path.join(root, "version_*", "metrics.csv")))
+                if old:
+                    raise ConfigError(
+                        f"{root} already holds a run ({os.path.basename(os.path.dirname(old[-1]))}); resume it with "
+                        "--ckpt_path last, or start a new run elsewhere (XAI_RUN_DIR=... or --trainer.default_root_dir)"
+                    )
+
     def before_fit(self) -> None:
         self._check_outputs()
+        self._check_not_a_rerun()
 
     def before_validate(self) -> None:
         self._check_outputs()
@@ -61,20 +136,42 @@ class XAILightningCLI(LightningCLI):
         self._check_outputs()
 
 
+def _quiet() -> None:
+    """Silence what is not the user's business (library deprecations, tips)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*The anonymous setting has no effect.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for name in ("", "lightning.pytorch", "lightning.fabric"):  # the handlers every message passes through
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(lambda record: "litlogger" not in record.getMessage())
+
+
 def main(args: list[str] | None = None, run: bool = True) -> XAILightningCLI:
     """Entry point; ``args`` replaces ``sys.argv[1:]`` (tests drive the CLI this way)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet()
     kwargs: dict[str, Any] = {}
     if not run:
         kwargs["run"] = False
-    return XAILightningCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=SaveConfigToRun,
-        parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
-        seed_everything_default=0,
-        args=args,
-        **kwargs,
-    )
+    try:
+        return XAILightningCLI(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigToRun,
+            parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+            seed_everything_default=0,
+            args=args,
+            **kwargs,
+        )
+    except SIGTERMException:
+        sys.stderr.write(
+            "terminated (SIGTERM): the last completed epoch is in last.ckpt; resume with --ckpt_path last\n"
+        )
+        raise SystemExit(SIGTERM_EXIT) from None
+    except UserError as err:
+        if os.environ.get("XAI_DEBUG"):
+            raise
+        sys.stderr.write(f"error: {err}\n(set XAI_DEBUG=1 for the traceback)\n")
+        raise SystemExit(2) from None

@@ -1,8 +1,9 @@
-"""A W&B logger that never hangs or crashes for lack of an account or a network.
+"""A W&B logger that never hangs or crashes for lack of an account, a network or a healthy server.
 
-Online when the user is logged in and the W&B server answers; otherwise offline, with one log line
-that says why and how to upload the run later (``wandb sync``). ``WANDB_MODE`` and ``offline=True``
-are respected as given.
+Online when the user is logged in and the W&B server answers without a server error (HTTP 5xx) within a
+few seconds; otherwise offline, with one log line that says why and how to upload the run later
+(``wandb sync``). ``WANDB_MODE=offline|disabled`` and ``offline=True`` are respected as given;
+``WANDB_MODE=online`` without a login is an error that says how to log in (it is never silently offline).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from xai_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +45,40 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _server_error(url: str, timeout: float = 3.0) -> str | None:
+    """Why the W&B server at ``url`` cannot take a run (no answer, or an HTTP 5xx), or None when it can."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        return f"answered HTTP {err.code}" if err.code >= 500 else None  # 4xx: alive, just not this path
+    except (OSError, ValueError) as err:
+        return f"did not answer ({type(err).__name__})"
+    return None
+
+
 def decide_wandb_mode(offline: bool = False) -> tuple[str, str]:
-    """(mode, reason): ``online`` only when logged in and the server answers within a few seconds."""
+    """(mode, reason): ``online`` only when logged in and the server answers without error within seconds."""
     env = os.environ.get("WANDB_MODE", "").lower()
     if env in ("offline", "dryrun", "disabled"):
         return ("disabled" if env == "disabled" else "offline"), f"WANDB_MODE={env}"
     if offline:
         return "offline", "offline=True"
     if not _logged_in():
+        if env == "online":
+            raise ConfigError(
+                "WANDB_MODE=online, but not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), or unset "
+                "WANDB_MODE to let runs go offline by themselves"
+            )
         return "offline", "not logged in to W&B (no WANDB_API_KEY, no `wandb login`)"
     base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     if not _reachable(base_url):
         return "offline", f"W&B server {base_url} is unreachable"
+    problem = _server_error(base_url)
+    if problem:
+        return "offline", f"W&B server {base_url} {problem}"
     return "online", "logged in"
 
 

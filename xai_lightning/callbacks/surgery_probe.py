@@ -31,6 +31,7 @@ from typing_extensions import override
 from xai_lightning.callbacks import probe_outputs
 from xai_lightning.callbacks.common import owned, split_index, val_batches, val_loader
 from xai_lightning.clip import SPEC_KEYS, load_clip
+from xai_lightning.errors import ConfigError
 from xai_lightning.io import check_writable
 from xai_lightning.surgery import (
     DEFAULT_CONCEPTS,
@@ -47,6 +48,7 @@ from xai_lightning.verdict import ProbeSummary
 log = logging.getLogger(__name__)
 
 REFERENCES = ("start", "none")
+MIN_SCORED = 20  # fewer scored images make intervals that mean nothing
 
 
 class SurgeryProbe(Callback):
@@ -164,6 +166,12 @@ class SurgeryProbe(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate") or self.pipe is not None:
             return
+        try:
+            self._setup(trainer, pl_module)
+        except ValueError as err:  # a misconfiguration: one line before any training
+            raise ConfigError(str(err) if str(err).startswith("SurgeryProbe") else f"SurgeryProbe: {err}") from err
+
+    def _setup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         attributes = getattr(dm, "attributes", None)
         if attributes is None:
@@ -175,6 +183,7 @@ class SurgeryProbe(Callback):
         self.attribute_keys = dict(getattr(dm, "attribute_keys", {a: a for a in attributes}))
         self.fit_index = split_index(trainer, self.fit_split, "SurgeryProbe")
         self.score_indices = [split_index(trainer, s, "SurgeryProbe") for s in self.score_splits]
+        self._check_enough_images(dm)
         out_dir = self._out_dir(trainer)  # every rank asks (log_dir broadcasts); rank 0 checks it is writable
         if trainer.is_global_zero:
             check_writable(out_dir, "SurgeryProbe output directory")
@@ -201,6 +210,24 @@ class SurgeryProbe(Callback):
             if isinstance(logger, WandbLogger) and trainer.is_global_zero and getattr(logger, "mode", "") != "disabled":
                 logger.experiment.define_metric("epoch")
                 logger.experiment.define_metric("probe/*", step_metric="epoch")
+
+    def _check_enough_images(self, dm) -> None:
+        """An interval needs images: refuse a scoring set below ``MIN_SCORED`` before training starts."""
+        datasets = getattr(dm, "datasets", None) or {}
+        sizes = [len(datasets[s]) for s in self.score_splits if isinstance(s, str) and s in datasets]
+        if len(sizes) != len(self.score_splits):
+            return  # sizes unknown before the loaders exist: nothing to check here
+        held_out = self.holdout and self.fit_split in self.score_splits
+        scored = sum(
+            min(n // 2 if held_out and s == self.fit_split else n, self.max_score_samples)
+            for n, s in zip(sizes, self.score_splits)
+        )
+        if scored < MIN_SCORED:
+            raise ValueError(
+                f"the probe would score {scored} images ({', '.join(self.score_splits)}"
+                f"{', the held-out half' if held_out else ''}); its intervals need at least {MIN_SCORED}: "
+                "raise the probe set's size (e.g. --data.init_args.probe_per_class)"
+            )
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -164,11 +164,20 @@ class ColorMNISTDataModule(L.LightningDataModule):
             raise ValueError(f"digits {list(digits)}: each must be in 0-9 (got {bad or 'none'})")
         if len(set(digits)) != len(digits):
             raise ValueError(f"digits {digits} contain duplicates")
+        if len(digits) < 2:
+            raise ValueError(f"digits {digits}: give at least 2 digits (each digit is a class)")
         self.digits = digits
         self.color_names, rgb = resolve_colors(list(colors))
         self.rgb = torch.from_numpy(rgb)
         if color_mode not in COLOR_MODES:
             raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
+        if color_mode == "biased" and len(self.color_names) < len(digits):
+            shared = digits[len(self.color_names)]
+            raise ValueError(
+                f"color_mode biased gives each digit its own colour, but {len(digits)} digits {digits} have "
+                f"{len(self.color_names)} colours {self.color_names} (digit {shared} would share "
+                f"{self.color_names[0]} with digit {digits[0]}); give at least {len(digits)} colours"
+            )
         if conflict_fraction is not None:
             if not 0.0 <= float(conflict_fraction) <= 1.0:
                 raise ValueError(f"conflict_fraction={conflict_fraction} is outside [0, 1]")
@@ -296,6 +305,11 @@ class ColorMNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        if self.color_mode == "biased":
+            pairs = ", ".join(
+                f"{d} -> {self.color_names[i % len(self.color_names)]}" for i, d in enumerate(self.digits)
+            )
+            log.info(f"ColorMNISTDataModule: biased colours (train/val/test): {pairs}")
         arrays = self._load_or_generate(write=True)
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 

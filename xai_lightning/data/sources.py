@@ -42,7 +42,14 @@ def source_fingerprint(source: str) -> str:
 
 
 def load_npz(path: str) -> Pool:
-    with np.load(path) as data:
+    try:
+        data = np.load(path)
+    except (ValueError, OSError, EOFError) as err:  # random bytes, a truncated zip, a pickle
+        raise ValueError(
+            f"{path} is not a readable .npz ({type(err).__name__}); expected numpy's savez format with 'images' "
+            "(N x 28 x 28 uint8) and 'labels' (N digits 0-9)"
+        ) from None
+    with data:
         missing = [k for k in ("images", "labels") if k not in data.files]
         if missing:
             raise ValueError(
