@@ -3,7 +3,7 @@
 Random activations with the paper's exact layer shapes (torchvision ResNet-50's 49 convs x open_clip
 RN50 ``visual.layer1..4`` at 224 px, read off the real modules with hooks), then:
 
-* ``naive``: the reference's computation pattern (reference spec sections 4-5): pass 1 for the statistics,
+* ``naive``: the reference's computation pattern (docs/paper.md): pass 1 for the statistics,
   pass 2 normalizes each batch in float64, upsamples BOTH maps of every layer pair to the larger size
   (bilinear) and einsums. It uses exact population statistics and no epsilon, so that both
   implementations compute the same Z and ``max_abs_diff`` measures numerical agreement only.

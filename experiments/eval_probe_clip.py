@@ -1,6 +1,6 @@
 """Zero-shot accuracy of a probe CLIP on freshly generated data (new seed) and on real MNIST digits.
 
-    python experiments/eval_probe_clip.py [--clip colordigits] [--mnist ../shared/data/mnist_t10k.npz]
+    python experiments/eval_probe_clip.py [--clip colordigits] [--mnist mnist_t10k.npz]
 
 Prints one JSON line per setting: digit / colour zero-shot accuracy with the probe's caption templates
 and the range of caption cosine similarities (the scale of the probe's numbers).
@@ -27,7 +27,7 @@ SETTINGS = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clip", default="colordigits", help="embedded name or checkpoint path")
-    ap.add_argument("--mnist", default=None, help=".npz with real digits (e.g. ../shared/data/mnist_t10k.npz)")
+    ap.add_argument("--mnist", default=None, help=".npz with real digits (e.g. mnist_t10k.npz: MNIST test digits as images/labels arrays)")
     ap.add_argument("--seed", type=int, default=12345, help="data seed (the probe was trained on seed 1)")
     ap.add_argument("--data-dir", default="data")
     args = ap.parse_args()

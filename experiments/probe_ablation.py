@@ -6,7 +6,7 @@ Loads the two checkpoints of a ``bias_story.sh`` run (biased, debiased) and the 
 the surgery under several settings with the shipped probe CLIP:
 
 * ``paper``: the authors' protocol: fit and score on the coloured *test* split (where every 5 is red and
-  every 8 green), the same images for both, verdict = the influence share (DESIGN.md, spec 7/9).
+  every 8 green), the same images for both, verdict = the influence share (docs/paper.md).
 * ``paper, probe set``: the same, but on the probe set (colour independent of the digit), in-sample.
 * ``ours``: probe set, fit and score on disjoint halves; the surgery against reference networks (here 3
   re-initialisations of the architecture by its constructor: a checkpoint does not hold the run's starting

@@ -1,6 +1,6 @@
 """Are the synthetic digits recognizable to a classifier trained on real MNIST, and vice versa?
 
-    python experiments/synthetic_realism.py --mnist ../shared/data/mnist_t10k.npz
+    python experiments/synthetic_realism.py --mnist mnist_t10k.npz
 
 Trains a small CNN (two conv layers, 3 epochs, Adam) on 8,000 real MNIST t10k digits and tests it on the
 2,000 held-out real digits and on 2,000 synthetic digits (all ten classes, seed 777); then trains the

@@ -51,3 +51,9 @@ def test_names_know_every_documented_pattern_and_nothing_else():
     assert names.known("probe/effect_separation_vs_init_lo/color") and names.known("probe/match/score_mean/a.b")
     assert not names.known("probe/efect/color") and not names.known("val/accuracy")
     assert spec_keys(workspace_spec(concepts=["background"])) >= {"probe/effect/background", "alarm/background"}
+
+
+def test_the_metrics_page_lists_every_logged_name():
+    page = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "metrics.md")).read()
+    missing = [p for p in names.ALL_PATTERNS if f"`{p}`" not in page]
+    assert missing == []

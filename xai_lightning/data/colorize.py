@@ -4,7 +4,7 @@ Colouring puts the digit's intensity into the colour's RGB: pure red = intensity
 Every palette colour has its largest component equal to 1, so ``image.amax(channel)`` recovers the
 intensity exactly (this is what the grayscale pre-processor uses). Gray = the intensity in all three
 channels, built from the intensity itself, never a luminance conversion of a coloured image (that
-would leak colour: 0.299 I for red vs 0.587 I for green, see the reference spec C5).
+would leak colour: 0.299 I for red vs 0.587 I for green; docs/paper.md).
 """
 
 from __future__ import annotations

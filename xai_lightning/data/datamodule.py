@@ -102,7 +102,7 @@ class EpochSeededSampler(Sampler[int]):
 
 
 class ColorMNISTDataModule(L.LightningDataModule):
-    """Colour-biased digits (DESIGN.md section 4).
+    """Colour-biased digits (docs/data.md).
 
     Splits: ``train`` / ``val`` (fold ``fold`` of ``num_folds`` of the development training data) with
     ``color_mode``; ``test`` with ``color_mode``; ``real_world`` (deployment: colours always random);

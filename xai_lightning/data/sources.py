@@ -87,7 +87,7 @@ def load_torchvision(name: str, root: str, train: bool, download: bool = True) -
             images = ds.data.numpy()
         else:
             ds = datasets.EMNIST(root, split="mnist", train=train, download=download)
-            images = ds.data.numpy().transpose(0, 2, 1)  # hflip + rot90 = transpose (reference spec 1.1)
+            images = ds.data.numpy().transpose(0, 2, 1)  # hflip + rot90 = transpose (EMNIST is stored transposed)
     except (RuntimeError, OSError, ValueError) as err:
         cls = datasets.MNIST if name == "mnist" else datasets.EMNIST
         mirrors = getattr(cls, "mirrors", None) or [getattr(cls, "url", "")]

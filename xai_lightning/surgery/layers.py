@@ -31,7 +31,7 @@ def _preset(model: nn.Module, preset: str) -> list[str]:
         return [n for n, m in named if isinstance(m, nn.Conv2d)]
     if preset == "convs":
         # The paper's selection: every Conv2d except residual shortcut projections (`downsample`), i.e. the
-        # 49 convs of a torchvision ResNet-50 (reference spec 3.2). `all_convs` keeps the shortcuts too.
+        # 49 convs of a torchvision ResNet-50 (docs/paper.md). `all_convs` keeps the shortcuts too.
         return [n for n, m in named if isinstance(m, nn.Conv2d) and "downsample" not in n.split(".")]
     if preset == "blocks":
         return [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES]

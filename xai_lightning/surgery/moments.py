@@ -1,4 +1,4 @@
-"""Single-pass, mergeable running sums for the matching score ``Z`` (DESIGN.md section 6).
+"""Single-pass, mergeable running sums for the matching score ``Z`` (docs/design.md).
 
 For standalone channel i (map a = h_i x w_i) and CLIP channel j (map b), with P the larger size per
 dimension and U, V the bilinear (align_corners=False) upsampling of the smaller map to P:
