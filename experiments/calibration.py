@@ -123,15 +123,7 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
         for x, t, i in scored():
             pipe.score_batch(x, t, index=i)
         pipe.score_finish(bootstrap=2000)
-        cf_color, cf_shape = _counterfactual(model, dm)
-        row = {"run": f"untrained_s{s}", "family": "untrained", "epoch": 0, "cf_color": cf_color, "cf_shape": cf_shape}
-        row["truth"] = counterfactual_truth(cf_color, cf_shape)
-        for v in VERDICTS:
-            summary = pipe.counts.summary(v, 2000, pipe.seed, None, pipe.decisions)
-            row[f"outcome/{v}"] = summary.outcome.name
-            for c in CONCEPTS:
-                for k in ("", "_lo", "_hi"):
-                    row[f"{v}{k}/{c}"] = summary.metrics[f"effect_{v}{k}/{c}"]
+        row = _row(f"untrained_s{s}", pipe, *_counterfactual(model, dm))
         print(
             f"[calibration] untrained seed {s}: "
             + ", ".join(f"{v} {row[f'outcome/{v}']}" for v in VERDICTS)
@@ -140,6 +132,19 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
         )
         rows.append(row)
     return rows
+
+
+def _row(name: str, pipe: SurgeryPipeline, cf_color: float, cf_shape: float) -> dict:
+    """Every verdict metric's outcome and effects for one scored model, beside its counterfactual truth."""
+    row = {"run": name, "family": "untrained", "epoch": 0, "cf_color": cf_color, "cf_shape": cf_shape}
+    row["truth"] = counterfactual_truth(cf_color, cf_shape)
+    for v in VERDICTS:
+        summary = pipe.counts.summary(v, 2000, pipe.seed, None, pipe.decisions)
+        row[f"outcome/{v}"] = summary.outcome.name
+        for c in CONCEPTS:
+            for k in ("", "_lo", "_hi"):
+                row[f"{v}{k}/{c}"] = summary.metrics[f"effect_{v}{k}/{c}"]
+    return row
 
 
 def rates(rows: list[dict]) -> dict:

@@ -27,7 +27,11 @@ SETTINGS = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clip", default="colordigits", help="embedded name or checkpoint path")
-    ap.add_argument("--mnist", default=None, help=".npz with real digits (e.g. mnist_t10k.npz: MNIST test digits as images/labels arrays)")
+    ap.add_argument(
+        "--mnist",
+        default=None,
+        help=".npz with real digits (e.g. mnist_t10k.npz: MNIST test digits as images/labels arrays)",
+    )
     ap.add_argument("--seed", type=int, default=12345, help="data seed (the probe was trained on seed 1)")
     ap.add_argument("--data-dir", default="data")
     args = ap.parse_args()

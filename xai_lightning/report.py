@@ -46,9 +46,7 @@ class Run:
         return xs, [self.epochs[e][key] for e in xs]
 
     def concepts(self) -> list[str]:
-        return sorted(
-            {k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")}, key=lambda c: (c != "shape", c)
-        )
+        return sorted({k.split("/", 2)[2] for k in self.final() if k.startswith("probe/effect/")})
 
     def leaning(self) -> str:
         """The concept with the largest effect at the last probed epoch, decided or not."""
@@ -153,11 +151,44 @@ def _fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
+REPORT_INTRO = (
+    "Final epoch of each run. The outcome is the chosen verdict's (default: decision reliance, how much the "
+    "predictions change between probe images that differ in the concept); a concept is named when its "
+    "effect's 95% interval lies above the minimum effect and its margin over the runner-up above 0, `none` "
+    "when no effect does, `undecided` otherwise. The surgery's effects are against the weights the run started "
+    "from and re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
+    "counterfactual rows are the ground truth: the fraction of predictions that change when only the colour, "
+    "or only the digit, is changed (clear when one exceeds the other by 0.2, else mixed)."
+)
+EFFECT_ROWS = (
+    ("reliance", "decision reliance"),
+    ("share", "share − null (paper)"),
+    ("retention", "retention − null"),
+    ("retention_vs_init", "retention − start"),
+    ("separation_vs_init", "separation − start (CLIP units)"),
+)
+
+
+def _interval(f: dict, key: str, c: str | None = None) -> str:
+    """``point [lo, hi]`` of a logged effect (``probe/<key>/<c>``) or scalar (``probe/<key>``)."""
+    name = (lambda s: f"probe/{key}{s}/{c}") if c else (lambda s: f"probe/{key}{s}")
+    point, lo, hi = (_fmt(f.get(name(s)), sign=True) for s in ("", "_lo", "_hi"))
+    return f"{point} [{lo}, {hi}]"
+
+
+def _concept_order(runs: Sequence[Run]) -> list[str]:
+    """Concepts in the order the probe's config lists them (alphabetical when no config says)."""
+    found = {c for r in runs for c in r.concepts()}
+    for r in runs:
+        listed = [c for c in (_probe_arg(r, "concepts") or {}) if c in found]
+        if listed:
+            return listed + sorted(found - set(listed))
+    return sorted(found)
+
+
+def _table_rows(runs: Sequence[Run], concepts: list[str]) -> list[str]:
     finals = [r.final() for r in runs]
-    concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
-    head = "| | " + " | ".join(r.name for r in runs) + " |\n|---|" + "---|" * len(runs) + "\n"
-    rows = []
+    rows: list[str] = []
 
     def row(label: str, cells: list[str]) -> None:
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -170,26 +201,11 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     ):
         row(label, [_fmt(f.get(key)) for f in finals])
     row("**outcome (probe)**", [f"**{r.verdict()}**" for r in runs])
-    row(
-        "margin over the runner-up [95% CI]",
-        [
-            f"{_fmt(f.get('probe/margin'), sign=True)} [{_fmt(f.get('probe/margin_lo'), sign=True)}, "
-            f"{_fmt(f.get('probe/margin_hi'), sign=True)}]"
-            for f in finals
-        ],
-    )
+    row("margin over the runner-up [95% CI]", [_interval(f, "margin") for f in finals])
     row("reliance (counterfactual ground truth)", [r.cf_truth() or "–" for r in runs])
-    verdicts = {_probe_arg(r, "verdict") or "reliance" for r in runs}
-    labels = sorted(_metric_label(v) for v in verdicts)
+    labels = " / ".join(sorted({_metric_label(_probe_arg(r, "verdict") or "reliance") for r in runs}))
     for c in concepts:
-        row(
-            f"effect/{c} [95% CI] ({' / '.join(labels)})",
-            [
-                f"{_fmt(f.get(f'probe/effect/{c}'), sign=True)} [{_fmt(f.get(f'probe/effect_lo/{c}'), sign=True)}, "
-                f"{_fmt(f.get(f'probe/effect_hi/{c}'), sign=True)}]"
-                for f in finals
-            ],
-        )
+        row(f"effect/{c} [95% CI] ({labels})", [_interval(f, "effect", c) for f in finals])
     for c in concepts:
         row(
             f"retention/{c} (null · start)",
@@ -199,7 +215,6 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
                 for f in finals
             ],
         )
-    for c in concepts:
         row(
             f"separation/{c} (start · plain-CLIP unit)",
             [
@@ -209,28 +224,13 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
                 for f in finals
             ],
         )
-    for c in concepts:
         row(
             f"influence share/{c} (null) — paper",
             [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
         )
-    for metric, label in (
-        ("reliance", "decision reliance"),
-        ("share", "share − null (paper)"),
-        ("retention", "retention − null"),
-        ("retention_vs_init", "retention − start"),
-        ("separation_vs_init", "separation − start (CLIP units)"),
-    ):
+    for metric, label in EFFECT_ROWS:
         for c in concepts:
-            row(
-                f"effect {c}: {label} [95% CI]",
-                [
-                    f"{_fmt(f.get(f'probe/effect_{metric}/{c}'), sign=True)} "
-                    f"[{_fmt(f.get(f'probe/effect_{metric}_lo/{c}'), sign=True)}, "
-                    f"{_fmt(f.get(f'probe/effect_{metric}_hi/{c}'), sign=True)}]"
-                    for f in finals
-                ],
-            )
+            row(f"effect {c}: {label} [95% CI]", [_interval(f, f"effect_{metric}", c) for f in finals])
     for c in concepts:
         row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
     row("cf/color_flip_rate", [_fmt(f.get("cf/color_flip_rate")) for f in finals])
@@ -239,20 +239,11 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
         "probe seconds / train-epoch seconds",
         [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}" for f in finals],
     )
-    lines = [
-        "# Run comparison",
-        "",
-        "Final epoch of each run. The outcome is the chosen verdict's (default: decision reliance, how much the "
-        "predictions change between probe images that differ in the concept); a concept is named when its "
-        "effect's 95% interval lies above the minimum effect and its margin over the runner-up above 0, `none` "
-        "when no effect does, `undecided` otherwise. The surgery's effects are against the weights the run started "
-        "from and re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
-        "counterfactual rows are the ground truth: the fraction of predictions that change when only the colour, "
-        "or only the digit, is changed (clear when one exceeds the other by 0.2, else mixed).",
-        "",
-        head + "\n".join(rows),
-        "",
-    ]
+    return rows
+
+
+def _agreement_lines(runs: Sequence[Run]) -> list[str]:
+    lines = []
     for r in runs:
         truth = r.cf_truth()
         if truth is None:
@@ -265,11 +256,16 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
             f"- **{r.name}**: the probe names **{r.outcome()}**, which {verdict} the counterfactual ground truth "
             f"({truth})."
         )
-    lines.append("")
+    return lines
+
+
+def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
+    head = "| | " + " | ".join(r.name for r in runs) + " |\n|---|" + "---|" * len(runs) + "\n"
+    lines = ["# Run comparison", "", REPORT_INTRO, "", head + "\n".join(_table_rows(runs, _concept_order(runs))), ""]
+    lines += [*_agreement_lines(runs), ""]
     lines += method_table(runs)
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
-    lines.append("")
-    lines.append("Runs: " + ", ".join(f"`{r.name}` = `{r.path}`" for r in runs))
+    lines += ["", "Runs: " + ", ".join(f"`{r.name}` = `{r.path}`" for r in runs)]
     return "\n".join(lines) + "\n"
 
 
@@ -339,13 +335,7 @@ def _save(fig, path: str) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def plots(runs: Sequence[Run], out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
+def _learning_curves(runs: Sequence[Run], plt):
     # 1. learning curves with the real-world curve
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False, sharey=True)
     for ax, run in zip(axes[0], runs):
@@ -360,9 +350,10 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
     axes[0][0].set_ylabel("accuracy")
     axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.suptitle("Learning curves: validation looks perfect, deployment (real_world) tells the truth", fontsize=10)
-    _save(fig, os.path.join(out, "learning_curves.png"))
-    plt.close(fig)
-    names.append("learning_curves.png")
+    return fig
+
+
+def _concepts_per_epoch(runs: Sequence[Run], plt):
     # 2. concept effects and shares per epoch
     fig, axes = plt.subplots(2, len(runs), figsize=(4.6 * len(runs), 6.0), squeeze=False, sharex=True)
     for j, run in enumerate(runs):
@@ -389,12 +380,13 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
     axes[1][0].set_ylabel("features: separation − start, 95% CI")
     axes[0][-1].legend(fontsize=8)
     axes[1][-1].legend(fontsize=8)
-    _save(fig, os.path.join(out, "concepts_per_epoch.png"))
-    plt.close(fig)
-    names.append("concepts_per_epoch.png")
+    return fig
+
+
+def _references_plot(runs: Sequence[Run], plt):
     # 3. what the concepts keep after surgery vs the references, final epoch: retention (trained, start and
     # re-initialisations, null) and the caption separation (trained, references)
-    concepts = sorted({c for r in runs for c in r.concepts()}, key=lambda c: (c != "shape", c))
+    concepts = _concept_order(runs)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.6 + 1.9 * len(runs) * len(concepts), 6.6), sharex=True)
     sep_top = 0.0
     x, ticks, labels = 0.0, [], []
@@ -430,10 +422,27 @@ def plots(runs: Sequence[Run], out: str) -> list[str]:
     ax2.set_ylim(top=1.35 * sep_top + 0.05)
     ax2.set_title("Separation after surgery; text = separation − start [95% CI], CLIP units", fontsize=10)
     fig.tight_layout()
-    _save(fig, os.path.join(out, "effect_vs_null.png"))
-    plt.close(fig)
-    names.append("effect_vs_null.png")
-    return names
+    return fig
+
+
+PLOTS = (
+    ("learning_curves.png", _learning_curves),
+    ("concepts_per_epoch.png", _concepts_per_epoch),
+    ("effect_vs_null.png", _references_plot),
+)
+
+
+def plots(runs: Sequence[Run], out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, draw in PLOTS:
+        fig = draw(runs, plt)
+        _save(fig, os.path.join(out, name))
+        plt.close(fig)
+    return [name for name, _ in PLOTS]
 
 
 def write_report(run_dirs: Sequence[str], out: str, names: Sequence[str] | None = None) -> dict[str, dict]:

@@ -101,6 +101,67 @@ class EpochSeededSampler(Sampler[int]):
         return self.n
 
 
+def _check_digits(digits: Sequence[int]) -> list[int]:
+    digits = [int(d) for d in digits]
+    bad = [d for d in digits if not 0 <= d <= 9]
+    if bad or not digits:
+        raise ValueError(f"digits {list(digits)}: each must be in 0-9 (got {bad or 'none'})")
+    if len(set(digits)) != len(digits):
+        raise ValueError(f"digits {digits} contain duplicates")
+    if len(digits) < 2:
+        raise ValueError(f"digits {digits}: give at least 2 digits (each digit is a class)")
+    return digits
+
+
+def _check_colouring(
+    digits: list[int],
+    color_names: list[str],
+    color_mode: str,
+    bias_strength: float,
+    conflict_fraction: float | None,
+    gray_fraction: float,
+) -> None:
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
+    if color_mode == "biased" and len(color_names) < len(digits):
+        raise ValueError(
+            f"color_mode biased gives each digit its own colour, but {len(digits)} digits {digits} have "
+            f"{len(color_names)} colours {color_names} (digit {digits[len(color_names)]} would share "
+            f"{color_names[0]} with digit {digits[0]}); give at least {len(digits)} colours"
+        )
+    for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name}={value} is outside [0, 1]")
+    if conflict_fraction is None:
+        return
+    if not 0.0 <= float(conflict_fraction) <= 1.0:
+        raise ValueError(f"conflict_fraction={conflict_fraction} is outside [0, 1]")
+    if float(bias_strength) != 1.0:
+        raise ValueError("give either bias_strength or conflict_fraction, not both")
+    if color_mode != "biased":
+        raise ValueError(f"conflict_fraction needs color_mode 'biased', got {color_mode!r}")
+
+
+def _check_sizes(sizes: dict[str, int], num_folds: int, fold: int) -> None:
+    for split, n in sizes.items():
+        if int(n) < 0:
+            raise ValueError(f"{split} size per class must be >= 0, got {n}")
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"fold={fold}, num_folds={num_folds}: need num_folds >= 2 and 0 <= fold < num_folds")
+    if sizes["train"] and sizes["train"] < num_folds:
+        raise ValueError(f"train_per_class={sizes['train']} is smaller than num_folds={num_folds}")
+
+
+def _check_loading(interpolation: str, val_splits: Sequence[str], image_size: int) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
+    unknown = [s for s in val_splits if s not in VAL_SPLITS]
+    if unknown or not val_splits:
+        raise ValueError(f"val_splits {list(val_splits)}: allowed entries {', '.join(VAL_SPLITS)}")
+    if image_size < 8:
+        raise ValueError(f"image_size={image_size} is too small (>= 8)")
+
+
 class ColorMNISTDataModule(L.LightningDataModule):
     """Colour-biased digits (docs/data.md).
 
@@ -158,60 +219,22 @@ class ColorMNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.source = check_source(source)
-        digits = [int(d) for d in digits]
-        bad = [d for d in digits if not 0 <= d <= 9]
-        if bad or not digits:
-            raise ValueError(f"digits {list(digits)}: each must be in 0-9 (got {bad or 'none'})")
-        if len(set(digits)) != len(digits):
-            raise ValueError(f"digits {digits} contain duplicates")
-        if len(digits) < 2:
-            raise ValueError(f"digits {digits}: give at least 2 digits (each digit is a class)")
-        self.digits = digits
+        self.digits = _check_digits(digits)
         self.color_names, rgb = resolve_colors(list(colors))
         self.rgb = torch.from_numpy(rgb)
-        if color_mode not in COLOR_MODES:
-            raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
-        if color_mode == "biased" and len(self.color_names) < len(digits):
-            shared = digits[len(self.color_names)]
-            raise ValueError(
-                f"color_mode biased gives each digit its own colour, but {len(digits)} digits {digits} have "
-                f"{len(self.color_names)} colours {self.color_names} (digit {shared} would share "
-                f"{self.color_names[0]} with digit {digits[0]}); give at least {len(digits)} colours"
-            )
-        if conflict_fraction is not None:
-            if not 0.0 <= float(conflict_fraction) <= 1.0:
-                raise ValueError(f"conflict_fraction={conflict_fraction} is outside [0, 1]")
-            if float(bias_strength) != 1.0:
-                raise ValueError("give either bias_strength or conflict_fraction, not both")
-            if color_mode != "biased":
-                raise ValueError(f"conflict_fraction needs color_mode 'biased', got {color_mode!r}")
-        self.conflict_fraction = None if conflict_fraction is None else float(conflict_fraction)
+        _check_colouring(self.digits, self.color_names, color_mode, bias_strength, conflict_fraction, gray_fraction)
         if label_mode not in LABEL_MODES:
             raise ValueError(f"unknown label_mode {label_mode!r}; allowed: {', '.join(LABEL_MODES)}")
+        self.conflict_fraction = None if conflict_fraction is None else float(conflict_fraction)
         self.label_mode = label_mode
-        for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name}={value} is outside [0, 1]")
         sizes = {
             "train": train_per_class,
             "test": test_per_class,
             "real_world": real_world_per_class,
             "probe_set": probe_per_class,
         }
-        for split, n in sizes.items():
-            if int(n) < 0:
-                raise ValueError(f"{split} size per class must be >= 0, got {n}")
-        if num_folds < 2 or not 0 <= fold < num_folds:
-            raise ValueError(f"fold={fold}, num_folds={num_folds}: need num_folds >= 2 and 0 <= fold < num_folds")
-        if train_per_class and train_per_class < num_folds:
-            raise ValueError(f"train_per_class={train_per_class} is smaller than num_folds={num_folds}")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
-        unknown = [s for s in val_splits if s not in VAL_SPLITS]
-        if unknown or not val_splits:
-            raise ValueError(f"val_splits {list(val_splits)}: allowed entries {', '.join(VAL_SPLITS)}")
-        if image_size < 8:
-            raise ValueError(f"image_size={image_size} is too small (>= 8)")
+        _check_sizes(sizes, num_folds, fold)
+        _check_loading(interpolation, val_splits, image_size)
         self.color_mode, self.bias_strength, self.gray_fraction = color_mode, float(bias_strength), float(gray_fraction)
         self.sizes = {k: int(v) for k, v in sizes.items()}
         self.num_folds, self.fold = num_folds, fold

@@ -46,71 +46,98 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
+def _zero(rng: np.random.Generator) -> list[np.ndarray]:
+    start = _u(rng, 60, 120)
+    return [_arc(0.3, 0.5, _u(rng, 0.2, 0.3), _u(rng, 0.44, 0.5), start, start + _u(rng, 350, 380), 40)]
+
+
+def _one(rng: np.random.Generator) -> list[np.ndarray]:
+    top = (0.3 + _u(rng, -0.02, 0.12), 1.0)
+    strokes = [_line(top, (0.3 + _u(rng, -0.12, 0.02), 0.0))]
+    if rng.random() < 0.45:  # serif flag
+        strokes.append(_line((top[0] - _u(rng, 0.1, 0.2), top[1] - _u(rng, 0.1, 0.22)), top))
+    if rng.random() < 0.2:  # base
+        strokes.append(_line((0.12, 0.0), (0.5, 0.0)))
+    return strokes
+
+
+def _two(rng: np.random.Generator) -> list[np.ndarray]:
+    r = _u(rng, 0.24, 0.3)
+    arc = _arc(0.3, 0.72, r, _u(rng, 0.22, 0.28), _u(rng, 150, 180), _u(rng, -50, -25), 24)
+    foot = (_u(rng, 0.0, 0.06), _u(rng, 0.0, 0.06))
+    return [np.concatenate([arc, _line(tuple(arc[-1]), foot)[1:]]), _line(foot, (_u(rng, 0.5, 0.65), 0.0))]
+
+
+def _three(rng: np.random.Generator) -> list[np.ndarray]:
+    upper = _arc(0.28, 0.75, _u(rng, 0.2, 0.27), 0.24, _u(rng, 140, 170), -90, 22)
+    lower = _arc(0.28, 0.27, _u(rng, 0.25, 0.32), 0.27, 90, _u(rng, -170, -140), 24)
+    return [np.concatenate([upper, lower])]
+
+
+def _four(rng: np.random.Generator) -> list[np.ndarray]:
+    x_stem = _u(rng, 0.38, 0.48)
+    y_bar = _u(rng, 0.3, 0.42)
+    if rng.random() < 0.7:  # open four: diagonal, bar, stem
+        return [
+            _line((x_stem - _u(rng, 0.0, 0.08), 1.0), (0.0, y_bar), (0.62, y_bar)),
+            _line((x_stem, _u(rng, 0.7, 0.95)), (x_stem + _u(rng, -0.05, 0.05), 0.0)),
+        ]
+    return [  # closed-looking four: left vertical, bar, full stem
+        _line((0.05, 1.0), (0.02, y_bar), (0.62, y_bar)),
+        _line((x_stem, 1.0), (x_stem, 0.0)),
+    ]
+
+
+def _five(rng: np.random.Generator) -> list[np.ndarray]:
+    top_y = 1.0
+    left = (_u(rng, 0.05, 0.12), top_y)
+    bowl = _arc(0.3, 0.3, _u(rng, 0.24, 0.3), _u(rng, 0.26, 0.31), _u(rng, 125, 145), _u(rng, -160, -135), 26)
+    return [
+        _line((_u(rng, 0.5, 0.62), top_y + _u(rng, -0.03, 0.03)), left),
+        np.concatenate([_line(left, tuple(bowl[0])), bowl[1:]]),
+    ]
+
+
+def _six(rng: np.random.Generator) -> list[np.ndarray]:
+    loop_r = _u(rng, 0.22, 0.28)
+    loop = _arc(0.3, 0.27, loop_r, 0.27, 180, 180 - 360 - _u(rng, 0, 30), 30)
+    sweep = _bezier((_u(rng, 0.42, 0.56), 1.0), (_u(rng, -0.02, 0.12), _u(rng, 0.7, 0.85)), (0.3 - loop_r, 0.27))
+    return [np.concatenate([sweep, loop[1:]])]
+
+
+def _seven(rng: np.random.Generator) -> list[np.ndarray]:
+    corner = (_u(rng, 0.55, 0.65), 1.0)
+    strokes = [_line((_u(rng, 0.0, 0.05), 1.0 - _u(rng, 0.0, 0.1)), corner, (_u(rng, 0.12, 0.3), 0.0))]
+    if rng.random() < 0.2:  # crossbar
+        strokes.append(_line((0.2, 0.5), (0.55, 0.5)))
+    return strokes
+
+
+def _eight(rng: np.random.Generator) -> list[np.ndarray]:
+    s0, s1 = _u(rng, 0, 360), _u(rng, 0, 360)
+    return [
+        _arc(0.3 + _u(rng, -0.03, 0.03), 0.75, _u(rng, 0.17, 0.23), _u(rng, 0.22, 0.25), s0, s0 + 370, 30),
+        _arc(0.3, 0.27, _u(rng, 0.24, 0.3), _u(rng, 0.25, 0.28), s1, s1 + 370, 32),
+    ]
+
+
+def _nine(rng: np.random.Generator) -> list[np.ndarray]:
+    r = _u(rng, 0.22, 0.28)
+    loop = _arc(0.3, 0.72, r, _u(rng, 0.24, 0.28), 0, 360 + _u(rng, 0, 20), 30)
+    tail = _bezier((0.3 + r, 0.72), (0.3 + r + _u(rng, -0.05, 0.03), 0.35), (_u(rng, 0.35, 0.55), 0.0), 16)
+    return [loop, tail]
+
+
+_DIGITS: dict[int, Callable[[np.random.Generator], list[np.ndarray]]] = {
+    d: f for d, f in enumerate((_zero, _one, _two, _three, _four, _five, _six, _seven, _eight, _nine))
+}
+
+
 def _strokes(digit: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Pen strokes of one digit in a box x in [0, 0.6], y in [0, 1] (y up), with random shape parameters."""
-    if digit == 0:
-        start = _u(rng, 60, 120)
-        return [_arc(0.3, 0.5, _u(rng, 0.2, 0.3), _u(rng, 0.44, 0.5), start, start + _u(rng, 350, 380), 40)]
-    if digit == 1:
-        top = (0.3 + _u(rng, -0.02, 0.12), 1.0)
-        strokes = [_line(top, (0.3 + _u(rng, -0.12, 0.02), 0.0))]
-        if rng.random() < 0.45:  # serif flag
-            strokes.append(_line((top[0] - _u(rng, 0.1, 0.2), top[1] - _u(rng, 0.1, 0.22)), top))
-        if rng.random() < 0.2:  # base
-            strokes.append(_line((0.12, 0.0), (0.5, 0.0)))
-        return strokes
-    if digit == 2:
-        r = _u(rng, 0.24, 0.3)
-        arc = _arc(0.3, 0.72, r, _u(rng, 0.22, 0.28), _u(rng, 150, 180), _u(rng, -50, -25), 24)
-        foot = (_u(rng, 0.0, 0.06), _u(rng, 0.0, 0.06))
-        return [np.concatenate([arc, _line(tuple(arc[-1]), foot)[1:]]), _line(foot, (_u(rng, 0.5, 0.65), 0.0))]
-    if digit == 3:
-        upper = _arc(0.28, 0.75, _u(rng, 0.2, 0.27), 0.24, _u(rng, 140, 170), -90, 22)
-        lower = _arc(0.28, 0.27, _u(rng, 0.25, 0.32), 0.27, 90, _u(rng, -170, -140), 24)
-        return [np.concatenate([upper, lower])]
-    if digit == 4:
-        x_stem = _u(rng, 0.38, 0.48)
-        y_bar = _u(rng, 0.3, 0.42)
-        if rng.random() < 0.7:  # open four: diagonal, bar, stem
-            return [
-                _line((x_stem - _u(rng, 0.0, 0.08), 1.0), (0.0, y_bar), (0.62, y_bar)),
-                _line((x_stem, _u(rng, 0.7, 0.95)), (x_stem + _u(rng, -0.05, 0.05), 0.0)),
-            ]
-        return [  # closed-looking four: left vertical, bar, full stem
-            _line((0.05, 1.0), (0.02, y_bar), (0.62, y_bar)),
-            _line((x_stem, 1.0), (x_stem, 0.0)),
-        ]
-    if digit == 5:
-        top_y = 1.0
-        left = (_u(rng, 0.05, 0.12), top_y)
-        bowl = _arc(0.3, 0.3, _u(rng, 0.24, 0.3), _u(rng, 0.26, 0.31), _u(rng, 125, 145), _u(rng, -160, -135), 26)
-        return [
-            _line((_u(rng, 0.5, 0.62), top_y + _u(rng, -0.03, 0.03)), left),
-            np.concatenate([_line(left, tuple(bowl[0])), bowl[1:]]),
-        ]
-    if digit == 6:
-        loop_r = _u(rng, 0.22, 0.28)
-        loop = _arc(0.3, 0.27, loop_r, 0.27, 180, 180 - 360 - _u(rng, 0, 30), 30)
-        sweep = _bezier((_u(rng, 0.42, 0.56), 1.0), (_u(rng, -0.02, 0.12), _u(rng, 0.7, 0.85)), (0.3 - loop_r, 0.27))
-        return [np.concatenate([sweep, loop[1:]])]
-    if digit == 7:
-        corner = (_u(rng, 0.55, 0.65), 1.0)
-        strokes = [_line((_u(rng, 0.0, 0.05), 1.0 - _u(rng, 0.0, 0.1)), corner, (_u(rng, 0.12, 0.3), 0.0))]
-        if rng.random() < 0.2:  # crossbar
-            strokes.append(_line((0.2, 0.5), (0.55, 0.5)))
-        return strokes
-    if digit == 8:
-        s0, s1 = _u(rng, 0, 360), _u(rng, 0, 360)
-        return [
-            _arc(0.3 + _u(rng, -0.03, 0.03), 0.75, _u(rng, 0.17, 0.23), _u(rng, 0.22, 0.25), s0, s0 + 370, 30),
-            _arc(0.3, 0.27, _u(rng, 0.24, 0.3), _u(rng, 0.25, 0.28), s1, s1 + 370, 32),
-        ]
-    if digit == 9:
-        r = _u(rng, 0.22, 0.28)
-        loop = _arc(0.3, 0.72, r, _u(rng, 0.24, 0.28), 0, 360 + _u(rng, 0, 20), 30)
-        tail = _bezier((0.3 + r, 0.72), (0.3 + r + _u(rng, -0.05, 0.03), 0.35), (_u(rng, 0.35, 0.55), 0.0), 16)
-        return [loop, tail]
-    raise ValueError(f"unknown digit {digit!r}; allowed: 0-9")
+    if digit not in _DIGITS:
+        raise ValueError(f"unknown digit {digit!r}; allowed: 0-9")
+    return _DIGITS[digit](rng)
 
 
 def _wobble(points: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:

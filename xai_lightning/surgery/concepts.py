@@ -41,6 +41,39 @@ def _key(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_-]+", "_", text).strip("_")
 
 
+def _concept_captions(
+    name: str, entry: dict, attributes: Mapping[str, Sequence[str]]
+) -> tuple[str, list[str], list[str]]:
+    """(attribute, value names, one caption per value) of one concept entry, or an error naming what is wrong."""
+    if name in ("none", "undecided"):
+        raise ValueError(f"concept name {name!r} is reserved (a verdict outcome); choose another name")
+    unknown = set(entry) - {"attribute", "template", "captions"}
+    if unknown:
+        raise ValueError(f"concept {name!r}: unknown keys {sorted(unknown)}; allowed: attribute, template, captions")
+    attr = entry.get("attribute")
+    if attr not in attributes:
+        raise ValueError(
+            f"concept {name!r} refers to attribute {attr!r}, which the data does not provide; "
+            f"available: {', '.join(attributes)}"
+        )
+    vals = [str(v) for v in attributes[attr]]
+    if ("template" in entry) == ("captions" in entry):
+        raise ValueError(f"concept {name!r}: give exactly one of 'template' or 'captions'")
+    if "template" in entry:
+        tpl = str(entry["template"])
+        if "{}" not in tpl:
+            raise ValueError(f"concept {name!r}: template {tpl!r} has no '{{}}' for the value")
+        return attr, vals, [tpl.format(v) for v in vals]
+    given = {str(k): str(v) for k, v in dict(entry["captions"]).items()}
+    missing, extra = [v for v in vals if v not in given], [k for k in given if k not in vals]
+    if missing or extra:
+        raise ValueError(
+            f"concept {name!r}: captions must cover exactly the {attr} values {vals}; "
+            f"missing {missing}, unknown {extra}"
+        )
+    return attr, vals, [given[v] for v in vals]
+
+
 def resolve_concepts(spec: Mapping[str, Mapping], attributes: Mapping[str, Sequence[str]]) -> CaptionSet:
     """Build the caption set.
 
@@ -59,38 +92,7 @@ def resolve_concepts(spec: Mapping[str, Mapping], attributes: Mapping[str, Seque
         )
     names, attrs, values, captions, concept_of, value_of, keys = [], [], [], [], [], [], []
     for ci, (name, entry) in enumerate(spec.items()):
-        if str(name) in ("none", "undecided"):
-            raise ValueError(f"concept name {name!r} is reserved (a verdict outcome); choose another name")
-        entry = dict(entry)
-        unknown = set(entry) - {"attribute", "template", "captions"}
-        if unknown:
-            raise ValueError(
-                f"concept {name!r}: unknown keys {sorted(unknown)}; allowed: attribute, template, captions"
-            )
-        attr = entry.get("attribute")
-        if attr not in attributes:
-            raise ValueError(
-                f"concept {name!r} refers to attribute {attr!r}, which the data does not provide; "
-                f"available: {', '.join(attributes)}"
-            )
-        vals = [str(v) for v in attributes[attr]]
-        if ("template" in entry) == ("captions" in entry):
-            raise ValueError(f"concept {name!r}: give exactly one of 'template' or 'captions'")
-        if "template" in entry:
-            tpl = str(entry["template"])
-            if "{}" not in tpl:
-                raise ValueError(f"concept {name!r}: template {tpl!r} has no '{{}}' for the value")
-            caps = [tpl.format(v) for v in vals]
-        else:
-            given = {str(k): str(v) for k, v in dict(entry["captions"]).items()}
-            missing = [v for v in vals if v not in given]
-            extra = [k for k in given if k not in vals]
-            if missing or extra:
-                raise ValueError(
-                    f"concept {name!r}: captions must cover exactly the {attr} values {vals}; "
-                    f"missing {missing}, unknown {extra}"
-                )
-            caps = [given[v] for v in vals]
+        attr, vals, caps = _concept_captions(str(name), dict(entry), attributes)
         names.append(str(name))
         attrs.append(attr)
         values.append(vals)

@@ -46,39 +46,49 @@ def match(z: torch.Tensor, valid_s: torch.Tensor, valid_c: torch.Tensor, method:
         source = torch.where(valid_c, idx, source)
         score = torch.where(valid_c, best, score)
         return Matching(source, score, method)
-    # Exact global greedy (pairs in decreasing score, each standalone channel used once), over top-k
-    # candidate lists per column: a round stops as soon as a column runs out of candidates while it
-    # could still have more (its next candidate might outrank pairs not yet taken); k then grows.
-    free_s = valid_s.clone()
-    todo = valid_c.clone()
+    return _greedy_one_to_one(masked, valid_s, valid_c, source, score)
+
+
+def _greedy_one_to_one(
+    masked: torch.Tensor, valid_s: torch.Tensor, valid_c: torch.Tensor, source: torch.Tensor, score: torch.Tensor
+) -> Matching:
+    """Exact global greedy (pairs in decreasing score, each standalone channel used once), over top-k
+    candidate lists per column: a round stops as soon as a column runs out of candidates while it could
+    still have more (its next candidate might outrank pairs not yet taken); k then grows."""
+    n_s = masked.shape[0]
+    free_s, todo = valid_s.clone(), valid_c.clone()
     k = min(n_s, 16)
     while bool(todo.any()) and bool(free_s.any()):
         cols = todo.nonzero().flatten()
         cand = masked[:, cols].masked_fill(~free_s.view(-1, 1), float("-inf"))
         top, rows = cand.topk(k, dim=0)  # [k, n_todo]
-        left = torch.full((len(cols),), k).tolist()
-        order = top.flatten().argsort(descending=True).tolist()
-        top_l, rows_l, cols_l = top.flatten().tolist(), rows.flatten().tolist(), cols.tolist()
-        for flat in order:
-            val = top_l[flat]
-            if val == float("-inf"):
-                break
-            ci = flat % len(cols_l)
-            r, c = rows_l[flat], cols_l[ci]
-            if not todo[c]:
-                continue
-            if free_s[r]:
-                source[c], score[c] = r, val
-                free_s[r] = False
-                todo[c] = False
-                continue
-            left[ci] -= 1
-            if left[ci] == 0 and k < n_s:
-                break
+        _greedy_round(top, rows, cols, k, n_s, free_s, todo, source, score)
         if k >= n_s:  # every candidate was seen: the columns left have no free standalone channel
             break
         k = min(n_s, k * 4)
-    return Matching(source, score, method)
+    return Matching(source, score, "one_to_one")
+
+
+def _greedy_round(top, rows, cols, k, n_s, free_s, todo, source, score) -> None:
+    """One pass over the candidate pairs in decreasing score; updates the matching in place."""
+    left = torch.full((len(cols),), k).tolist()
+    order = top.flatten().argsort(descending=True).tolist()
+    top_l, rows_l, cols_l = top.flatten().tolist(), rows.flatten().tolist(), cols.tolist()
+    for flat in order:
+        val = top_l[flat]
+        if val == float("-inf"):
+            return
+        ci = flat % len(cols_l)
+        r, c = rows_l[flat], cols_l[ci]
+        if not todo[c]:
+            continue
+        if free_s[r]:
+            source[c], score[c] = r, val
+            free_s[r], todo[c] = False, False
+            continue
+        left[ci] -= 1
+        if left[ci] == 0 and k < n_s:
+            return
 
 
 def random_matching(valid_s: torch.Tensor, valid_c: torch.Tensor, generator: torch.Generator) -> Matching:
