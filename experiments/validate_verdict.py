@@ -328,6 +328,37 @@ def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> st
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path: str, verdicts: tuple[str, ...] = ("reliance", "separation_vs_init")) -> None:
+    """Final epoch of every run: the verdict's colour - shape effect against the counterfactual's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finals = {r["run"]: r for r in rows}
+    families = sorted({r["family"] for r in finals.values()})
+    fig, axes = plt.subplots(1, len(verdicts), figsize=(4.6 * len(verdicts), 4.0), squeeze=False)
+    for ax, v in zip(axes[0], verdicts):
+        for fam in families:
+            pts = [r for r in finals.values() if r["family"] == fam and f"{v}/color" in r]
+            ax.scatter(
+                [r["cf_color"] - r["cf_shape"] for r in pts],
+                [r[f"{v}/color"] - r[f"{v}/shape"] for r in pts],
+                label=fam,
+                s=28,
+            )
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("counterfactual: colour flip − shape flip")
+        ax.set_ylabel(f"{v}: colour − shape effect")
+        ax.set_title(v, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra: list[str] = []
@@ -368,6 +399,8 @@ def main() -> None:
         "Ground truth per probed epoch: the counterfactual flip rates at that epoch (clear when colour and shape "
         "differ by >= 0.2, else mixed). ✓/✗: a named concept equal / not equal to a clear truth.",
     ]
+    plot(rows, os.path.join(args.out, "validation.png"))
+    header += ["", "![final epoch of every run](validation.png)"]
     atomic_write_text(os.path.join(args.out, "validation.md"), markdown(rows, scores, header))
     print(open(os.path.join(args.out, "validation.md")).read().split("## Every run")[0])
 
