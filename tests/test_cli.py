@@ -14,10 +14,6 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recurs
 STANDALONE = [c for c in CONFIGS if os.sep + "trainer" + os.sep not in c]
 
 
-def test_there_are_configs():
-    assert any(c.endswith("quickstart.yaml") for c in CONFIGS)
-
-
 @pytest.mark.parametrize("config", STANDALONE, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_:

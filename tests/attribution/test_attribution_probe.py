@@ -8,6 +8,7 @@ import os
 
 import lightning as L
 import pytest
+import torch
 
 from tests.callbacks.test_surgery_probe import _csv_metrics
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
@@ -27,12 +28,37 @@ def test_logs_shares_and_writes_heatmaps(tmp_path):
         enable_model_summary=False,
         callbacks=[probe],
     )
-    trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    model = TinyClassifier()
+    trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
     logged = _csv_metrics(tmp_path)
-    for method in ("integrated_gradients", "saliency", "occlusion"):
-        assert 0.0 <= logged[f"attr/{method}/color_share"] <= 1.0
-    for method in ("gradcam", "integrated_gradients", "saliency", "occlusion"):
-        assert 0.0 <= logged[f"attr/{method}/on_digit"] <= 1.0
+    # the logged shares equal the pure functions applied to the same 16 probe images (the callback adds no math)
+    from xai_lightning.attribution import attribute, color_share, on_digit
+
+    dm = tiny_datamodule(str(tmp_path / "data"))
+    dm.setup()
+    model.eval()
+    batch = next(iter(dm.dataloader("probe_set", batch_size=16)))
+    images, color = batch["image"], batch["color"]
+    with torch.no_grad():
+        pred = model(images).argmax(-1)
+    attrs = attribute(
+        model,
+        images,
+        pred,
+        ("gradcam", "integrated_gradients", "saliency", "occlusion"),
+        model.get_submodule("net.conv3"),
+        4,
+        probe.occlusion_window,
+        probe.occlusion_stride,
+    )
+    for method, attr in attrs.items():
+        assert logged[f"attr/{method}/on_digit"] == pytest.approx(float(on_digit(attr, images).mean()), abs=2e-4)
+        if method != "gradcam":
+            share = color_share(attr, color, dm.rgb.float(), images)
+            expected = float(share[torch.isfinite(share)].mean())
+            assert logged[f"attr/{method}/color_share"] == pytest.approx(expected, abs=2e-4), (
+                method
+            )  # float32, other batching
     assert "attr/gradcam/color_share" not in logged  # no channel axis: it cannot separate colour from shape
     assert math.isfinite(logged["attr/seconds"])
     assert os.listdir(tmp_path / "csv" / "version_0" / "attr") == ["heatmaps_epoch000.png"]
