@@ -272,7 +272,7 @@ TARGETS = (  # (key, label, test on the value)
 
 def _cell(value) -> str:
     if isinstance(value, dict):
-        return f"{value['hits']}/{value['n']}" + (f" ({value['rate']:.2f})" if value["n"] else "")
+        return f"{value['hits']}/{value['n']}" + (f" ({value['rate']:.2f})" if value["n"] else " (no such case)")
     return f"{value:+.3f}" if isinstance(value, float) and math.isfinite(value) else "–"
 
 
@@ -284,6 +284,9 @@ def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> st
         cells = []
         for v in verdicts:
             value = scores[v][key]
+            if isinstance(value, dict) and not value["n"]:
+                cells.append(_cell(value))  # nothing to judge
+                continue
             passed = ok(value) if (not isinstance(value, float) or math.isfinite(value)) else False
             cells.append(f"{_cell(value)} {'✓' if passed else '✗'}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -393,8 +396,8 @@ def main() -> None:
         "",
         f"`python experiments/validate_verdict.py {' '.join(sys.argv[1:])}` — mode {args.mode}, seed offset "
         f"{args.seed_offset}, {len([s for s in todo if not s.pretrain])} scored runs, {len(rows)} probed epochs; "
-        f"runs took {sum(seconds.values()):.0f} s in all ({min(seconds.values()):.0f}–{max(seconds.values()):.0f} s "
-        f"each), suite wall time {wall:.0f} s (a reused run counts its original time).",
+        f"the runs took {sum(seconds.values()):.0f} s in all ({min(seconds.values()):.0f}–"
+        f"{max(seconds.values()):.0f} s each, pretraining included; each run's own time, also when reused).",
         "",
         "Ground truth per probed epoch: the counterfactual flip rates at that epoch (clear when colour and shape "
         "differ by >= 0.2, else mixed). ✓/✗: a named concept equal / not equal to a clear truth.",
