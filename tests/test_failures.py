@@ -166,8 +166,6 @@ TINY = [
     "20",
     "--model.init_args.backbone",
     "resnet18",
-    "--trainer.logger",
-    "lightning.pytorch.loggers.CSVLogger",
 ]
 
 
@@ -195,7 +193,8 @@ def test_bad_input_is_one_line_naming_the_option(tmp_path, capsys, args, message
     assert message in _cli_error(capsys, "--data.init_args.data_dir", str(tmp_path), *args)
 
 
-def test_unreadable_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path, capsys):
+def test_unreadable_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
     foreign = tmp_path / "weights.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
     assert f"{foreign} is not a Lightning checkpoint" in _cli_error(capsys, "--ckpt_path", str(foreign))
@@ -212,8 +211,6 @@ def test_unreadable_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path
         str(bad_npz),
         "--data.init_args.data_dir",
         str(tmp_path),
-        "--trainer.default_root_dir",
-        str(tmp_path / "runs"),
         *TINY,
     )
     assert f"{bad_npz} is not a readable .npz" in msg
@@ -238,7 +235,7 @@ def test_a_new_fit_into_a_folder_that_holds_a_run_is_refused(tmp_path, capsys, m
         str(tmp_path / "data"),
         "--trainer.logger.save_dir",
         str(tmp_path / "runs"),
-        *TINY[:-2],
+        *TINY,
     )
     assert "already holds a run (version_0); resume it with --ckpt_path last" in msg
 
@@ -278,7 +275,7 @@ def test_sigterm_exits_143_after_checkpointing_the_last_epoch(tmp_path):
         os.path.join(ROOT, "configs", "quickstart.yaml"),
         "--data.init_args.data_dir",
         str(tmp_path / "data"),
-        *TINY[:-2],
+        *TINY,
         "--trainer.max_epochs",
         "3",
         "--trainer.callbacks+=tests.helpers.modules.SelfTerminate",

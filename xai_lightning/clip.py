@@ -85,6 +85,15 @@ class ProbeCLIP(nn.Module):
         tokens = self.tokenizer(list(captions)).to(self.mean.device)
         return self.model.encode_text(tokens).float()
 
+    def tail(self, layer: str, x: torch.Tensor) -> torch.Tensor | None:
+        """The image embedding from the output ``x`` of ``layer`` onward, when ``layer`` is the last stage of a
+        ResNet tower (only the attention pool remains): a transplant into the last stage then needs no new
+        forward through the stages before it. None for any other layer or tower."""
+        visual = self.model.visual
+        if layer != "visual.layer4" or not hasattr(visual, "attnpool") or not hasattr(visual, "layer4"):
+            return None
+        return visual.attnpool(x.to(next(visual.parameters()).dtype)).float()
+
 
 # ---- building blocks -------------------------------------------------------------------------------
 def clip_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
 
 
 def test_split_sizes_classes_and_folds(tmp_path):
-    dm = ColorMNISTDataModule(data_dir=str(tmp_path), digits=[1, 4, 7], **SMALL)
+    dm = ColorMNISTDataModule(data_dir=str(tmp_path), digits=[1, 4, 7], colors=["red", "green", "blue"], **SMALL)
     dm.setup()
     sizes = {s: len(ds) for s, ds in dm.datasets.items()}
     assert sizes == {"train": 3 * 32, "val": 3 * 8, "test": 30, "real_world": 90, "probe_set": 36}
@@ -40,7 +40,10 @@ def test_split_sizes_classes_and_folds(tmp_path):
         assert torch.bincount(labels).tolist() == [len(labels) // 3] * 3  # stratified
         assert torch.equal(dm.datasets[split].digit, torch.tensor([1, 4, 7])[labels])
     assert dm.class_names == ["1", "4", "7"] and dm.num_classes == 3
-    folds = [ColorMNISTDataModule(data_dir=str(tmp_path), digits=[1, 4, 7], fold=k, **SMALL) for k in range(5)]
+    folds = [
+        ColorMNISTDataModule(data_dir=str(tmp_path), digits=[1, 4, 7], colors=["red", "green", "blue"], fold=k, **SMALL)
+        for k in range(5)
+    ]
     vals = [f.fold_mask(dm.datasets["train"].label.numpy().repeat(1)) for f in folds]
     assert np.all(np.sum(vals, axis=0) == 1)  # every sample in exactly one validation fold
 
@@ -139,7 +142,7 @@ def test_npz_source_and_its_errors(tmp_path):
         ColorMNISTDataModule(
             source=path,
             data_dir=str(tmp_path),
-            digits=[3],
+            digits=[3, 5],
             train_per_class=30,
             test_per_class=5,
             real_world_per_class=5,

@@ -89,7 +89,7 @@ def test_full_swap_makes_all_layers_equal_last_layer_only():
     assert (p_all - p_last).abs().max() > 1e-4
 
 
-def test_hooks_removed_after_exception_and_level_zero_has_none():
+def test_hooks_removed_after_exception_and_after_scoring():
     clip, cnn = tiny_clip(), TinyCNN().eval()
     images = random_images(8, seed=2)
     base = count_forward_hooks(clip.model), count_forward_hooks(cnn)
@@ -113,9 +113,9 @@ def test_hooks_removed_after_exception_and_level_zero_has_none():
 
     clip.encode_image = spy
     pipe.score_batch(images, torch.zeros(1, len(images), dtype=torch.long))
-    # plain CLIP without hooks; whole layers swapped: the last layer alone decides (one hook), for the
-    # transplant and each of the 2 null draws; no intermediate level is computed (nothing reads it)
-    assert seen == [base[0], base[0] + 1, base[0] + 1, base[0] + 1]
+    # whole layers swapped: one CLIP forward (reading the last stage), the transplant and the 2 null draws finish
+    # from that stage's output; nothing is left hooked
+    assert seen == [base[0] + 1]
     assert count_forward_hooks(clip.model) == base[0]
     partial = SurgeryPipeline(cnn, clip, captions, "convs", CLIP_LAYERS, null_draws=1, swap_fraction=0.5)
     partial.fit_batch(images)
@@ -123,6 +123,23 @@ def test_hooks_removed_after_exception_and_level_zero_has_none():
     seen.clear()
     partial.score_batch(images, torch.zeros(1, len(images), dtype=torch.long))
     assert seen == [base[0], base[0] + 4, base[0] + 4]  # a partial swap propagates: every layer, cumulatively
+
+
+def test_finishing_from_the_last_stage_equals_a_full_forward_with_the_transplant_hooked():
+    clip, cnn = tiny_clip(), TinyCNN().eval()
+    images = random_images(24, seed=5)
+    captions = resolve_concepts({"shape": {"attribute": "digit", "template": "the digit {}"}}, {"digit": ["5", "8"]})
+    pipe = SurgeryPipeline(cnn, clip, captions, "convs", CLIP_LAYERS, null_draws=3)
+    pipe.fit_batch(images)
+    pipe.fit_finish()
+    fast_sims, fast_null = pipe.similarities(images)
+    clip.tail = lambda layer, x: None  # no shortcut: every variant is a full forward with hooks
+    full_sims, full_null = pipe.similarities(images)
+    torch.testing.assert_close(fast_sims, full_sims, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_null, full_null, rtol=0, atol=1e-6)
+    with torch.no_grad():  # and the plain level is plain CLIP
+        plain = torch.nn.functional.normalize(clip.encode_image(clip.preprocess(images)), dim=-1) @ pipe.text_features.T
+    torch.testing.assert_close(fast_sims[0], plain, rtol=0, atol=1e-6)
 
 
 def test_pipeline_scores_equal_direct_matching_scores():

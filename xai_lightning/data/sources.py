@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from xai_lightning.data.synthetic import generate_digits
+from xai_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def load_npz(path: str) -> Pool:
     try:
         data = np.load(path)
     except (ValueError, OSError, EOFError) as err:  # random bytes, a truncated zip, a pickle
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a readable .npz ({type(err).__name__}); expected numpy's savez format with 'images' "
             "(N x 28 x 28 uint8) and 'labels' (N digits 0-9)"
         ) from None

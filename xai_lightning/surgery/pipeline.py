@@ -33,7 +33,14 @@ from xai_lightning.surgery.layers import capture, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
 from xai_lightning.surgery.scoring import METRICS, ProbeCounts, image_outcomes
-from xai_lightning.surgery.transplant import INTERPOLATIONS, StandardizedMaps, SurgeryPlan, build_plan, transplant
+from xai_lightning.surgery.transplant import (
+    INTERPOLATIONS,
+    StandardizedMaps,
+    SurgeryPlan,
+    build_plan,
+    transplant,
+    transplant_maps,
+)
 from xai_lightning.verdict import VERDICTS, DecisionTable, ProbeSummary
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]
@@ -193,6 +200,32 @@ class SurgeryPipeline:
         with transplant(self.clip.model, plan, maps, self.swapped_layers, self.interpolation, matching):
             return self._similarity(x)
 
+    def _transplants(
+        self, x: torch.Tensor, variants: Sequence[tuple[SurgeryPlan, StandardizedMaps, Matching | None]]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(plain similarities [B, K], one [B, K] per transplant variant). When whole layers are swapped and
+        the CLIP can finish from its last stage (``tail``), CLIP runs once: each variant replaces the last
+        stage's channels in that forward's output and only the rest of the tower (an attention pool) runs
+        again; the result equals a full forward with the transplant hooked. Otherwise a full forward each."""
+        last = self.clip_layers[-1]
+        tail = getattr(self.clip, "tail", None) if self.swap_fraction == 1.0 else None
+        if tail is not None:
+            with capture(self.clip.model, [last]) as acts:
+                plain = self._similarity(x)
+            out = []
+            for plan, maps, matching in variants:
+                idx, replacement = transplant_maps(plan, maps, last, self.interpolation, matching)
+                y = acts[last].clone()
+                y[:, idx] = replacement.to(y.dtype)
+                emb = tail(last, y)
+                if emb is None:
+                    break
+                out.append(F.normalize(emb.float(), dim=-1) @ self.text_features.T)
+            else:
+                return plain, out
+        plain = self._similarity(x)
+        return plain, [self._swapped(x, plan, maps, matching) for plan, maps, matching in variants]
+
     @torch.no_grad()
     def similarities(
         self, images: torch.Tensor, standalone_maps: Mapping[str, torch.Tensor] | None = None
@@ -205,8 +238,8 @@ class SurgeryPipeline:
             standalone_maps = self.standalone_maps(images)
         maps = StandardizedMaps(self.plan, standalone_maps)  # once per batch, shared by all swaps
         x = self.clip.preprocess(images)
-        plain, swapped = self._similarity(x), self._swapped(x, self.plan, maps)
-        null = [self._swapped(x, self.plan, maps, m) for m in self.null_matchings]
+        variants = [(self.plan, maps, None)] + [(self.plan, maps, m) for m in self.null_matchings]
+        plain, (swapped, *null) = self._transplants(x, variants)
         return torch.stack([plain, swapped]), torch.stack(null) if null else plain.new_zeros(0, *plain.shape)
 
     @torch.no_grad()
@@ -265,12 +298,12 @@ class SurgeryPipeline:
         with torch.no_grad():
             for images, targets, index in score_triples:
                 x = self.clip.preprocess(images)
-                plain = self._similarity(x).double()
-                outs = []
-                for model, plan in plans:
-                    maps = StandardizedMaps(plan, self.forward(images, model)[0])
-                    swapped = self._swapped(x, plan, maps).double()
-                    outs.append(image_outcomes(self.captions, plain, swapped, targets.to(plain.device).long()))
+                variants = [
+                    (plan, StandardizedMaps(plan, self.forward(images, model)[0]), None) for model, plan in plans
+                ]
+                plain, swapped = self._transplants(x, variants)
+                targets = targets.to(plain.device).long()
+                outs = [image_outcomes(self.captions, plain.double(), s.double(), targets) for s in swapped]
                 table.add(index, torch.stack(outs))
         if sum_fn is not None:
             table.all_reduce(sum_fn, self.text_features.device, total)
