@@ -137,8 +137,8 @@ def main() -> None:
             )
             cells = []
             for metric in METRICS:
-                name = r[f"name_{metric}"]
-                mark = "✓" if name == truth[model_name] else ("·" if name in ("none", "undecided") else "✗")
+                named = r[f"name_{metric}"]
+                mark = "✓" if named == truth[model_name] else ("·" if named in ("none", "undecided") else "✗")
                 cells.append(
                     f"{r[f'effect_{metric}/color']:+.3f} / {r[f'effect_{metric}/shape']:+.3f} "
                     f"{r[f'outcome_{metric}']} {mark}"
