@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
-from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from xai_lightning.errors import ConfigError
+from xai_lightning.net import reachable
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +29,6 @@ def _logged_in() -> bool:
     try:
         return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # noqa: BLE001 - any failure to read credentials means "not logged in"
-        return False
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
         return False
 
 
@@ -74,7 +61,7 @@ def decide_wandb_mode(offline: bool = False) -> tuple[str, str]:
             )
         return "offline", "not logged in to W&B (no WANDB_API_KEY, no `wandb login`)"
     base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not _reachable(base_url):
+    if not reachable(base_url):
         return "offline", f"W&B server {base_url} is unreachable"
     problem = _server_error(base_url)
     if problem:

@@ -3,7 +3,7 @@
 The data must have colours independent of digits (``color_mode: random``) so that the probe learns
 colour and shape equally; captions come from templates that name the colour, the digit, both, or
 neither. Zero-shot accuracy is measured with the probe's own caption templates
-(``xai_lightning.surgery.DEFAULT_CONCEPTS``), which are among the training templates.
+(``xai_lightning.captions.DEFAULT_CONCEPTS``), which are among the training templates.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from xai_lightning.clip import OPENAI_MEAN, OPENAI_STD, ProbeCLIP, build_open_clip, clip_preprocess
-from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS
+from xai_lightning.captions import DEFAULT_CONCEPTS
+from xai_lightning.clip import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ProbeCLIP,
+    build_open_clip,
+    clip_preprocess,
+    zeroshot_hits,
+    zeroshot_text,
+)
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -156,36 +164,18 @@ class CLIPModule(L.LightningModule):
         self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def zeroshot_text(self) -> tuple[torch.Tensor, torch.Tensor]:
-        classes, colors = self._names()
-        shape_tpl, color_tpl = DEFAULT_CONCEPTS["shape"]["template"], DEFAULT_CONCEPTS["color"]["template"]
-        with torch.no_grad():
-            digit_text = F.normalize(self.encode_text([shape_tpl.format(c) for c in classes]), dim=-1)
-            color_text = F.normalize(self.encode_text([color_tpl.format(c) for c in colors]), dim=-1)
-        return digit_text, color_text
-
     @override
     def on_validation_epoch_start(self) -> None:
-        self._zs_text = self.zeroshot_text()
-        self._zs = torch.zeros(4, device=self.device)  # digit hits, digit n, colour hits, colour n
+        self._zs_text = zeroshot_text(self.encode_text, *self._names())
+        self._zs = torch.zeros(4, dtype=torch.float64, device=self.device)  # digit hits, images, colour hits, n
 
     @override
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx != 0:
             return
         emb = F.normalize(self.model.encode_image(self.preprocess(batch["image"])).float(), dim=-1)
-        digit_text, color_text = self._zs_text
-        pred_d = (emb @ digit_text.T).argmax(-1)
-        pred_c = (emb @ color_text.T).argmax(-1)
-        colored = batch["color"] >= 0
-        self._zs += torch.stack(
-            [
-                (pred_d == batch["label"]).sum(),
-                torch.tensor(len(pred_d), device=self.device),
-                ((pred_c == batch["color"]) & colored).sum(),
-                colored.sum(),
-            ]
-        ).float()
+        digit = batch.get("digit_index", batch["label"])
+        self._zs += zeroshot_hits(emb, *self._zs_text, digit, batch["color"])
 
     @override
     def on_validation_epoch_end(self) -> None:

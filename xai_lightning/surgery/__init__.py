@@ -6,7 +6,9 @@ scoring with a null control and reference networks (``scoring``) and the end-to-
 The verdict built on top lives in ``xai_lightning.verdict``.
 """
 
-from xai_lightning.surgery.concepts import DEFAULT_CONCEPTS, CaptionSet, resolve_concepts
+from xai_lightning.captions import DEFAULT_CONCEPTS
+from xai_lightning.resize import resize_antialiased
+from xai_lightning.surgery.concepts import CaptionSet, resolve_concepts
 from xai_lightning.surgery.layers import PRESETS, capture, count_forward_hooks, forward_hooks, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, layer_summaries, match, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments, matching_scores, near_constant
@@ -22,7 +24,6 @@ from xai_lightning.surgery.transplant import (
     StandardizedMaps,
     SurgeryPlan,
     build_plan,
-    resize_antialiased,
     resize_maps,
     select_swaps,
     transplant,

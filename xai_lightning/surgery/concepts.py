@@ -15,11 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_CONCEPTS: dict[str, dict] = {
-    "shape": {"attribute": "digit", "template": "a photo of a digit with the value {}."},
-    "color": {"attribute": "color", "template": "a photo of a {} digit."},
-}
-
 
 @dataclass
 class CaptionSet:

@@ -1,0 +1,49 @@
+"""``python -m xai_lightning.clip download|export``: pre-download open_clip weights; export a trained probe."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+
+from xai_lightning.clip.files import load_probe_file, save_probe_clip
+from xai_lightning.clip.loading import cached_pretrained, load_clip
+
+log = logging.getLogger("xai_lightning.clip")
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xai_lightning.clip", description="CLIP weights for the probe")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    dl = sub.add_parser("download", help="download open_clip weights into a cache dir (run where there is internet)")
+    dl.add_argument("--model", required=True)
+    dl.add_argument("--pretrained", required=True)
+    dl.add_argument("--cache-dir", default=None)
+    ex = sub.add_parser("export", help="turn a CLIPModule checkpoint into a self-contained fp16 probe CLIP file")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.cmd == "download":
+        clip = load_clip({"model": args.model, "pretrained": args.pretrained, "cache_dir": args.cache_dir})
+        path, _, _ = cached_pretrained(args.model, args.pretrained, args.cache_dir)
+        log.info(f"ok: {clip.name} cached at {path}")
+        return
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    clip = load_probe_file(args.checkpoint, os.path.basename(args.out))
+    meta = {
+        "source_checkpoint": os.path.basename(args.checkpoint),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "hyper_parameters": ckpt.get("hyper_parameters", {}),
+    }
+    save_probe_clip(args.out, clip, ckpt["hyper_parameters"]["model_cfg"], meta)
+    n = sum(p.numel() for p in clip.model.parameters())
+    log.info(f"wrote {args.out}: {n / 1e6:.2f}M parameters, {os.path.getsize(args.out) / 2**20:.1f} MiB (fp16)")
+
+
+if __name__ == "__main__":
+    _main()
