@@ -6,6 +6,7 @@ import glob
 import os
 
 import pytest
+import torch
 
 from xai_lightning.cli import main
 
@@ -161,3 +162,11 @@ def test_quickstart_config_runs_the_probe_with_its_references(tmp_path, monkeypa
     assert probe.reference_info.startswith("the weights at fit start + 3 re-initialisations by ClassifierModule")
     assert probe.history[0]["outcome"] in ("shape", "color", "none") or "undecided" in probe.history[0]["outcome"]
     assert probe.history[0]["probe/decided"] in (0.0, 1.0)
+    # the model summary counts a real forward's FLOPs (it printed "Total FLOPs: 0" without an example input)
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = cli.model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert ModelSummary(model).total_flops == counter.get_total_flops() > 0

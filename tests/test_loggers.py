@@ -53,3 +53,29 @@ def test_a_server_that_answers_with_errors_sends_the_run_offline_within_seconds(
             assert f"answered HTTP {status}" in reason
     finally:
         server.shutdown()
+
+
+def test_a_resumed_offline_run_continues_the_step_count(tmp_path, monkeypatch):
+    """Two processes' worth of one run id (a resume with XAI_WANDB_ID): the second offline folder's history
+    steps continue the trainer's steps instead of restarting at 0, so `wandb sync` of both cannot collide."""
+    from tests.helpers.wandb_records import history_steps
+    from xai_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for start in (0, 5):  # trainer steps 0-4, then (resumed) 5-9
+        logger = WandbLogger(save_dir=str(tmp_path), id="resumed", project="p")
+        for step in range(start, start + 5):
+            logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        logger.experiment.finish()
+    first, second = sorted(tmp_path.glob("wandb/offline-run-*/run-resumed.wandb"), key=lambda p: p.parent.name)
+    assert history_steps(first) == [0, 1, 2, 3, 4]
+    assert history_steps(second) == [5, 6, 7, 8, 9]
+
+
+def test_no_deprecated_anonymous_setting_reaches_wandb(tmp_path, monkeypatch):
+    """W&B warns "The anonymous setting has no effect" whenever ``anonymous`` is passed to ``wandb.init``."""
+    from xai_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), project="p")._wandb_init

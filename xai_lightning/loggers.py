@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any
 
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -82,6 +83,8 @@ class WandbLogger(_LightningWandbLogger):
         if mode != "online" or kwargs.get("mode") is None:  # the CLI passes every wandb.init kwarg, mode=None too
             kwargs["mode"] = mode
         super().__init__(*args, offline=mode == "offline", project=project, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns that the setting is gone whenever it is passed
+            self._wandb_init.pop("anonymous", None)
         if mode == "offline":
             self._announce_offline(reason)
 
@@ -109,7 +112,17 @@ class WandbLogger(_LightningWandbLogger):
             return None
 
     def log_metrics(self, metrics, step=None) -> None:
-        self.guard("log_metrics", super().log_metrics, metrics, step)
+        self.guard("log_metrics", self._log_at_step, metrics, step)
+
+    @rank_zero_only
+    def _log_at_step(self, metrics, step=None) -> None:
+        """Lightning's ``log_metrics`` lets W&B count its own steps from 0 in every process, so a run resumed
+        with the same ``id`` writes steps 0, 1, ... again (an offline resume then cannot be synced beside the
+        first part). Here W&B's step is the trainer's step, which a resumed run continues."""
+        if step is None or self._wandb_init.get("sync_tensorboard"):
+            return super().log_metrics(metrics, step)
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        self.experiment.log(dict(metrics, **{"trainer/global_step": step}), step=int(step))
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         self.guard("log_hyperparams", super().log_hyperparams, params, *args, **kwargs)

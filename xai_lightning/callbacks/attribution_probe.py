@@ -205,7 +205,9 @@ class AttributionProbe(Callback):
                 try:
                     import wandb
 
-                    logger.experiment.log({"attr/heatmaps": wandb.Image(fig), "epoch": trainer.current_epoch})
+                    logger.experiment.log(  # at the trainer's step, as every other W&B metric (see loggers.py)
+                        {"attr/heatmaps": wandb.Image(fig), "epoch": trainer.current_epoch}, step=trainer.global_step
+                    )
                 except Exception as err:  # noqa: BLE001 - W&B trouble must not stop training
                     rank_zero_warn(f"AttributionProbe: W&B logging failed ({err}); the PNG is in {self.out_dir}")
         plt.close(fig)

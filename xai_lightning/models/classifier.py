@@ -114,6 +114,12 @@ class ClassifierModule(L.LightningModule):
         rank_zero_info(f"ClassifierModule: initialised from {path}{note}")
 
     @override
+    def setup(self, stage: str) -> None:
+        size = getattr(getattr(self.trainer, "datamodule", None), "image_size", None)
+        if size:  # lets Lightning's model summary count a forward's FLOPs (one image, eval mode, no grad)
+            self.example_input_array = torch.zeros(1, 3, int(size), int(size))
+
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, num_classes] from images [B, 3, H, W] in [0, 1]."""
         if self.input_transform == "grayscale":
