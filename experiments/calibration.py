@@ -32,9 +32,9 @@ import time
 import torch
 from validate_verdict import Scenario, epoch_rows, run_one  # the suite next to this script
 
-from xai_lightning.callbacks.counterfactual import color_counterfactual, shape_counterfactual
 from xai_lightning.clip import load_clip
 from xai_lightning.data import ColorMNISTDataModule
+from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
 from xai_lightning.io import atomic_write_text
 from xai_lightning.models import ClassifierModule
 from xai_lightning.report import load_run

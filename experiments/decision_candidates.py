@@ -30,9 +30,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from xai_lightning.callbacks.counterfactual import color_counterfactual, shape_counterfactual
 from xai_lightning.clip import load_clip
 from xai_lightning.data import ColorMNISTDataModule
+from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
 from xai_lightning.io import atomic_write_text
 from xai_lightning.models import ClassifierModule
 from xai_lightning.surgery import (

@@ -23,6 +23,7 @@ from xai_lightning.data.colorize import (
     colorize,
     resolve_colors,
 )
+from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
 from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
 from xai_lightning.io import atomic_write
 
@@ -264,9 +265,23 @@ class ColorMNISTDataModule(L.LightningDataModule):
 
     attribute_keys = {"digit": "digit_index", "color": "color"}
 
+    # ---- counterfactual edits (CounterfactualCheck) ---------------------------------------------
+    counterfactual_names = ("color", "shape")
+
+    def counterfactuals(
+        self, split: str, batch: dict[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Concept -> (the batch's images with that concept changed, mask of images that could be edited)."""
+        digit, rgb = batch["digit_index"], self.rgb.float()
+        return {
+            "color": color_counterfactual(batch["image"], batch["color"], digit, rgb),
+            "shape": shape_counterfactual(batch["image"], batch["color"], digit, rgb),
+        }
+
     # ---- generation and cache -----------------------------------------------------------------
-    def cache_key(self) -> str:
-        spec = {
+    def cache_spec(self) -> dict:
+        """Everything the generated arrays depend on (subclasses add their own options)."""
+        return {
             "version": _CACHE_VERSION,
             "source": source_fingerprint(self.source),
             "digits": self.digits,
@@ -279,10 +294,14 @@ class ColorMNISTDataModule(L.LightningDataModule):
             "sizes": self.sizes,
             "seed": self.seed,
         }
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+    cache_prefix = "colordigits"
+
+    def cache_key(self) -> str:
+        return hashlib.sha256(json.dumps(self.cache_spec(), sort_keys=True).encode()).hexdigest()[:20]
 
     def cache_path(self) -> str:
-        return os.path.join(self.data_dir, "cache", f"colordigits_{self.cache_key()}.npz")
+        return os.path.join(self.data_dir, "cache", f"{self.cache_prefix}_{self.cache_key()}.npz")
 
     def _generate(self) -> dict[str, np.ndarray]:
         pools: dict[str, Pool] = load_splits(self.source, self.data_dir, self.digits, self.sizes, self.seed)
@@ -335,28 +354,25 @@ class ColorMNISTDataModule(L.LightningDataModule):
             log.info(f"ColorMNISTDataModule: biased colours (train/val/test): {pairs}")
         arrays = self._load_or_generate(write=True)
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-
-        def make(split: str, index: torch.Tensor | None = None) -> ColorDigits:
-            parts = [t[f"{split}.{k}"] for k in ("intensity", "digit", "label", "color", "digit_index")]
-            if index is not None:
-                parts = [p[index] for p in parts]
-            *parts, digit_index = parts
-            return ColorDigits(
-                *parts,
-                rgb=self.rgb,
-                image_size=self.image_size,
-                interpolation=self.interpolation,
-                digit_index=digit_index,
-            )
-
         val_mask = self.fold_mask(t["train.digit_index"].numpy())
         self.datasets = {
-            "train": make("train", torch.from_numpy(np.flatnonzero(~val_mask))),
-            "val": make("train", torch.from_numpy(np.flatnonzero(val_mask))),
-            "test": make("test"),
-            "real_world": make("real_world"),
-            "probe_set": make("probe_set"),
+            "train": self.make_dataset(t, "train", torch.from_numpy(np.flatnonzero(~val_mask))),
+            "val": self.make_dataset(t, "train", torch.from_numpy(np.flatnonzero(val_mask))),
+            "test": self.make_dataset(t, "test"),
+            "real_world": self.make_dataset(t, "real_world"),
+            "probe_set": self.make_dataset(t, "probe_set"),
         }
+
+    dataset_fields = ("intensity", "digit", "label", "color", "digit_index")
+
+    def split_arrays(self, t: dict[str, torch.Tensor], split: str, index: torch.Tensor | None) -> dict:
+        parts = {k: t[f"{split}.{k}"] for k in self.dataset_fields}
+        return parts if index is None else {k: v[index] for k, v in parts.items()}
+
+    def make_dataset(self, t: dict[str, torch.Tensor], split: str, index: torch.Tensor | None = None) -> ColorDigits:
+        """The dataset of one split (rows ``index`` of its arrays, all by default)."""
+        parts = self.split_arrays(t, split, index)
+        return ColorDigits(**parts, rgb=self.rgb, image_size=self.image_size, interpolation=self.interpolation)
 
     def fold_mask(self, labels: np.ndarray) -> np.ndarray:
         """Boolean [N] mask of the validation fold: stratified, fold j of each class's seeded permutation."""
