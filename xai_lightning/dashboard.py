@@ -52,7 +52,7 @@ def workspace_spec(
     ]
     generalize = [
         _line("accuracy: validation vs deployment", ["val/acc", "real_world/acc"]),
-        _line("counterfactual flip rates (ground truth)", ["cf/color_flip_rate", "cf/shape_flip_rate"]),
+        _line("counterfactual flip rates (ground truth)", list(names.COUNTERFACTUAL)),
     ]
     internals = [
         _line(f"retention: {c} (model vs start)", [f"probe/retention/{c}", f"probe/init_retention/{c}"])

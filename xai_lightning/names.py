@@ -50,7 +50,7 @@ PROBE_SCALAR = (
 PROBE_ONCE = ("probe/reference_seconds",)  # the epoch the references are computed
 # ---- other callbacks and the model ------------------------------------------------------------------
 ALARM = ("alarm/{c}",)  # ConceptAlarm: the epoch it fired for a spurious concept
-COUNTERFACTUAL = ("cf/color_flip_rate", "cf/shape_flip_rate")
+COUNTERFACTUAL = ("cf/color_flip_rate", "cf/shape_flip_rate", "cf/background_flip_rate")  # background: scenes
 TIMER = ("time/train_epoch_seconds", "time/val_epoch_seconds")
 CLASSIFIER = (
     "train/loss",

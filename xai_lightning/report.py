@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xai_lightning.io import atomic_write, atomic_write_text
-from xai_lightning.verdict import NONE, UNDECIDED, counterfactual_truth
+from xai_lightning.verdict import NONE, UNDECIDED, rates_of, truth_from_rates
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,9 @@ class Run:
         return f"{UNDECIDED} (leaning {self.leaning()})" if out == UNDECIDED else out
 
     def cf_truth(self) -> str | None:
-        """``color``, ``shape`` or ``mixed`` from the counterfactual flip rates (None when not logged)."""
-        final = self.final()
-        if "cf/color_flip_rate" not in final:
-            return None
-        return counterfactual_truth(final["cf/color_flip_rate"], final["cf/shape_flip_rate"])
+        """The concept the counterfactual flip rates name, or ``mixed`` (None when not logged)."""
+        rates = rates_of(self.final())
+        return truth_from_rates(rates) if rates else None
 
 
 def _versions(path: str) -> list[str]:
@@ -233,8 +231,8 @@ def _table_rows(runs: Sequence[Run], concepts: list[str]) -> list[str]:
             row(f"effect {c}: {label} [95% CI]", [_interval(f, f"effect_{metric}", c) for f in finals])
     for c in concepts:
         row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
-    row("cf/color_flip_rate", [_fmt(f.get("cf/color_flip_rate")) for f in finals])
-    row("cf/shape_flip_rate", [_fmt(f.get("cf/shape_flip_rate")) for f in finals])
+    for name in sorted({k for f in finals for k in f if k.startswith("cf/") and k.endswith("_flip_rate")}):
+        row(name, [_fmt(f.get(name)) for f in finals])
     row(
         "probe seconds / train-epoch seconds",
         [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}" for f in finals],
@@ -299,9 +297,9 @@ def method_table(runs: Sequence[Run]) -> list[str]:
         + " |"
     )
     lines.append(
-        "| counterfactual ground truth (colour / shape flip rate) | "
+        "| counterfactual ground truth (flip rates) | "
         + " | ".join(
-            f"{r.cf_truth() or '–'} ({_fmt(f.get('cf/color_flip_rate'), 2)} / {_fmt(f.get('cf/shape_flip_rate'), 2)})"
+            f"{r.cf_truth() or '–'} ({', '.join(f'{c} {_fmt(v, 2)}' for c, v in sorted(rates_of(f).items()))})"
             for r, f in zip(runs, finals)
         )
         + " |"

@@ -18,7 +18,7 @@ from xai_lightning.verdict.summary import (
     outcome_from_metrics,
     summarize,
 )
-from xai_lightning.verdict.truth import CLEAR, MIXED, counterfactual_truth
+from xai_lightning.verdict.truth import CLEAR, MIXED, counterfactual_truth, rates_of, truth_from_rates
 
 __all__ = [
     "Effect",
@@ -43,4 +43,6 @@ __all__ = [
     "CLEAR",
     "MIXED",
     "counterfactual_truth",
+    "rates_of",
+    "truth_from_rates",
 ]
