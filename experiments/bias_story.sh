@@ -2,7 +2,10 @@
 # The flagship story in one command: train the colour-biased model, then the debiased one (grayscale
 # pre-processor, same data), then compare them side by side.
 #
-#   bash experiments/bias_story.sh OUT_DIR [ARGS...]
+#   bash experiments/bias_story.sh OUT_DIR [--configs BIASED.yaml DEBIASED.yaml] [ARGS...]
+#
+# The default pair is configs/quickstart.yaml and configs/quickstart_debiased.yaml (colour); the background
+# shortcut's pair: --configs configs/scenes/biased.yaml configs/scenes/debiased.yaml.
 #
 # Every extra ARG goes to both `fit` runs, e.g. another digit pair and palette:
 #   bash experiments/bias_story.sh runs/story_14 --data.digits '[1,4]' --data.colors '[cyan,magenta]'
@@ -17,11 +20,28 @@
 # the report's PNG plots.
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  echo "usage: bash experiments/bias_story.sh OUT_DIR [ARGS...]" >&2
+  echo "usage: bash experiments/bias_story.sh OUT_DIR [--configs BIASED.yaml DEBIASED.yaml] [ARGS...]" >&2
   exit 2
 fi
 out="$1"
 shift
+biased_config=configs/quickstart.yaml
+debiased_config=configs/quickstart_debiased.yaml
+if [ "${1:-}" = "--configs" ]; then
+  if [ $# -lt 3 ]; then
+    echo "bias_story: --configs needs two files: BIASED.yaml DEBIASED.yaml" >&2
+    exit 2
+  fi
+  biased_config="$2"
+  debiased_config="$3"
+  shift 3
+fi
+for config in "$biased_config" "$debiased_config"; do
+  if [ ! -f "$config" ]; then
+    echo "bias_story: no config file $config" >&2
+    exit 2
+  fi
+done
 if [ -e "$out/biased" ] || [ -e "$out/debiased" ]; then
   echo "bias_story: $out already holds runs; choose a new OUT_DIR" >&2
   exit 2
@@ -36,8 +56,8 @@ if python -c "import captum" 2>/dev/null; then  # pixel attributions next to the
          --trainer.callbacks.gradcam_layer net.layer2 --trainer.callbacks.occlusion_window 8
          --trainer.callbacks.occlusion_stride 4)
 fi
-python -m xai_lightning fit --config configs/quickstart.yaml "${extra[@]}" "$@"
-python -m xai_lightning fit --config configs/quickstart_debiased.yaml "${extra[@]}" "$@"
+python -m xai_lightning fit --config "$biased_config" "${extra[@]}" "$@"
+python -m xai_lightning fit --config "$debiased_config" "${extra[@]}" "$@"
 python -m xai_lightning.report "$out/biased" "$out/debiased" --out "$out" --names biased debiased
 echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"
 echo "dashboard: after \`wandb sync $out/wandb/offline-run-*\` (if offline), run"

@@ -1,8 +1,9 @@
-"""Digit data: sources, colouring, backgrounds, and the data modules (colour-biased digits, digits over
-background textures)."""
+"""Data: digit sources, colouring, backgrounds, and the data modules (colour-biased digits, digits over
+background textures, image folders described by a CSV)."""
 
 from xai_lightning.data.colorize import GRAY, PALETTE, assign_colors, colorize, resolve_colors
 from xai_lightning.data.datamodule import ColorDigits, ColorMNISTDataModule
+from xai_lightning.data.folder import ImageFolderAttributesDataModule
 from xai_lightning.data.scenes import SceneDigits, SceneDigitsDataModule
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "ColorDigits",
     "SceneDigitsDataModule",
     "SceneDigits",
+    "ImageFolderAttributesDataModule",
     "GRAY",
     "PALETTE",
     "assign_colors",
