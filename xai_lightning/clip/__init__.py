@@ -5,7 +5,13 @@ embedded domain probe, open_clip weights by name + tag, a local checkpoint), zer
 from xai_lightning.clip.files import load_probe_file, save_probe_clip
 from xai_lightning.clip.loading import EMBEDDED, SPEC_KEYS, cached_pretrained, load_clip
 from xai_lightning.clip.model import OPENAI_MEAN, OPENAI_STD, ProbeCLIP, build_open_clip, clip_preprocess
-from xai_lightning.clip.zeroshot import zeroshot_accuracy, zeroshot_hits, zeroshot_text
+from xai_lightning.clip.zeroshot import (
+    attribute_hits,
+    background_text,
+    zeroshot_accuracy,
+    zeroshot_hits,
+    zeroshot_text,
+)
 
 __all__ = [
     "load_probe_file",
@@ -19,6 +25,8 @@ __all__ = [
     "ProbeCLIP",
     "build_open_clip",
     "clip_preprocess",
+    "attribute_hits",
+    "background_text",
     "zeroshot_accuracy",
     "zeroshot_hits",
     "zeroshot_text",

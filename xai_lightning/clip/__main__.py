@@ -15,6 +15,17 @@ from xai_lightning.clip.loading import cached_pretrained, load_clip
 log = logging.getLogger("xai_lightning.clip")
 
 
+def caption_tokens(hparams: dict, clip) -> list[int]:
+    """Token ids of every caption a CLIPModule with these hyperparameters trains on."""
+    from xai_lightning.models.clip_module import all_captions
+
+    names = [hparams.get(k) or [] for k in ("class_names", "color_names", "background_names")]
+    if not names[0] or not names[1]:
+        raise ValueError("--caption-tokens-only needs a checkpoint whose hyperparameters name its classes and colours")
+    tokens = clip.tokenizer(sorted(all_captions(*names)))
+    return sorted(set(tokens.flatten().tolist()))
+
+
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xai_lightning.clip", description="CLIP weights for the probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -25,6 +36,11 @@ def _main(argv: Sequence[str] | None = None) -> None:
     ex = sub.add_parser("export", help="turn a CLIPModule checkpoint into a self-contained fp16 probe CLIP file")
     ex.add_argument("checkpoint")
     ex.add_argument("out")
+    ex.add_argument(
+        "--caption-tokens-only",
+        action="store_true",
+        help="keep only the token embedding rows of the captions the probe was trained on (a much smaller file)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.cmd == "download":
@@ -40,7 +56,8 @@ def _main(argv: Sequence[str] | None = None) -> None:
         "global_step": ckpt.get("global_step"),
         "hyper_parameters": ckpt.get("hyper_parameters", {}),
     }
-    save_probe_clip(args.out, clip, ckpt["hyper_parameters"]["model_cfg"], meta)
+    rows = caption_tokens(ckpt["hyper_parameters"], clip) if args.caption_tokens_only else None
+    save_probe_clip(args.out, clip, ckpt["hyper_parameters"]["model_cfg"], meta, token_rows=rows)
     n = sum(p.numel() for p in clip.model.parameters())
     log.info(f"wrote {args.out}: {n / 1e6:.2f}M parameters, {os.path.getsize(args.out) / 2**20:.1f} MiB (fp16)")
 

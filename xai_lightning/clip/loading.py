@@ -3,6 +3,7 @@
 Specs (a dict, as written in configs)::
 
     {embedded: colordigits}                                  # shipped in xai_lightning/assets, offline
+    {embedded: scenedigits}                                  # the same for digits over background textures
     {model: RN50, pretrained: openai, cache_dir: ~/.cache/clip}   # open_clip download (cache checked first)
     {model: RN50, checkpoint: /path/RN50.pt}                 # open_clip weights already on disk
     {checkpoint: /path/probe.pt}                             # saved by `save_probe_clip` or a CLIPModule .ckpt
@@ -30,7 +31,10 @@ from xai_lightning.net import reachable
 log = logging.getLogger(__name__)
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
-EMBEDDED = {"colordigits": os.path.join(ASSETS, "colordigits_clip.pt")}
+EMBEDDED = {
+    "colordigits": os.path.join(ASSETS, "colordigits_clip.pt"),  # digits and their colours
+    "scenedigits": os.path.join(ASSETS, "scenedigits_clip.pt"),  # digits, colours and background textures
+}
 SPEC_KEYS = ("embedded", "model", "pretrained", "cache_dir", "checkpoint", "image_size")
 
 

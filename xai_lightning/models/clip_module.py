@@ -23,6 +23,8 @@ from xai_lightning.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
     ProbeCLIP,
+    attribute_hits,
+    background_text,
     build_open_clip,
     clip_preprocess,
     zeroshot_hits,
@@ -62,15 +64,57 @@ TEMPLATES: dict[str, list[str]] = {
 }
 KIND_WEIGHTS = {"color": 0.3, "digit": 0.3, "both": 0.35, "neither": 0.05}
 
+# Scenes (digits over background textures): half of the captions name the background, alone or with the
+# digit and/or its colour; the other half are the captions above. The probe's background template
+# (``a photo of a digit on a {} background.``, configs/scenes/) is the first.
+BACKGROUND_TEMPLATES: dict[str, list[str]] = {
+    "background": [
+        "a photo of a digit on a {background} background.",
+        "a digit over {background}",
+        "a number in front of {background}",
+    ],
+    "digit_background": ["a photo of the number {digit} on a {background} background.", "a {word} on {background}"],
+    "color_background": ["a {color} digit on a {background} background.", "a {color} number over {background}"],
+    "all": [
+        "a photo of a {color} digit with the value {digit} on a {background} background.",
+        "a {color} {word} on {background}",
+    ],
+}
+BACKGROUND_SHARE = 0.5
+
+
+def all_captions(
+    class_names: Sequence[str], color_names: Sequence[str], background_names: Sequence[str] = ()
+) -> set[str]:
+    """Every caption the training can draw for these value names (what a probe file's vocabulary must keep)."""
+    out: set[str] = set()
+    templates = [
+        t
+        for group in (TEMPLATES, BACKGROUND_TEMPLATES if background_names else {})
+        for ts in group.values()
+        for t in ts
+    ]
+    for digit in class_names:
+        word = DIGIT_WORDS[int(digit)] if str(digit).isdigit() and 0 <= int(digit) <= 9 else digit
+        for color in [*color_names, None]:
+            for background in [*background_names, None]:
+                for tpl in templates:
+                    if (color is None and "{color}" in tpl) or (background is None and "{background}" in tpl):
+                        continue
+                    out.add(tpl.format(color=color, digit=digit, word=word, background=background))
+    return out
+
 
 class CLIPModule(L.LightningModule):
     """Contrastive training of a small open_clip CLIP on dict batches (``image``, ``digit``, ``color``).
 
-    Logged: ``train/loss``, ``val/zeroshot_digit_acc``, ``val/zeroshot_color_acc``, ``train/logit_scale``.
+    Logged: ``train/loss``, ``val/zeroshot_digit_acc``, ``val/zeroshot_color_acc``, ``train/logit_scale``, and
+    ``val/zeroshot_background_acc`` on scenes (a datamodule with ``background_names``).
 
     Args:
         model_cfg: open_clip CLIP config (``PROBE_CLIP_CFG`` by default).
-        class_names, color_names: linked from the datamodule (the values the zero-shot check names).
+        class_names, color_names, background_names: taken from the datamodule unless given (the values the
+            captions and the zero-shot check name); with backgrounds, half of the captions name the background.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay.
     """
 
@@ -80,6 +124,7 @@ class CLIPModule(L.LightningModule):
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         color_names: Sequence[str] | None = None,
+        background_names: Sequence[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
@@ -96,6 +141,7 @@ class CLIPModule(L.LightningModule):
                 "caption_seed": caption_seed,
                 "class_names": list(class_names or []),
                 "color_names": list(color_names or []),
+                "background_names": list(background_names or []),
             }
         )
         if num_classes is not None and class_names and len(class_names) != num_classes:
@@ -140,17 +186,33 @@ class CLIPModule(L.LightningModule):
             raise ValueError("CLIPModule needs class_names and color_names (linked from the datamodule)")
         return classes, colors
 
-    def caption(self, digit: int, color: str | None, rng: random.Random) -> str:
+    def _background_names(self) -> list[str]:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        return self.hparams.background_names or list(getattr(dm, "background_names", []))
+
+    def caption(self, digit: int, color: str | None, rng: random.Random, background: str | None = None) -> str:
+        word = DIGIT_WORDS[int(digit)] if 0 <= int(digit) <= 9 else digit
+        if background is not None and rng.random() < BACKGROUND_SHARE:
+            kinds = [k for k in BACKGROUND_TEMPLATES if color is not None or "color" not in k and k != "all"]
+            tpl = rng.choice(BACKGROUND_TEMPLATES[rng.choice(kinds)])
+            return tpl.format(color=color, digit=digit, word=word, background=background)
         kinds = [k for k in KIND_WEIGHTS if color is not None or k in ("digit", "neither")]
         kind = rng.choices(kinds, weights=[KIND_WEIGHTS[k] for k in kinds])[0]
         tpl = rng.choice(TEMPLATES[kind])
-        return tpl.format(color=color, digit=digit, word=DIGIT_WORDS[int(digit)] if 0 <= int(digit) <= 9 else digit)
+        return tpl.format(color=color, digit=digit, word=word)
 
     def batch_captions(self, batch: Mapping[str, torch.Tensor]) -> list[str]:
         _, colors = self._names()
+        backgrounds = self._background_names()
+        bgs = batch["background"].tolist() if backgrounds and "background" in batch else [-1] * len(batch["digit"])
         return [
-            self.caption(int(d), colors[int(c)] if int(c) >= 0 else None, self._caption_rng)
-            for d, c in zip(batch["digit"].tolist(), batch["color"].tolist())
+            self.caption(
+                int(d),
+                colors[int(c)] if int(c) >= 0 else None,
+                self._caption_rng,
+                backgrounds[int(b)] if int(b) >= 0 else None,
+            )
+            for d, c, b in zip(batch["digit"].tolist(), batch["color"].tolist(), bgs)
         ]
 
     # ---- steps --------------------------------------------------------------------------------
@@ -168,6 +230,9 @@ class CLIPModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._zs_text = zeroshot_text(self.encode_text, *self._names())
         self._zs = torch.zeros(4, dtype=torch.float64, device=self.device)  # digit hits, images, colour hits, n
+        backgrounds = self._background_names()
+        self._zs_bg_text = background_text(self.encode_text, backgrounds) if backgrounds else None
+        self._zs_bg = torch.zeros(2, dtype=torch.float64, device=self.device)  # background hits, images
 
     @override
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -176,12 +241,17 @@ class CLIPModule(L.LightningModule):
         emb = F.normalize(self.model.encode_image(self.preprocess(batch["image"])).float(), dim=-1)
         digit = batch.get("digit_index", batch["label"])
         self._zs += zeroshot_hits(emb, *self._zs_text, digit, batch["color"])
+        if self._zs_bg_text is not None:
+            self._zs_bg += attribute_hits(emb, self._zs_bg_text, batch["background"])
 
     @override
     def on_validation_epoch_end(self) -> None:
         zs = self.trainer.strategy.reduce(self._zs, reduce_op="sum")
         self.log("val/zeroshot_digit_acc", zs[0] / zs[1].clamp_min(1), prog_bar=True)
         self.log("val/zeroshot_color_acc", zs[2] / zs[3].clamp_min(1), prog_bar=True)
+        if self._zs_bg_text is not None:
+            bg = self.trainer.strategy.reduce(self._zs_bg, reduce_op="sum")
+            self.log("val/zeroshot_background_acc", bg[0] / bg[1].clamp_min(1), prog_bar=True)
 
     @override
     def configure_optimizers(self) -> dict:
