@@ -1,7 +1,7 @@
 """Calibration: how often does the probe name a concept for models that rely on nothing?
 
-    python experiments/calibration.py OUT [--trained-seeds 0 1 2] [--untrained-seeds 0 ... 9]
-        [--train-per-class 1000] [-- FIT_ARGS...]
+    python experiments/calibration.py OUT [--domain colour|scenes] [--trained-seeds 0 1 2]
+        [--untrained-seeds 0 ... 9] [--train-per-class 1000] [-- FIT_ARGS...]
 
 Two families of null models, every verdict metric side by side:
 
@@ -18,6 +18,9 @@ Clopper-Pearson 95% interval. The counterfactual flip rates of each null model a
 model trained on random labels can still, by chance, let colour or shape decide its predictions on new
 images, which the counterfactual then shows.
 
+``--domain scenes`` does the same on digits over background textures (``configs/scenes/biased.yaml``, the
+scenes probe CLIP, concepts shape, colour and background).
+
 Writes OUT/calibration.json and OUT/calibration.md.
 """
 
@@ -33,16 +36,30 @@ import torch
 from validate_verdict import Scenario, epoch_rows, run_one  # the suite next to this script
 
 from xai_lightning.clip import load_clip
-from xai_lightning.data import ColorMNISTDataModule
-from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
+from xai_lightning.data import ColorMNISTDataModule, SceneDigitsDataModule
 from xai_lightning.io import atomic_write_text
 from xai_lightning.models import ClassifierModule
 from xai_lightning.report import load_run
 from xai_lightning.surgery import DEFAULT_CONCEPTS, SurgeryPipeline, reference_models, resolve_concepts
 from xai_lightning.surgery.holdout import holdout_mask
-from xai_lightning.verdict import VERDICTS, counterfactual_truth
+from xai_lightning.verdict import VERDICTS, truth_from_rates
 
-CONCEPTS = ["shape", "color"]
+BACKGROUND = {"attribute": "background", "template": "a photo of a digit on a {} background."}
+# What differs between the colour domain (the quickstart) and the scenes domain (digits over textures).
+DOMAINS = {
+    "colour": {
+        "config": "configs/quickstart.yaml",
+        "datamodule": lambda **kw: ColorMNISTDataModule(**kw),
+        "clip": "colordigits",
+        "concepts": DEFAULT_CONCEPTS,
+    },
+    "scenes": {
+        "config": "configs/scenes/biased.yaml",
+        "datamodule": lambda **kw: SceneDigitsDataModule(backgrounds=["stripes", "dots"], **kw),
+        "clip": "scenedigits",
+        "concepts": {**DEFAULT_CONCEPTS, "background": BACKGROUND},
+    },
+}
 
 
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
@@ -55,38 +72,32 @@ def clopper_pearson(k: int, n: int) -> tuple[float, float]:
     return lo, hi
 
 
-def trained_nulls(out: str, seeds: list[int], train_per_class: int, extra: list[str]) -> list[dict]:
+def trained_nulls(out: str, seeds: list[int], train_per_class: int, extra: list[str], domain: str) -> list[dict]:
     rows = []
     for s in seeds:
         args = ["--data.init_args.label_mode", "random", "--data.init_args.train_per_class", str(train_per_class)]
-        sc = Scenario(f"random_labels_s{s}", "random labels", args, s)
+        sc = Scenario(f"random_labels_s{s}", "random labels", args, s, config=DOMAINS[domain]["config"])
         run_dir = run_one(out, sc, extra, {})
         rows += epoch_rows(sc.name, sc.family, load_run(os.path.join(run_dir, "biased")).epochs)
     return rows
 
 
 @torch.no_grad()
-def _counterfactual(model, dm) -> tuple[float, float]:
-    counts = torch.zeros(4)
+def _counterfactual(model, dm) -> dict[str, float]:
+    """Concept -> flip rate of ``model``'s predictions under the data module's counterfactual edits."""
+    counts = {name: torch.zeros(2) for name in dm.counterfactual_names}
     for b in dm.dataloader("probe_set"):
         pred = model(b["image"]).argmax(-1)
-        xc, okc = color_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
-        xs, oks = shape_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
-        counts += torch.tensor(
-            [
-                ((model(xc).argmax(-1) != pred) & okc).sum(),
-                okc.sum(),
-                ((model(xs).argmax(-1) != pred) & oks).sum(),
-                oks.sum(),
-            ]
-        ).float()
-    return float(counts[0] / counts[1]), float(counts[2] / counts[3])
+        for name, (edited, ok) in dm.counterfactuals("probe_set", b).items():
+            counts[name] += torch.tensor([((model(edited).argmax(-1) != pred) & ok).sum(), ok.sum()]).float()
+    return {name: float(c[0] / c[1].clamp_min(1)) for name, c in counts.items()}
 
 
 @torch.no_grad()
-def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
+def untrained_nulls(out: str, seeds: list[int], domain: str) -> list[dict]:
     """Each untrained network against 3 re-initialisations under other seeds, on the quickstart probe set."""
-    dm = ColorMNISTDataModule(
+    spec = DOMAINS[domain]
+    dm = spec["datamodule"](
         data_dir=os.path.join(out, "data"),
         train_per_class=5,
         test_per_class=5,
@@ -96,8 +107,8 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
         eval_batch_size=250,
     )
     dm.setup()
-    clip = load_clip({"embedded": "colordigits"})
-    captions = resolve_concepts(DEFAULT_CONCEPTS, dm.attributes)
+    clip = load_clip({"embedded": spec["clip"]})
+    captions = resolve_concepts(spec["concepts"], dm.attributes)
     batches = list(dm.dataloader("probe_set"))
 
     def fit_images():
@@ -107,7 +118,8 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
     def scored():
         for b in batches:
             keep = holdout_mask(b["index"], fit=False)
-            yield b["image"][keep], torch.stack([b["digit_index"], b["color"]])[:, keep], b["index"][keep]
+            targets = torch.stack([b[dm.attribute_keys[a]] for a in captions.attributes])
+            yield b["image"][keep], targets[:, keep], b["index"][keep]
 
     rows = []
     for s in seeds:
@@ -123,7 +135,7 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
         for x, t, i in scored():
             pipe.score_batch(x, t, index=i)
         pipe.score_finish(bootstrap=2000)
-        row = _row(f"untrained_s{s}", pipe, *_counterfactual(model, dm))
+        row = _row(f"untrained_s{s}", pipe, _counterfactual(model, dm), captions.names)
         print(
             f"[calibration] untrained seed {s}: "
             + ", ".join(f"{v} {row[f'outcome/{v}']}" for v in VERDICTS)
@@ -134,14 +146,14 @@ def untrained_nulls(out: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def _row(name: str, pipe: SurgeryPipeline, cf_color: float, cf_shape: float) -> dict:
+def _row(name: str, pipe: SurgeryPipeline, flips: dict[str, float], concepts: list[str]) -> dict:
     """Every verdict metric's outcome and effects for one scored model, beside its counterfactual truth."""
-    row = {"run": name, "family": "untrained", "epoch": 0, "cf_color": cf_color, "cf_shape": cf_shape}
-    row["truth"] = counterfactual_truth(cf_color, cf_shape)
+    row = {"run": name, "family": "untrained", "epoch": 0, **{f"cf_{c}": r for c, r in flips.items()}}
+    row["truth"] = truth_from_rates(flips)
     for v in VERDICTS:
         summary = pipe.counts.summary(v, 2000, pipe.seed, None, pipe.decisions)
         row[f"outcome/{v}"] = summary.outcome.name
-        for c in CONCEPTS:
+        for c in concepts:
             for k in ("", "_lo", "_hi"):
                 row[f"{v}{k}/{c}"] = summary.metrics[f"effect_{v}{k}/{c}"]
     return row
@@ -150,7 +162,7 @@ def _row(name: str, pipe: SurgeryPipeline, cf_color: float, cf_shape: float) -> 
 def rates(rows: list[dict]) -> dict:
     out = {}
     for v in VERDICTS:
-        named = [r for r in rows if r.get(f"outcome/{v}") in CONCEPTS]
+        named = [r for r in rows if r.get(f"outcome/{v}") not in (None, "none", "undecided")]
         lo, hi = clopper_pearson(len(named), len(rows))
         rate = len(named) / len(rows) if rows else float("nan")
         out[v] = {"false_positives": len(named), "n": len(rows), "rate": rate, "lo": lo, "hi": hi}
@@ -171,16 +183,21 @@ def markdown(families: dict[str, list[dict]], header: list[str]) -> str:
         "",
         "## Every null model",
         "",
-        "| model | epoch | cf colour / shape | truth | " + " | ".join(VERDICTS) + " | reliance colour / shape |",
+        "| model | epoch | cf colour / shape (/ background) | truth | "
+        + " | ".join(VERDICTS)
+        + " | reliance colour / shape (/ background) |",
         "|---|---|---|---|" + "---|" * len(VERDICTS) + "---|",
     ]
     for name, rows in families.items():
         if "(final epoch)" in name:
             continue  # the same rows as every probed epoch
         for r in rows:
+            bg = "cf_background" in r
             rel = f"{r['reliance/color']:+.3f} / {r['reliance/shape']:+.3f}" if "reliance/color" in r else "–"
+            rel += f" / {r['reliance/background']:+.3f}" if "reliance/background" in r else ""
+            cf = f"{r['cf_color']:.3f} / {r['cf_shape']:.3f}" + (f" / {r['cf_background']:.3f}" if bg else "")
             lines.append(
-                f"| {r['run']} | {r['epoch']} | {r['cf_color']:.3f} / {r['cf_shape']:.3f} | {r['truth']} | "
+                f"| {r['run']} | {r['epoch']} | {cf} | {r['truth']} | "
                 + " | ".join(r.get(f"outcome/{v}", "–") for v in VERDICTS)
                 + f" | {rel} |"
             )
@@ -197,11 +214,12 @@ def main() -> None:
     ap.add_argument("--trained-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--untrained-seeds", type=int, nargs="*", default=list(range(10)))
     ap.add_argument("--train-per-class", type=int, default=1000)
+    ap.add_argument("--domain", choices=sorted(DOMAINS), default="colour", help="colour digits or scenes")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    trained = trained_nulls(args.out, args.trained_seeds, args.train_per_class, extra)
-    untrained = untrained_nulls(args.out, args.untrained_seeds)
+    trained = trained_nulls(args.out, args.trained_seeds, args.train_per_class, extra, args.domain)
+    untrained = untrained_nulls(args.out, args.untrained_seeds, args.domain)
     finals = {r["run"]: r for r in trained}  # the last probed epoch of each run
     families = {
         "random labels (every probed epoch)": trained,
@@ -216,8 +234,8 @@ def main() -> None:
     header = [
         "# Calibration: models that rely on nothing",
         "",
-        f"`python experiments/calibration.py {' '.join(sys.argv[1:])}`: {len(args.trained_seeds)} runs of the "
-        f"quickstart on random labels ({args.train_per_class} training digits per class), "
+        f"`python experiments/calibration.py {' '.join(sys.argv[1:])}`: {len(args.trained_seeds)} runs of "
+        f"{DOMAINS[args.domain]['config']} on random labels ({args.train_per_class} training digits per class), "
         f"{len(args.untrained_seeds)} untrained ResNet-50s against 3 references each; {wall:.0f} s.",
     ]
     atomic_write_text(os.path.join(args.out, "calibration.md"), markdown(families, header))

@@ -6,14 +6,17 @@
 Trains every scenario with ``python -m xai_lightning fit --config configs/quickstart.yaml`` plus overrides
 (runs that finished are reused: an interrupted suite resumes), then scores every probed epoch's outcome,
 for every verdict metric side by side, against the counterfactual ground truth *at that epoch*
-(``cf/color_flip_rate`` vs ``cf/shape_flip_rate``: clear when they differ by >= 0.2, else mixed).
+(``cf/color_flip_rate`` vs ``cf/shape_flip_rate``, and ``cf/background_flip_rate`` for scenes: clear when one
+leads every other by >= 0.2, else mixed).
 
 Families (``--families``): ``graded`` (planted colour reliance in steps: the exact fraction of training
 digits whose colour conflicts with their class, 7 levels x 3 seeds), ``arch`` (ResNet-18, a plain CNN,
 EfficientNet-B0; biased and debiased), ``finetune`` (pretrained on grayscale digits of all ten classes,
 then fine-tuned on the biased pair: the reference is the pretrained weights), ``real`` (MNIST digits 3/7
 from ``--mnist``), ``palette`` (digits 2/6 in blue/yellow), ``long`` (25 epochs on 80 training digits per
-class, real MNIST 4/9), ``null`` (random labels). ``--mode full`` uses the quickstart's sizes and ResNet-50
+class, real MNIST 4/9), ``null`` (random labels), ``scenes`` (the background shortcut,
+``configs/scenes/biased.yaml``: biased backgrounds, and random ones; the truth then compares the
+background's flip rate too). ``--mode full`` uses the quickstart's sizes and ResNet-50
 (meant for a GPU: add ``-- --trainer.accelerator gpu``). ``--seed-offset`` shifts every seed (a fresh
 replication).
 
@@ -37,11 +40,12 @@ import numpy as np
 
 from xai_lightning.io import atomic_write_text
 from xai_lightning.report import load_run
-from xai_lightning.verdict import MIXED, VERDICTS, counterfactual_truth, outcome_from_metrics
+from xai_lightning.verdict import MIXED, VERDICTS, outcome_from_metrics, rates_of, truth_from_rates
 
 CONCEPTS = ["shape", "color"]
+ALL_CONCEPTS = [*CONCEPTS, "background"]  # the scenes family's probe adds the background
 CONFLICTS = (0.001, 0.004, 0.008, 0.012, 0.016, 0.024, 0.05)
-FAMILIES = ("graded", "arch", "finetune", "real", "palette", "long", "null")
+FAMILIES = ("graded", "arch", "finetune", "real", "palette", "long", "null", "scenes")
 DEBIASED = ["--model.init_args.input_transform", "grayscale"]
 
 
@@ -54,6 +58,7 @@ class Scenario:
     pretrain: bool = False  # trains a start for other runs (no probe, not scored)
     needs: str | None = None  # the pretraining run whose last checkpoint starts this one
     meta: dict = field(default_factory=dict)
+    config: str = "configs/quickstart.yaml"  # the scenes family trains configs/scenes/biased.yaml
 
 
 def _sizes(mode: str, train: int = 1000, probe: int = 250, epochs: int = 3) -> list[str]:
@@ -137,6 +142,18 @@ def _null(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
     return [Scenario(f"null_random_labels_s{s + offset}", "null", args, s + offset) for s in range(2)]
 
 
+def _scenes(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
+    """The background shortcut (configs/scenes/): biased backgrounds, and random ones (debiased)."""
+    args = _sizes(mode)
+    scenes = "configs/scenes/biased.yaml"
+    return [
+        Scenario("scenes_biased", "scenes", args, offset, config=scenes),
+        Scenario(
+            "scenes_debiased", "scenes", args + ["--data.init_args.background_mode", "random"], offset, config=scenes
+        ),
+    ]
+
+
 BUILDERS = {
     "graded": _graded,
     "arch": _arch,
@@ -145,6 +162,7 @@ BUILDERS = {
     "palette": _palette,
     "long": _long,
     "null": _null,
+    "scenes": _scenes,
 }
 
 
@@ -168,7 +186,7 @@ def run_one(out: str, sc: Scenario, extra: list[str], done: dict[str, str]) -> s
             raise FileNotFoundError(f"{sc.needs} left no checkpoint for {sc.name}")
         args += ["--model.init_args.init_checkpoint", ckpts[-1]]
     env = dict(os.environ, XAI_RUN_DIR=run_dir, WANDB_MODE="disabled", XAI_GROUP=f"suite-{os.path.basename(out)}")
-    cmd = [sys.executable, "-m", "xai_lightning", "fit", "--config", "configs/quickstart.yaml"]
+    cmd = [sys.executable, "-m", "xai_lightning", "fit", "--config", sc.config]
     cmd += ["--data.init_args.data_dir", os.path.join(out, "data"), "--data.init_args.seed", str(sc.seed)]
     cmd += ["--seed_everything", str(sc.seed), *args, *extra]
     print(f"[suite] {sc.name}: {' '.join(cmd)}", flush=True)
@@ -188,21 +206,22 @@ def epoch_rows(name: str, family: str, epochs: dict[int, dict[str, float]], meta
         m = epochs[epoch]
         if "cf/color_flip_rate" not in m or "probe/images" not in m:
             continue
+        flips = rates_of(m)  # colour and shape; scenes add background
         row = {
             "run": name,
             "family": family,
             "epoch": epoch,
-            "cf_color": m["cf/color_flip_rate"],
-            "cf_shape": m["cf/shape_flip_rate"],
-            "truth": counterfactual_truth(m["cf/color_flip_rate"], m["cf/shape_flip_rate"]),
+            **{f"cf_{c}": r for c, r in flips.items()},
+            "truth": truth_from_rates(flips),
             "real_world_acc": m.get("real_world/acc", float("nan")),
             **(meta or {}),
         }
         for v in VERDICTS:
             if f"probe/effect_{v}/shape" not in m:
                 continue
-            row[f"outcome/{v}"] = outcome_from_metrics(m, CONCEPTS, v, prefix="probe/")
-            for c in CONCEPTS:
+            concepts = [c for c in ALL_CONCEPTS if f"probe/effect_{v}/{c}" in m]
+            row[f"outcome/{v}"] = outcome_from_metrics(m, concepts, v, prefix="probe/")
+            for c in concepts:
                 for k in ("", "_lo", "_hi"):
                     row[f"{v}{k}/{c}"] = m[f"probe/effect_{v}{k}/{c}"]
         rows.append(row)
@@ -234,7 +253,7 @@ def score(rows: list[dict], verdict: str) -> dict:
     mixed_epochs = [r for r in rows if r["truth"] == MIXED]
 
     def named(r):
-        return r[key] in CONCEPTS
+        return r[key] in ALL_CONCEPTS
 
     def overlapping(r):  # both named with overlapping intervals: counts as not-decided for mixed truth
         return (
@@ -294,7 +313,7 @@ def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> st
     lines.append(f"| named a concept on an epoch with mixed truth (reported, not a target) | {mixed} |")
     lines += ["", "## Every run, final epoch", ""]
     lines += [
-        "| run | epochs | cf colour / shape | truth | real_world/acc | "
+        "| run | epochs | cf colour / shape (/ background) | truth | real_world/acc | "
         + " | ".join(verdicts)
         + " | reliance colour [95% CI] | reliance shape [95% CI] |",
         "|---|---|---|---|---|" + "---|" * len(verdicts) + "---|---|",
@@ -308,7 +327,7 @@ def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> st
         marks = []
         for v in verdicts:
             o = r.get(f"outcome/{v}", "–")
-            mark = "" if r["truth"] == MIXED or o not in CONCEPTS else (" ✓" if o == r["truth"] else " ✗")
+            mark = "" if r["truth"] == MIXED or o not in ALL_CONCEPTS else (" ✓" if o == r["truth"] else " ✗")
             marks.append(f"{o}{mark}")
         rel = (
             f"{r['reliance/color']:+.3f} [{r['reliance_lo/color']:+.3f}, {r['reliance_hi/color']:+.3f}] | "
@@ -316,8 +335,11 @@ def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> st
             if "reliance/color" in r
             else "– | –"
         )
+        cf = f"{r['cf_color']:.3f} / {r['cf_shape']:.3f}" + (
+            f" / {r['cf_background']:.3f}" if "cf_background" in r else ""
+        )
         lines.append(
-            f"| {name} | {counts[name]} | {r['cf_color']:.3f} / {r['cf_shape']:.3f} | {r['truth']} | "
+            f"| {name} | {counts[name]} | {cf} | {r['truth']} | "
             f"{r['real_world_acc']:.3f} | " + " | ".join(marks) + f" | {rel} |"
         )
     lines += ["", "## Per-epoch outcomes of the default verdict (reliance), against the truth at that epoch", ""]
