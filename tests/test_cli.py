@@ -170,3 +170,32 @@ def test_quickstart_config_runs_the_probe_with_its_references(tmp_path, monkeypa
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     assert ModelSummary(model).total_flops == counter.get_total_flops() > 0
+
+
+def test_scenes_config_probes_the_background_and_logs_its_counterfactual(tmp_path, monkeypatch):
+    """configs/scenes/biased.yaml end to end at toy sizes: the scenes probe CLIP, three concepts, the alarm on
+    the background and the background's counterfactual flip rate."""
+    import csv
+
+    monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
+    toy = ["--data.init_args.train_per_class", "10", "--data.init_args.test_per_class", "4"]
+    toy += ["--data.init_args.real_world_per_class", "4", "--data.init_args.probe_per_class", "20"]
+    cli = main(
+        ["fit", "--config", os.path.join(ROOT, "configs", "scenes", "biased.yaml")]
+        + ["--data.init_args.data_dir", str(tmp_path / "data"), *toy]
+        + ["--model.init_args.backbone", "resnet18", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+        + [
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
+    assert probe.pipe.captions.names == ["shape", "color", "background"]
+    assert probe.pipe.clip.name == "embedded:scenedigits"
+    alarm = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ConceptAlarm")
+    assert alarm.spurious == ["background"]
+    rows = list(csv.DictReader(open(os.path.join(cli.trainer.log_dir, "metrics.csv"))))
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"cf/background_flip_rate", "probe/effect/background", "probe/zeroshot_acc/background"} <= logged

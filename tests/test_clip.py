@@ -41,6 +41,48 @@ def test_embedded_probe_sees_digits_and_colors_on_new_data(tmp_path):
     assert ten["digit_acc"] >= 0.8 and ten["color_acc"] >= 0.9, ten
 
 
+def test_embedded_scenes_probe_sees_digits_colours_and_backgrounds_on_new_data(tmp_path):
+    from xai_lightning.data import SceneDigitsDataModule
+
+    clip = load_clip({"embedded": "scenedigits"})
+    dm = SceneDigitsDataModule(
+        data_dir=str(tmp_path),
+        digits=list(range(10)),
+        colors=["red", "green", "blue", "yellow"],
+        background_mode="random",
+        train_per_class=5,
+        test_per_class=0,
+        real_world_per_class=0,
+        probe_per_class=30,
+        image_size=32,
+        eval_batch_size=150,
+        seed=2024,
+    )
+    with torch.no_grad():
+        acc = zeroshot_accuracy(
+            clip, dm.dataloader("probe_set"), dm.class_names, dm.color_names, background_names=dm.background_names
+        )
+    assert acc["digit_acc"] >= 0.9 and acc["color_acc"] >= 0.95 and acc["background_acc"] >= 0.95, acc
+
+
+def test_export_keeps_the_tokens_of_the_captions_the_checkpoint_trained_on():
+    from xai_lightning.clip.__main__ import caption_names
+
+    from_datamodule = {
+        "hyper_parameters": {"class_names": [], "color_names": []},
+        "datamodule_hyper_parameters": {
+            "digits": [5, 8],
+            "colors": ["red", {"teal": [0, 1, 1]}],
+            "backgrounds": ["dots"],
+        },
+    }
+    assert caption_names(from_datamodule) == [["5", "8"], ["red", "teal"], ["dots"]]
+    own = {"hyper_parameters": {"class_names": ["3"], "color_names": ["blue"]}}
+    assert caption_names(own) == [["3"], ["blue"], []]
+    with pytest.raises(ValueError, match="names neither its classes and colours"):
+        caption_names({"hyper_parameters": {}})
+
+
 def test_probe_file_roundtrip(tmp_path):
     clip = tiny_clip(seed=3)
     path = str(tmp_path / "probe.pt")

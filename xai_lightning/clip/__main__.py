@@ -15,14 +15,28 @@ from xai_lightning.clip.loading import cached_pretrained, load_clip
 log = logging.getLogger("xai_lightning.clip")
 
 
-def caption_tokens(hparams: dict, clip) -> list[int]:
-    """Token ids of every caption a CLIPModule with these hyperparameters trains on."""
+def caption_names(ckpt: dict) -> list[list[str]]:
+    """(class, colour, background names) a CLIPModule checkpoint trained on: its own hyperparameters, else its
+    datamodule's (``digits``, ``colors``, ``backgrounds``), as the module takes them from the datamodule."""
+    from xai_lightning.data.colorize import resolve_colors
+
+    hp, dm = ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters", {})
+    classes = list(hp.get("class_names") or [str(d) for d in dm.get("digits", [])])
+    colors = list(hp.get("color_names") or (resolve_colors(list(dm["colors"]))[0] if dm.get("colors") else []))
+    backgrounds = list(hp.get("background_names") or dm.get("backgrounds") or [])
+    if not classes or not colors:
+        raise ValueError(
+            "--caption-tokens-only: the checkpoint names neither its classes and colours nor its datamodule's "
+            "digits and colors"
+        )
+    return [classes, colors, backgrounds]
+
+
+def caption_tokens(ckpt: dict, clip) -> list[int]:
+    """Token ids of every caption a CLIPModule checkpoint was trained on."""
     from xai_lightning.models.clip_module import all_captions
 
-    names = [hparams.get(k) or [] for k in ("class_names", "color_names", "background_names")]
-    if not names[0] or not names[1]:
-        raise ValueError("--caption-tokens-only needs a checkpoint whose hyperparameters name its classes and colours")
-    tokens = clip.tokenizer(sorted(all_captions(*names)))
+    tokens = clip.tokenizer(sorted(all_captions(*caption_names(ckpt))))
     return sorted(set(tokens.flatten().tolist()))
 
 
@@ -56,7 +70,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         "global_step": ckpt.get("global_step"),
         "hyper_parameters": ckpt.get("hyper_parameters", {}),
     }
-    rows = caption_tokens(ckpt["hyper_parameters"], clip) if args.caption_tokens_only else None
+    rows = caption_tokens(ckpt, clip) if args.caption_tokens_only else None
     save_probe_clip(args.out, clip, ckpt["hyper_parameters"]["model_cfg"], meta, token_rows=rows)
     n = sum(p.numel() for p in clip.model.parameters())
     log.info(f"wrote {args.out}: {n / 1e6:.2f}M parameters, {os.path.getsize(args.out) / 2**20:.1f} MiB (fp16)")
