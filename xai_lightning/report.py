@@ -156,7 +156,8 @@ REPORT_INTRO = (
     "when no effect does, `undecided` otherwise. The surgery's effects are against the weights the run started "
     "from and re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
     "counterfactual rows are the ground truth: the fraction of predictions that change when only the colour, "
-    "or only the digit, is changed (clear when one exceeds the other by 0.2, else mixed)."
+    "only the digit or (scenes) only the background is changed (clear when one exceeds every other by 0.2, "
+    "else mixed)."
 )
 EFFECT_ROWS = (
     ("reliance", "decision reliance"),
@@ -194,7 +195,7 @@ def _table_rows(runs: Sequence[Run], concepts: list[str]) -> list[str]:
     for key, label in (
         ("val/acc", "val/acc"),
         ("test/acc", "test/acc"),
-        ("real_world/acc", "real_world/acc (random colours)"),
+        ("real_world/acc", "real_world/acc (deployment: concepts at random)"),
         ("probe_set/acc", "probe_set/acc"),
     ):
         row(label, [_fmt(f.get(key)) for f in finals])
@@ -282,7 +283,12 @@ def method_table(runs: Sequence[Run]) -> list[str]:
         "Reading per method: the probe's dominant concept; the counterfactual's dominant reliance; for an "
         "attribution method, `color` when its colour share (the part of the attribution only a change of hue "
         "produces) exceeds 0.5, else `shape`. Grad-CAM has no channel axis: colour and shape occupy the same "
-        "pixels, so it cannot separate them (its column shows the share of its mass on the digit).",
+        "pixels, so it cannot separate them (its column shows the share of its mass on the digit)."
+        + (
+            " The colour share splits colour from everything else: it cannot single out a background."
+            if any("cf/background_flip_rate" in f for f in finals)
+            else ""
+        ),
         "",
         "| method | " + " | ".join(r.name for r in runs) + " |",
         "|---|" + "---|" * len(runs),
