@@ -224,7 +224,7 @@ class SurgeryProbe(Callback):
         )
         if scored < MIN_SCORED:
             raise ValueError(
-                f"the probe would score {scored} images ({', '.join(self.score_splits)}"
+                f"the probe would score {scored} image{'' if scored == 1 else 's'} ({', '.join(self.score_splits)}"
                 f"{', the held-out half' if held_out else ''}); its intervals need at least {MIN_SCORED}: "
                 "raise the probe set's size (e.g. --data.init_args.probe_per_class)"
             )
