@@ -193,6 +193,19 @@ def test_bad_input_is_one_line_naming_the_option(tmp_path, capsys, args, message
     assert message in _cli_error(capsys, "--data.init_args.data_dir", str(tmp_path), *args)
 
 
+def test_an_error_raised_inside_a_logger_list_keeps_its_own_sentence(tmp_path, capsys, monkeypatch):
+    """The quickstart's loggers are a list: jsonargparse wraps a logger constructor's error in its own
+    ("Not a valid subclass of Logger. Got value: [...]"); the one line is the constructor's sentence."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
+    line = _cli_error(capsys, "--data.init_args.data_dir", str(tmp_path), *TINY)
+    assert line.startswith("error: WANDB_MODE=online, but not logged in to W&B: run `wandb login`"), line
+
+
 def test_unreadable_or_foreign_checkpoints_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
     foreign = tmp_path / "weights.pt"

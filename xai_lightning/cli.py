@@ -43,12 +43,31 @@ class SaveConfigToRun(SaveConfigCallback):
                 logger.experiment.config.update({"cli": json.loads(config)}, allow_val_change=True)
 
 
+_JSONARGPARSE_LINES = ("Expected a <class", "Not a valid subclass of", "a class path", "a dict ")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while err is not None and all(err is not e for e in out):
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
 def _first_reason(err: BaseException) -> str:
-    """The user's sentence inside jsonargparse's wrapping (``Does not validate against any of the Union
-    subtypes ... - digits [12]: each must be in 0-9``), else the message's first line."""
+    """The user's sentence inside jsonargparse's wrapping: a ``UserError`` raised by a constructor anywhere in
+    the exception chain, else the first listed reason (``Does not validate against any of the Union subtypes
+    ... - digits [12]: each must be in 0-9``), else the message's first line."""
+    chain = _chain(err)
+    for e in chain:
+        if isinstance(e, UserError):
+            return str(e)
+    reasons = [m.strip() for e in chain for m in re.findall(r"^\s+- (.+)$", str(e), flags=re.M)]
+    own = [r for r in reasons if not r.startswith(_JSONARGPARSE_LINES)]  # a constructor's own sentence first
+    if own or reasons:
+        return (own or reasons)[0]
     text = str(err)
-    reasons = [m.strip() for m in re.findall(r"^\s+- (.+)$", text, flags=re.M) if "Expected a <class" not in m]
-    return reasons[0] if reasons else text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 class XAILightningCLI(LightningCLI):
