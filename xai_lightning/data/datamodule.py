@@ -11,8 +11,7 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from xai_lightning.data.colorize import (
     COLOR_MODES,
@@ -24,6 +23,7 @@ from xai_lightning.data.colorize import (
     resolve_colors,
 )
 from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
+from xai_lightning.data.loaders import EpochSeededSampler, SplitLoaders, resize
 from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
 from xai_lightning.io import atomic_write
 
@@ -61,16 +61,7 @@ class ColorDigits(Dataset):
 
     def images(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Final images for several indices at once: [n, 3, S, S]."""
-        img = colorize(self.intensity[index], self.color[index], self.rgb)
-        if img.shape[-1] != self.image_size:
-            img = F.interpolate(
-                img,
-                size=(self.image_size, self.image_size),
-                mode=self.interpolation,
-                **({"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}),
-            )
-            img = img.clamp_(0.0, 1.0)
-        return img
+        return resize(colorize(self.intensity[index], self.color[index], self.rgb), self.image_size, self.interpolation)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {
@@ -81,25 +72,6 @@ class ColorDigits(Dataset):
             "color": self.color[i],
             "index": torch.tensor(i),
         }
-
-
-class EpochSeededSampler(Sampler[int]):
-    """A random permutation per epoch that depends only on (seed, epoch): a run resumed at epoch k sees the
-    same order as an uninterrupted one (Lightning calls ``set_epoch`` before every epoch)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(
-            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
-        )
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def _check_digits(digits: Sequence[int]) -> list[int]:
@@ -163,7 +135,7 @@ def _check_loading(interpolation: str, val_splits: Sequence[str], image_size: in
         raise ValueError(f"image_size={image_size} is too small (>= 8)")
 
 
-class ColorMNISTDataModule(L.LightningDataModule):
+class ColorMNISTDataModule(SplitLoaders, L.LightningDataModule):
     """Colour-biased digits (docs/data.md).
 
     Splits: ``train`` / ``val`` (fold ``fold`` of ``num_folds`` of the development training data) with
@@ -383,32 +355,5 @@ class ColorMNISTDataModule(L.LightningDataModule):
             fold_of[idx] = np.arange(len(idx)) % self.num_folds
         return fold_of == self.fold
 
-    # ---- loaders ------------------------------------------------------------------------------
-    def dataloader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        if split not in self.datasets:
-            raise ValueError(f"unknown split {split!r}; available: {', '.join(self.datasets)}")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size or (self.batch_size if split == "train" else self.eval_batch_size),
-            sampler=EpochSeededSampler(len(self.datasets[split]), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self.dataloader(s) for s in self.val_split_names]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.dataloader(s) for s in self.test_split_names]
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
-
-
-__all__ = ["ColorMNISTDataModule", "ColorDigits", "GRAY"]
+__all__ = ["ColorMNISTDataModule", "ColorDigits", "GRAY", "EpochSeededSampler"]

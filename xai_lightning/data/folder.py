@@ -20,9 +20,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from xai_lightning.data.datamodule import EpochSeededSampler
+from xai_lightning.data.loaders import SplitLoaders
 from xai_lightning.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test", "real_world", "probe_set")
@@ -104,7 +104,7 @@ class AttributeImages(Dataset):
         return {**item, **{k: v[i] for k, v in self.attrs.items()}}
 
 
-class ImageFolderAttributesDataModule(L.LightningDataModule):
+class ImageFolderAttributesDataModule(SplitLoaders, L.LightningDataModule):
     """Images under ``root`` listed in a CSV with labels, attributes and splits (module docstring).
 
     Args:
@@ -206,27 +206,6 @@ class ImageFolderAttributesDataModule(L.LightningDataModule):
                     {a: v[idx] for a, v in self.attr_index.items()},
                     self.image_size,
                 )
-
-    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
-        self.setup()
-        if split not in self.datasets:
-            raise ValueError(f"unknown or empty split {split!r}; available: {', '.join(self.datasets)}")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(self.datasets[split]), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self.dataloader(s) for s in self.val_split_names]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.dataloader(s) for s in self.test_split_names]
 
 
 __all__ = ["ImageFolderAttributesDataModule", "AttributeImages"]

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from xai_lightning.data.backgrounds import BACKGROUNDS, N_PARAMS, check_backgrounds, composite, draw_params, render
 from xai_lightning.data.colorize import assign_colors, assign_conflicts, colorize
 from xai_lightning.data.counterfactuals import donors, other_value
 from xai_lightning.data.datamodule import ColorDigits, ColorMNISTDataModule
+from xai_lightning.data.loaders import resize
 from xai_lightning.data.sources import SPLITS
 
 BACKGROUND_MODES = ("biased", "random", "none")
@@ -55,14 +55,7 @@ class SceneDigits(ColorDigits):
         background = self.background[index] if background is None else background
         digits = colorize(intensity, color, self.rgb)
         img = composite(digits, intensity, render(background, self.bg_params[index], self.background_names, RAW))
-        if img.shape[-1] != self.image_size:
-            img = F.interpolate(
-                img,
-                size=(self.image_size, self.image_size),
-                mode=self.interpolation,
-                **({"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}),
-            ).clamp_(0.0, 1.0)
-        return img
+        return resize(img, self.image_size, self.interpolation)
 
     def images(self, index: torch.Tensor | slice) -> torch.Tensor:
         return self.render(index)
