@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from tests.helpers.tiny import toy_fit_args
 from xai_lightning.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,41 +52,7 @@ def test_unknown_key_is_a_clear_error(capsys):
 
 
 def test_fit_links_num_classes_and_saves_config(tmp_path):
-    cli = main(
-        [
-            "fit",
-            "--config",
-            os.path.join(ROOT, "configs", "quickstart.yaml"),
-            "--data.init_args.digits",
-            "[1, 4, 7]",
-            "--data.init_args.colors",
-            "[red, green, blue]",
-            "--data.init_args.data_dir",
-            str(tmp_path / "data"),
-            "--data.init_args.train_per_class",
-            "10",
-            "--data.init_args.test_per_class",
-            "4",
-            "--data.init_args.real_world_per_class",
-            "4",
-            "--data.init_args.probe_per_class",
-            "6",
-            "--model.init_args.backbone",
-            "resnet18",
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "1",
-            "--trainer.logger",
-            "lightning.pytorch.loggers.CSVLogger",
-            "--trainer.logger.save_dir",
-            str(tmp_path / "runs"),
-            "--trainer.callbacks",
-            "null",
-            "--trainer.enable_checkpointing",
-            "false",
-        ]
-    )
+    cli = main(toy_fit_args(os.path.join(ROOT, "configs", "quickstart.yaml"), tmp_path))
     assert cli.model.hparams.num_classes == 3
     assert os.path.isfile(os.path.join(cli.trainer.log_dir, "config.yaml"))
 
@@ -178,19 +145,7 @@ def test_scenes_config_probes_the_background_and_logs_its_counterfactual(tmp_pat
     import csv
 
     monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
-    toy = ["--data.init_args.train_per_class", "10", "--data.init_args.test_per_class", "4"]
-    toy += ["--data.init_args.real_world_per_class", "4", "--data.init_args.probe_per_class", "20"]
-    cli = main(
-        ["fit", "--config", os.path.join(ROOT, "configs", "scenes", "biased.yaml")]
-        + ["--data.init_args.data_dir", str(tmp_path / "data"), *toy]
-        + ["--model.init_args.backbone", "resnet18", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
-        + [
-            "--trainer.logger",
-            "lightning.pytorch.loggers.CSVLogger",
-            "--trainer.logger.save_dir",
-            str(tmp_path / "runs"),
-        ]
-    )
+    cli = main(toy_fit_args(os.path.join(ROOT, "configs", "scenes", "biased.yaml"), tmp_path))
     probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
     assert probe.pipe.captions.names == ["shape", "color", "background"]
     assert probe.pipe.clip.name == "embedded:scenedigits"

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tests.callbacks.test_surgery_probe import _csv_metrics, _probe, clip_file  # noqa: F401
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
+from tests.helpers.tiny import TOY_CLI_ARGS
 from xai_lightning.cli import main
 from xai_lightning.loggers import WandbLogger
 from xai_lightning.report import load_run
@@ -155,18 +156,7 @@ def test_unknown_layer_through_the_callback_lists_available_names(tmp_path, clip
         trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
 
 
-TINY = [
-    "--data.init_args.train_per_class",
-    "10",
-    "--data.init_args.test_per_class",
-    "4",
-    "--data.init_args.real_world_per_class",
-    "4",
-    "--data.init_args.probe_per_class",
-    "20",
-    "--model.init_args.backbone",
-    "resnet18",
-]
+TINY = TOY_CLI_ARGS
 
 
 def _cli_error(capsys, *args) -> str:

@@ -40,3 +40,38 @@ class TinyCNN(nn.Module):
 def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g)
+
+
+# Toy sizes for end-to-end CLI runs of the shipped configs (seconds on a CPU).
+TOY_CLI_ARGS = [
+    "--data.init_args.train_per_class",
+    "10",
+    "--data.init_args.test_per_class",
+    "4",
+    "--data.init_args.real_world_per_class",
+    "4",
+    "--data.init_args.probe_per_class",
+    "20",
+    "--model.init_args.backbone",
+    "resnet18",
+]
+
+
+def toy_fit_args(config: str, tmp_path) -> list[str]:
+    """``fit`` of a shipped config for one toy epoch of one batch, logging CSV only under ``tmp_path``."""
+    return [
+        "fit",
+        "--config",
+        config,
+        "--data.init_args.data_dir",
+        str(tmp_path / "data"),
+        *TOY_CLI_ARGS,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path / "runs"),
+    ]
