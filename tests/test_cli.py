@@ -52,7 +52,9 @@ def test_unknown_key_is_a_clear_error(capsys):
 
 
 def test_fit_links_num_classes_and_saves_config(tmp_path):
-    cli = main(toy_fit_args(os.path.join(ROOT, "configs", "quickstart.yaml"), tmp_path))
+    three = ["--data.init_args.digits", "[1, 4, 7]", "--data.init_args.colors", "[red, green, blue]"]
+    bare = ["--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+    cli = main(toy_fit_args(os.path.join(ROOT, "configs", "quickstart.yaml"), tmp_path) + three + bare)
     assert cli.model.hparams.num_classes == 3
     assert os.path.isfile(os.path.join(cli.trainer.log_dir, "config.yaml"))
 
@@ -98,33 +100,7 @@ def test_quickstart_config_runs_the_probe_with_its_references(tmp_path, monkeypa
     """The shipped config end to end at toy sizes: the references are built from the CLI-instantiated model
     (whose hparams carry LightningCLI's private keys), and the outcome is logged."""
     monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
-    cli = main(
-        [
-            "fit",
-            "--config",
-            os.path.join(ROOT, "configs", "quickstart.yaml"),
-            "--data.init_args.data_dir",
-            str(tmp_path / "data"),
-            "--data.init_args.train_per_class",
-            "10",
-            "--data.init_args.test_per_class",
-            "4",
-            "--data.init_args.real_world_per_class",
-            "4",
-            "--data.init_args.probe_per_class",
-            "20",
-            "--model.init_args.backbone",
-            "resnet18",
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "1",
-            "--trainer.logger",
-            "lightning.pytorch.loggers.CSVLogger",
-            "--trainer.logger.save_dir",
-            str(tmp_path / "runs"),
-        ]
-    )
+    cli = main(toy_fit_args(os.path.join(ROOT, "configs", "quickstart.yaml"), tmp_path))
     probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
     assert probe.reference_info.startswith("the weights at fit start + 3 re-initialisations by ClassifierModule")
     assert probe.history[0]["outcome"] in ("shape", "color", "none") or "undecided" in probe.history[0]["outcome"]
