@@ -67,8 +67,8 @@ class Run:
 
     def verdict(self) -> str:
         """The outcome as the console prints it (``color``, ``none``, ``undecided (leaning shape)``)."""
-        out = self.outcome()
-        return f"{UNDECIDED} (leaning {self.leaning()})" if out == UNDECIDED else out
+        out, leaning = self.outcome(), self.leaning()
+        return f"{UNDECIDED} (leaning {leaning})" if out == UNDECIDED and leaning != NONE else out
 
     def cf_truth(self) -> str | None:
         """The concept the counterfactual flip rates name, or ``mixed`` (None when not logged)."""

@@ -45,7 +45,13 @@ def test_outcome_rule(effects, min_effect, outcome, text):
     assert out.decided == (outcome not in ("none", "undecided"))
 
 
-def test_every_effect_undefined_is_none():
+def test_an_unmeasurable_effect_is_never_none():
+    """On a confounded probe set no pair differs in one concept alone: nothing is measured, so the outcome
+    cannot claim that the model relies on nothing."""
     nan = float("nan")
     out = decide({"shape": Effect(nan, nan, nan)}, lambda a, b: None)
-    assert out.name == "none" and out.leaning is None
+    assert out.name == "undecided" and out.leaning is None and out.text() == "undecided"
+    small = Effect(0.01, -0.02, 0.04)
+    partly = decide({"shape": small, "color": Effect(nan, nan, nan)}, lambda a, b: None)
+    assert partly.name == "undecided" and partly.leaning == "shape"
+    assert decide({"shape": small, "color": small}, lambda a, b: Effect(0.0, -0.01, 0.01)).name == "none"
