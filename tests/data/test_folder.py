@@ -128,7 +128,12 @@ def test_the_probe_names_the_place_a_model_decides_by(tmp_path):
         holdout=False,
     )
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[probe]
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[probe],
+        default_root_dir=str(tmp_path),  # the probe's plots and tables go under the run, not the working dir
     )
     trainer.validate(ByGround(backbone="simple_cnn", num_classes=2), datamodule=_dm(root), verbose=False)
     final = probe.history[-1]
