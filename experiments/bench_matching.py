@@ -14,6 +14,8 @@ RN50 ``visual.layer1..4`` at 224 px, read off the real modules with hooks), then
 
 Each implementation runs in its own process; ``peak_mb`` is the peak resident memory (CPU, VmHWM reset
 before the computation) or peak CUDA allocation above what the activations themselves take.
+``ours`` and ``matmul`` run ``--repeats`` times, interleaved, each in a fresh process; the median run is
+reported (timings on a shared 2-core machine vary by ~30 % from run to run).
 Output: one JSON line per implementation.
 
     python experiments/bench_matching.py [--images 16] [--batch-size 8] [--device cpu|cuda] [--image-size 224]
@@ -180,6 +182,12 @@ def _worker(impl: str, args: dict, queue) -> None:
     )
 
 
+def median(runs: list[dict]) -> dict:
+    """The run with the median time, with every run's seconds."""
+    runs = sorted(runs, key=lambda r: r["seconds"])
+    return {**runs[len(runs) // 2], "repeats": len(runs), "seconds_all": [r["seconds"] for r in runs]}
+
+
 def run(impl: str, args: dict) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -199,13 +207,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="/tmp/bench_matching")
     ap.add_argument("--skip-naive", action="store_true", help="only ours and matmul (e.g. large --images)")
+    ap.add_argument("--repeats", type=int, default=3, help="ours and matmul: median of this many runs (naive: one)")
     a = ap.parse_args()
     if a.images % a.batch_size:
         ap.error("--images must be a multiple of --batch-size")
     args = vars(a)
     results = {}
-    for impl in ["ours", "matmul"] if a.skip_naive else ["naive", "ours", "matmul"]:
-        results[impl] = run(impl, args)
+    if not a.skip_naive:
+        results["naive"] = run("naive", args)
+    timed: dict[str, list[dict]] = {"ours": [], "matmul": []}
+    for _ in range(a.repeats):  # interleaved, so that a slow spell of the machine hits both
+        for impl in timed:
+            timed[impl].append(run(impl, args))
+    results.update({impl: median(runs) for impl, runs in timed.items()})
     if not a.skip_naive:
         diff = float((torch.load(a.out + ".naive.pt") - torch.load(a.out + ".ours.pt")).abs().max())
         for impl in ("naive", "ours"):

@@ -89,16 +89,42 @@ def test_reset_reuses_buffers_and_refits_from_scratch():
     s2, c2 = _activations(8, seed=6)
     m = CrossMoments()
     m.update(s, c)
-    cross = m.state[next(k for k in m.state if k.endswith(".cross"))]
+    size = next(iter(m.crosses))
+    cross = m.crosses[size].cross
     m.reset()
     m.update(s2, c2)
-    assert m.state[next(k for k in m.state if k.endswith(".cross"))].data_ptr() == cross.data_ptr()
-    expected = matching_scores([s2], [c2])
-    assert torch.allclose(m.scores(), expected, atol=1e-6, rtol=0)
-    assert torch.allclose(m.scores(inplace=True), expected, atol=1e-6, rtol=0)  # consumes the cross sums
-    m.reset()  # buffers consumed in place are re-created
-    m.update(s2, c2)
-    assert torch.allclose(m.scores(), expected, atol=1e-6, rtol=0)
+    assert m.crosses[size].cross.data_ptr() == cross.data_ptr()
+    expected = reference_z([s2], [c2])
+    assert torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)
+    assert torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)  # scores() left the sums as they were
+
+
+def test_take_scores_consumes_explicitly_and_reset_recreates():
+    s, c = _activations(8, seed=5)
+    m = CrossMoments()
+    m.update(s, c)
+    expected = reference_z([s], [c])
+    assert torch.allclose(m.take_scores().double(), expected, atol=1e-5, rtol=0)
+    assert m.consumed
+    for call in (m.scores, lambda: m.update(s, c), lambda: CrossMoments().merge(m)):
+        with pytest.raises(RuntimeError, match="consumed"):
+            call()
+    m.reset()
+    m.update(s, c)
+    assert not m.consumed and torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)
+
+
+def test_merge_into_empty_adopts_and_empty_other_changes_nothing():
+    s, c = _activations(6, seed=7)
+    sb, cb = _batches(s, c, [2])
+    a = CrossMoments()
+    a.update(sb[0], cb[0])
+    empties = [CrossMoments(), CrossMoments()]
+    for e in empties:
+        e.init_layout(({k: v[:0] for k, v in s.items()}, {k: v[:0] for k, v in c.items()}))
+    assert empties[0].merge(a).count == 2 and a.merge(empties[1]).count == 2 and a.batches == 1
+    a.update(sb[1], cb[1])
+    assert torch.allclose(a.scores().double(), reference_z(sb, cb), atol=1e-5, rtol=0)
 
 
 def test_state_dict_roundtrip():

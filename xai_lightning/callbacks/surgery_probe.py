@@ -386,7 +386,7 @@ class SurgeryProbe(Callback):
         t0 = time.perf_counter()
         if self._skipped(trainer, pl_module):
             return
-        if self.pipe.moments.s is None:  # this rank saw no fit sample: join the reduction with zero counts
+        if not self.pipe.moments.has_layout:  # this rank saw no fit sample: join the reduction with zero counts
             self.pipe.moments.init_layout(self.pipe.empty_activations(self._image_size(trainer)))
         # The probe must not change training: every RNG is kept as it was (iterating a DataLoader draws seeds).
         with isolate_rng(include_cuda=pl_module.device.type == "cuda"):

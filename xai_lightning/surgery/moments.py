@@ -18,15 +18,24 @@ Everything follows from sums gathered in ONE pass:
   Two sets of sums with different shifts merge exactly by re-shifting one of them, so batches and
   DDP ranks combine without loss (``merge``, ``all_reduce``).
 
-Channels layers of equal map size are concatenated, so each (standalone size, CLIP size) pair is
-one large GEMM.
+Layers of equal map size are concatenated, so each (standalone size, CLIP size) pair is one large GEMM,
+run in row blocks whose float32 product is folded into the float64 sums while it is still in cache
+(``_accumulate_product``): no product the size of the sums is ever allocated.
+
+Pairs whose GEMM runs at the standalone size (the CLIP map is the larger one) share the standalone operand,
+so their CLIP operands are stacked into one wider GEMM; the cross sums of one standalone size are one
+matrix whose columns are the CLIP size groups, so that GEMM writes one column range.
+
+The state is named: ``ChannelSums`` per model and map size, ``PairSums`` per pair of sizes, ``CrossSums``
+per standalone size. Every field but ``shift`` is a sum, so merging, reducing over ranks and checkpointing
+iterate the fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, fields
+from functools import cached_property, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,9 @@ import torch.nn.functional as F
 SCORES = ("reference", "pearson")
 Size = tuple[int, int]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
+ROW_BLOCK = 512  # CPU: rows of a float32 GEMM product folded into float64 at a time (a few MB, in cache)
+TINY = 1e-300  # floor of a scale before it is inverted (invalid channels are zeroed anyway)
+KRON_MAX = 10_000  # both dimensions projected in one GEMM with the Kronecker product below this many entries
 
 
 def near_constant(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -57,7 +69,7 @@ class LayerSpec:
     size: Size
 
 
-class _Side:
+class MapLayout:
     """Layers of one model grouped by map size; channel offsets in layer order."""
 
     def __init__(self, acts: Mapping[str, torch.Tensor]) -> None:
@@ -77,6 +89,12 @@ class _Side:
                 spans.append((offsets[spec.name], offsets[spec.name] + spec.channels, local))
                 local += spec.channels
             self.ranges[size] = spans
+        # where each size group starts in the concatenation of the groups (in ``sizes`` order)
+        self.group_start: dict[Size, int] = {}
+        start = 0
+        for size in self.sizes:
+            self.group_start[size] = start
+            start += sum(spec.channels for spec in self.by_size[size])
         # global (layer-order) channel index of every channel in a size group's concatenation
         self.index = {
             s: torch.cat(
@@ -112,52 +130,214 @@ class _Side:
         return out
 
 
+class GroupBatch:
+    """One size group's shifted maps of one batch, x [C, B, h, w] (channel-first), and sums over it that
+    several pairs need (each computed once, float32 on near-centred data; accumulated in float64)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    @cached_property
+    def total(self) -> torch.Tensor:
+        return self.x.reshape(self.x.shape[0], -1).sum(dim=1).double()
+
+    @cached_property
+    def squares(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.x.reshape(self.x.shape[0], -1), dim=1).double().square()
+
+    @cached_property
+    def plane(self) -> torch.Tensor:
+        """[C, h, w]: summed over the images."""
+        return self.x.sum(dim=1).double()
+
+
 def _pair_terms(
-    x: torch.Tensor, own: Size, other: Size, need_sq: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """For shifted maps x [C, B, h, w] (channel-first) paired with maps of size ``other``:
+    batch: GroupBatch, own: Size, other: Size, need_sq: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """For one group's shifted maps paired with maps of size ``other``:
 
     Returns:
         gemm operand [C, B * m] at m = min size (dims where x is larger go through the adjoint of the
-        other side's upsampling); the sum [C] over images and P of the upsampled maps, or None when x
-        is not upsampled (then it is x's plain sum); for pearson, the sum of squares [C] of the upsampled
-        maps (quadratic form with U^T U), None likewise.
-    Per-batch sums are float32 on shifted (near-centred) data; the caller accumulates them in float64.
+        other side's upsampling); the sum [C] over images and P of the (upsampled) maps; for pearson, their
+        sum of squares [C] (a quadratic form with U^T U where x is upsampled), else None.
     """
-    dev = x.device
-    y = x
-    weighted, sq_form = x, x
-    upsampled = False
-
-    def along(t: torch.Tensor, dim: int, mat: torch.Tensor) -> torch.Tensor:  # apply mat [n, n'] along h or w
-        return torch.matmul(mat.T, t) if dim == 2 else torch.matmul(t, mat)  # stays contiguous
-
-    adj = [
-        _upsample_1d(n_other, n_own).to(dev, torch.float32) if n_own > n_other else None  # [n_own, n_other]
-        for n_own, n_other in ((own[0], other[0]), (own[1], other[1]))
+    x = batch.x
+    gemm = _project(x, own, other).reshape(x.shape[0], -1)
+    if own[0] >= other[0] and own[1] >= other[1]:
+        return gemm, batch.total, batch.squares if need_sq else None
+    # x itself is upsampled along h and/or w: sums over P weight its native positions by U's column sums
+    weights = [
+        _upsample_1d(n_own, n_other).sum(0) if n_own < n_other else torch.ones(n_own, dtype=torch.float64)
+        for n_own, n_other in zip(own, other)
     ]
-    if adj[0] is not None and adj[1] is not None and own[0] * own[1] * other[0] * other[1] <= 10_000:
-        # small maps: both dimensions in one GEMM with the Kronecker product (measured fastest on CPU)
-        y = (y.reshape(-1, own[0] * own[1]) @ torch.kron(adj[0], adj[1])).view(y.shape[0], y.shape[1], *other)
-    else:
-        for dim, a in ((3, adj[1]), (2, adj[0])):
-            if a is not None:  # the other side is upsampled to our size: project x through its adjoint
-                y = along(y, dim, a)
+    wsum = torch.einsum("chw,h,w->c", batch.plane, *(w.to(x.device) for w in weights))
+    return gemm, wsum, _upsampled_squares(x, own, other) if need_sq else None
+
+
+def _along(t: torch.Tensor, dim: int, mat: torch.Tensor) -> torch.Tensor:
+    """Applies mat [n, n'] along h (dim 2) or w (dim 3) of t [C, B, h, w]; the result stays contiguous."""
+    return torch.matmul(mat.T, t) if dim == 2 else torch.matmul(t, mat)
+
+
+def _project(x: torch.Tensor, own: Size, other: Size) -> torch.Tensor:
+    """x at min(own, other) per dimension: where the other side is upsampled to our size, x goes through the
+    adjoint of that upsampling."""
+    adj = [
+        _upsample_1d(n_other, n_own).to(x.device, torch.float32) if n_own > n_other else None  # [n_own, n_other]
+        for n_own, n_other in zip(own, other)
+    ]
+    if adj[0] is not None and adj[1] is not None and own[0] * own[1] * other[0] * other[1] <= KRON_MAX:
+        # small maps: both dimensions in one GEMM (measured fastest on the CPU)
+        return (x.reshape(-1, own[0] * own[1]) @ torch.kron(adj[0], adj[1])).view(*x.shape[:2], *other)
+    for dim, a in ((3, adj[1]), (2, adj[0])):
+        if a is not None:
+            x = _along(x, dim, a)
+    return x
+
+
+def _upsampled_squares(x: torch.Tensor, own: Size, other: Size) -> torch.Tensor:
+    """Sum over images and P of the squared upsampled maps, per channel: the quadratic form with U^T U."""
+    form = x
     for dim, (n_own, n_other) in ((2, (own[0], other[0])), (3, (own[1], other[1]))):
-        if n_own < n_other:  # x itself is upsampled: column sums weight its native positions
-            upsampled = True
+        if n_own < n_other:
             up = _upsample_1d(n_own, n_other)
-            shape = [1, 1, 1, 1]
-            shape[dim] = n_own
-            weighted = weighted * up.sum(0).to(dev, torch.float32).view(shape)
-            if need_sq:
-                sq_form = along(sq_form, dim, (up.T @ up).to(dev, torch.float32))  # U^T U, symmetric
-    gemm = y.reshape(y.shape[0], -1)
-    if not upsampled:
-        return gemm, None, None
-    wsum = weighted.sum(dim=(1, 2, 3)).double()
-    sq = (x * sq_form).sum(dim=(1, 2, 3)).double() if need_sq else None
-    return gemm, wsum, sq
+            form = _along(form, dim, (up.T @ up).to(x.device, torch.float32))  # symmetric
+    return (x * form).sum(dim=(1, 2, 3)).double()
+
+
+def _accumulate_product(acc: torch.Tensor, left: torch.Tensor, right: torch.Tensor, assign: bool = False) -> None:
+    """acc [M, N] float64 += left [M, K] @ right [N, K]^T (``assign``: =), the product in float32. On the CPU
+    ``ROW_BLOCK`` rows at a time into one small scratch, each block folded into float64 while it is in cache (a full
+    product would be written to memory, read back and converted: ~2.5x the GEMM's time, measured); on a GPU
+    one GEMM (the mixed-precision add casts on the fly)."""
+    rows = ROW_BLOCK if acc.device.type == "cpu" else left.shape[0]
+    scratch = left.new_empty(min(rows, left.shape[0]), right.shape[0])
+    for r0 in range(0, left.shape[0], rows):
+        r1 = min(r0 + rows, left.shape[0])
+        torch.mm(left[r0:r1], right.T, out=scratch[: r1 - r0])
+        if assign:
+            acc[r0:r1].copy_(scratch[: r1 - r0])
+        else:
+            acc[r0:r1].add_(scratch[: r1 - r0])
+
+
+def _sum_fields(state: ChannelSums | PairSums | CrossSums) -> list[str]:
+    """Names of the fields that are sums (added when merging or reducing; every field but ``shift``)."""
+    return [f.name for f in fields(state) if f.name != "shift" and getattr(state, f.name) is not None]
+
+
+@dataclass
+class ChannelSums:
+    """One model's channels of one map size, summed at their own resolution around ``shift``."""
+
+    shift: torch.Tensor  # [C] float32: the first batch's channel means (x - shift is exact near them)
+    n: torch.Tensor  # () float64: values per channel folded in (images x positions)
+    total: torch.Tensor  # [C] float64: sum of (x - shift)
+    squares: torch.Tensor  # [C] float64: sum of (x - shift)^2
+
+    @classmethod
+    def zeros(cls, channels: int, device: torch.device) -> ChannelSums:
+        f64 = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(channels, device=device), torch.zeros((), **f64), *torch.zeros(2, channels, **f64))
+
+    def fold(self, batch: GroupBatch) -> None:
+        """Adds one batch of this group's shifted maps."""
+        self.n += batch.x[0].numel()
+        self.total += batch.total
+        self.squares += batch.squares
+
+    def reshift(self, new_shift: torch.Tensor) -> torch.Tensor:
+        """Re-expresses the sums around ``new_shift`` (exact); returns delta = old - new shift, float64."""
+        delta = self.shift.double() - new_shift.double()  # (x - new) = (x - old) + delta
+        self.squares += 2 * delta * self.total + self.n * delta * delta
+        self.total += self.n * delta
+        self.shift = new_shift.to(self.shift.dtype)
+        return delta
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean - shift, mean, population std) per channel, float64."""
+        shifted = self.total / self.n
+        var = (self.squares / self.n - shifted * shifted).clamp_min(0.0)
+        return shifted, shifted + self.shift.double(), var.sqrt()
+
+
+@dataclass
+class PairSums:
+    """One (standalone size a, CLIP size b) pair on the common grid P = max(a, b) per dimension; the maps
+    are the shifted ones of ``ChannelSums``, the smaller one upsampled to P."""
+
+    n: torch.Tensor  # () float64: images x |P|
+    sum_s: torch.Tensor  # [C_s] sums over images and P
+    sum_c: torch.Tensor  # [C_c]
+    sq_s: torch.Tensor | None = None  # pearson only: sums of squares over images and P
+    sq_c: torch.Tensor | None = None
+    # the pair's sums of products are the columns of group b in the CrossSums of size a
+
+    @classmethod
+    def zeros(cls, cs: int, cc: int, pearson: bool, device: torch.device) -> PairSums:
+        f64 = dict(dtype=torch.float64, device=device)
+        sq = (torch.zeros(cs, **f64), torch.zeros(cc, **f64)) if pearson else (None, None)
+        return cls(torch.zeros((), **f64), torch.zeros(cs, **f64), torch.zeros(cc, **f64), *sq)
+
+    def fold(
+        self, batches: tuple[GroupBatch, GroupBatch], sizes: tuple[Size, Size]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds one batch's sums, given both groups' maps (standalone, CLIP) and sizes (a, b). Returns the
+        GEMM operands at the smaller resolution ([C_s, B*m], [C_c, B*m]), whose product the caller adds to
+        the cross sums."""
+        (a, b), pearson = sizes, self.sq_s is not None
+        ys, ws, sqs = _pair_terms(batches[0], a, b, pearson)
+        yc, wc, sqc = _pair_terms(batches[1], b, a, pearson)
+        self.n += batches[0].x.shape[1] * max(a[0], b[0]) * max(a[1], b[1])
+        self.sum_s += ws
+        self.sum_c += wc
+        if pearson:
+            self.sq_s += sqs
+            self.sq_c += sqc
+        return ys, yc
+
+    def reshift(self, ds: torch.Tensor, dc: torch.Tensor, cross: torch.Tensor) -> None:
+        """The sums (and the pair's ``cross`` block) around new shifts, given each side's delta = old - new
+        shift (in place, no temporaries)."""
+        n = float(self.n)
+        cross.addr_(ds, self.sum_c).addr_(self.sum_s, dc).addr_(ds, dc, alpha=n)
+        if self.sq_s is not None:
+            self.sq_s += 2 * ds * self.sum_s + n * ds * ds
+            self.sq_c += 2 * dc * self.sum_c + n * dc * dc
+        self.sum_s += n * ds
+        self.sum_c += n * dc
+
+    def normalizers(
+        self, score: str, s_stats: tuple[torch.Tensor, ...], c_stats: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U [C_s, 2], V [C_c, 2], row scale [C_s], column scale [C_c]): Z's block = diag(row) (cross + U V^T)
+        diag(column); invalid channels get scale 0. ``*_stats``: ``ChannelSums.moments()`` of each side."""
+        (ms_native, mu_s, sd_s), (mc_native, mu_c, sd_c) = s_stats, c_stats
+        n = self.n
+        mean_s, mean_c = self.sum_s / n, self.sum_c / n
+        # centred about the P-grid means, then (reference) moved to the dataset means: (U s - mu) =
+        # (U s - mean_P) + (mean_P - mu), both means relative to the same shift
+        u = torch.stack([self.sum_s, n * (mean_s - ms_native)], dim=1)
+        v = torch.stack([-mean_c, mean_c - mc_native], dim=1)
+        if score == "reference":
+            scale_s, scale_c = sd_s, sd_c
+            valid_s, valid_c = ~near_constant(mu_s, sd_s), ~near_constant(mu_c, sd_c)
+        else:
+            u[:, 1] = 0.0
+            scale_s = (self.sq_s / n - mean_s**2).clamp_min(0.0).sqrt()
+            scale_c = (self.sq_c / n - mean_c**2).clamp_min(0.0).sqrt()
+            valid_s = ~near_constant(mu_s, sd_s) & ~near_constant(mean_s, scale_s)
+            valid_c = ~near_constant(mu_c, sd_c) & ~near_constant(mean_c, scale_c)
+        row = torch.where(valid_s, 1.0 / (n * scale_s).clamp_min(TINY), 0.0)
+        col = torch.where(valid_c, 1.0 / scale_c.clamp_min(TINY), 0.0)
+        return u, v, row, col
+
+
+@dataclass
+class CrossSums:
+    """The sums of products of one standalone size group with every CLIP channel."""
+
+    cross: torch.Tensor  # [C_a, C_clip] float64; columns: CLIP size groups in MapLayout.sizes order
 
 
 class CrossMoments:
@@ -166,92 +346,93 @@ class CrossMoments:
     Feed aligned batches with ``update(standalone_acts, clip_acts)`` (dicts ``{layer: [B, C, H, W]}``,
     the same images in both); combine with ``merge`` (another process's or shard's sums) or
     ``all_reduce(sum_fn)`` (DDP: ``sum_fn`` sums a tensor over ranks); read ``scores()`` and ``stats()``.
+    ``take_scores()`` computes ``Z`` inside the cross sums' memory and leaves the sums ``consumed``.
     """
 
     def __init__(self, score: str = "reference") -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
         self.score = score
-        self.s: _Side | None = None
-        self.c: _Side | None = None
-        self.state: dict[str, torch.Tensor] = {}
-        self._fresh = True
+        self.standalone_layout: MapLayout | None = None
+        self.clip_layout: MapLayout | None = None
+        self.s_sums: dict[Size, ChannelSums] = {}
+        self.c_sums: dict[Size, ChannelSums] = {}
+        self.pairs: dict[tuple[Size, Size], PairSums] = {}
+        self.crosses: dict[Size, CrossSums] = {}
+        self.batches = 0  # folded in since the layout was set or reset() (merged and reduced ones included)
+        self.consumed = False  # take_scores() handed the cross sums' memory to Z; reset() re-creates them
 
-    # ---- state layout -------------------------------------------------------------------------
-    def _keys(self) -> list[str]:
-        assert self.s is not None and self.c is not None
-        keys = []
-        for tag, side in (("s", self.s), ("c", self.c)):
-            for size in side.sizes:
-                keys += [f"{tag}{size}.shift", f"{tag}{size}.n", f"{tag}{size}.sum", f"{tag}{size}.sumsq"]
-        for a in self.s.sizes:
-            for b in self.c.sizes:
-                keys += [f"{a}x{b}.n", f"{a}x{b}.sum_s", f"{a}x{b}.sum_c", f"{a}x{b}.cross"]
-                if self.score == "pearson":
-                    keys += [f"{a}x{b}.sq_s", f"{a}x{b}.sq_c"]
-        return keys
+    # ---- layout -------------------------------------------------------------------------------
+    @property
+    def has_layout(self) -> bool:
+        return self.standalone_layout is not None
 
-    def _init(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
-        self.s, self.c = _Side(s_acts), _Side(c_acts)
-        dev = next(iter(s_acts.values())).device
-        f64 = dict(device=dev, dtype=torch.float64)
-        st: dict[str, torch.Tensor] = {}
-        for tag, side in (("s", self.s), ("c", self.c)):
-            for size in side.sizes:
-                ch = sum(spec.channels for spec in side.by_size[size])
-                st[f"{tag}{size}.shift"] = torch.zeros(ch, device=dev)
-                st[f"{tag}{size}.n"] = torch.zeros((), **f64)
-                st[f"{tag}{size}.sum"] = torch.zeros(ch, **f64)
-                st[f"{tag}{size}.sumsq"] = torch.zeros(ch, **f64)
-        for a in self.s.sizes:
-            cs = len(self.s.index[a])
-            for b in self.c.sizes:
-                cc = len(self.c.index[b])
-                st[f"{a}x{b}.n"] = torch.zeros((), **f64)
-                st[f"{a}x{b}.sum_s"] = torch.zeros(cs, **f64)
-                st[f"{a}x{b}.sum_c"] = torch.zeros(cc, **f64)
-                st[f"{a}x{b}.cross"] = torch.zeros(cs, cc, **f64)
-                if self.score == "pearson":
-                    st[f"{a}x{b}.sq_s"] = torch.zeros(cs, **f64)
-                    st[f"{a}x{b}.sq_c"] = torch.zeros(cc, **f64)
-        self.state = st
-        self._fresh = True
+    def _set_layout(self, standalone: MapLayout, clip: MapLayout, device: torch.device) -> None:
+        self.standalone_layout, self.clip_layout = standalone, clip
+        self.s_sums = {a: ChannelSums.zeros(len(standalone.index[a]), device) for a in standalone.sizes}
+        self.c_sums = {b: ChannelSums.zeros(len(clip.index[b]), device) for b in clip.sizes}
+        self._new_pair_sums(device)
+        self.batches = 0
+
+    def _new_pair_sums(self, device: torch.device) -> None:
+        s, c = self.standalone_layout, self.clip_layout
+        pearson = self.score == "pearson"
+        self.pairs = {
+            (a, b): PairSums.zeros(len(s.index[a]), len(c.index[b]), pearson, device) for a in s.sizes for b in c.sizes
+        }
+        # empty: the first batch assigns them (the largest state: no fill, no page touched twice)
+        f64 = dict(dtype=torch.float64, device=device)
+        self.crosses = {a: CrossSums(torch.empty(len(s.index[a]), c.total, **f64)) for a in s.sizes}
+        self.consumed = False
 
     def init_layout(self, acts: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]) -> None:
         """Zero sums with the layout of these (possibly empty) activations, e.g. for a DDP rank that saw no
         data but must join ``all_reduce``."""
-        if self.s is None:
-            self._init(*acts)
+        if not self.has_layout:
+            device = next(iter(acts[0].values())).device
+            self._set_layout(MapLayout(acts[0]), MapLayout(acts[1]), device)
 
-    def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
-        """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
-        for tag, side, acts in (("s", self.s, s_acts), ("c", self.c, c_acts)):
-            for size in side.sizes:
-                self.state[f"{tag}{size}.shift"] = torch.cat(
-                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in side.by_size[size]]
-                )
-        self._fresh = False
+    def _states(self) -> list[ChannelSums | PairSums | CrossSums]:
+        return [*self.s_sums.values(), *self.c_sums.values(), *self.pairs.values(), *self.crosses.values()]
+
+    def _block(self, a: Size, b: Size) -> torch.Tensor:
+        """The cross sums of pair (a, b): a column range (view) of size a's ``CrossSums``."""
+        start = self.clip_layout.group_start[b]
+        return self.crosses[a].cross[:, start : start + len(self.clip_layout.index[b])]
+
+    def _usable(self, what: str, needs_data: bool = False) -> None:
+        if not self.has_layout or (needs_data and self.batches == 0):
+            raise RuntimeError(f"{what}: no data folded in yet")
+        if self.consumed:
+            raise RuntimeError(f"{what}: take_scores() consumed these sums; call reset() first")
 
     def reset(self) -> None:
-        """Zero every sum but keep the layout and the buffers (no re-allocation between epochs); the next
-        batch sets fresh shifts."""
-        for value in self.state.values():
-            value.zero_()
-        for a in self.s.sizes if self.s is not None else []:
-            for b in self.c.sizes:
-                cross = self.state[f"{a}x{b}.cross"]
-                if cross.numel() == 0:  # consumed by scores(inplace=True)
-                    shape = (len(self.s.index[a]), len(self.c.index[b]))
-                    self.state[f"{a}x{b}.cross"] = torch.zeros(shape, dtype=torch.float64, device=cross.device)
-        self._fresh = True
+        """Forget the sums but keep the layout and the buffers (no re-allocation between epochs; the cross sums
+        are re-created after ``take_scores()``); the next batch sets fresh shifts and assigns the cross sums."""
+        if not self.has_layout:
+            return
+        if self.consumed:
+            self._new_pair_sums(next(iter(self.s_sums.values())).n.device)
+        for state in self._states():
+            if not isinstance(state, CrossSums):  # valid only once batches > 0: the first batch assigns them
+                for name in _sum_fields(state):
+                    getattr(state, name).zero_()
+        self.batches = 0
+
+    def _zero_crosses_if_empty(self) -> None:
+        """The cross sums hold whatever was there until the first batch assigns them: zero them where they
+        are read with no batch folded in (a rank that saw no data joining a reduction, a checkpoint)."""
+        if self.batches == 0:
+            for state in self.crosses.values():
+                state.cross.zero_()
 
     @property
     def count(self) -> float:
         """Number of images folded in so far."""
-        if not self.state:
+        if not self.has_layout:
             return 0.0
-        size = self.s.sizes[0]
-        return float(self.state[f"s{size}.n"]) / (size[0] * size[1])
+        size, sums = next(iter(self.s_sums.items()))
+        return float(sums.n) / (size[0] * size[1])
 
     # ---- accumulation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -262,225 +443,220 @@ class CrossMoments:
         batch = {int(t.shape[0]) for t in (*standalone.values(), *clip.values())}
         if len(batch) != 1:
             raise ValueError(f"standalone and CLIP activations disagree on the batch size: {sorted(batch)}")
-        if self.s is None:
-            self._init(standalone, clip)
-        self.s.check(standalone, "standalone")
-        self.c.check(clip, "CLIP")
-        st = self.state
-        if self._fresh:  # the first batch after _init or reset() sets the shifts
+        self.init_layout((standalone, clip))
+        self._usable("update")
+        self.standalone_layout.check(standalone, "standalone")
+        self.clip_layout.check(clip, "CLIP")
+        if self.batches == 0:  # the first batch sets the shifts
             self._set_shifts(standalone, clip)
-        c_groups = self.c.grouped(clip, {b: st[f"c{b}.shift"] for b in self.c.sizes})  # CLIP maps are few
-        native: dict[str, torch.Tensor] = {}
-        for b, xc in c_groups.items():
-            native[f"c{b}"] = self._fold_native(f"c{b}", xc, b)
-        pearson = self.score == "pearson"
-        for a in self.s.sizes:  # one standalone size group at a time: its copy is freed before the next
-            xs = self.s.grouped(standalone, {a: st[f"s{a}.shift"]}, sizes=[a])[a]
-            native[f"s{a}"] = self._fold_native(f"s{a}", xs, a)
-            for b, xc in c_groups.items():
-                ys, ws, sqs = _pair_terms(xs, a, b, pearson)
-                yc, wc, sqc = _pair_terms(xc, b, a, pearson)
-                key = f"{a}x{b}"
-                st[f"{key}.n"] += xs.shape[1] * max(a[0], b[0]) * max(a[1], b[1])
-                st[f"{key}.sum_s"] += native[f"s{a}"][0] if ws is None else ws
-                st[f"{key}.sum_c"] += native[f"c{b}"][0] if wc is None else wc
-                # the GEMM at the smaller resolution: [C_s, B*m] @ [B*m, C_c], accumulated in float64
-                st[f"{key}.cross"].add_(ys @ yc.T)
-                if pearson:
-                    st[f"{key}.sq_s"] += native[f"s{a}"][1] if sqs is None else sqs
-                    st[f"{key}.sq_c"] += native[f"c{b}"][1] if sqc is None else sqc
-            del xs
+        shifts = {b: sums.shift for b, sums in self.c_sums.items()}
+        c_maps = {b: GroupBatch(x) for b, x in self.clip_layout.grouped(clip, shifts).items()}  # CLIP maps are few
+        for b, group in c_maps.items():
+            self.c_sums[b].fold(group)
+        for a, s_sums in self.s_sums.items():  # one standalone size group at a time: freed before the next
+            group = GroupBatch(self.standalone_layout.grouped(standalone, {a: s_sums.shift}, sizes=[a])[a])
+            s_sums.fold(group)
+            operands = {b: self.pairs[(a, b)].fold((group, c_maps[b]), (a, b)) for b in c_maps}
+            self._fold_products(a, operands)
+            del group, operands
+        self.batches += 1
 
-    def _fold_native(self, key: str, x: torch.Tensor, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adds a group's per-channel sums at its own resolution; returns (sum, sum of squares) of the batch."""
-        total = x.sum(dim=(1, 2, 3)).double()  # float32 per batch on shifted data, float64 across batches
-        squares = (x * x).sum(dim=(1, 2, 3)).double()
-        self.state[f"{key}.n"] += x.shape[1] * size[0] * size[1]
-        self.state[f"{key}.sum"] += total
-        self.state[f"{key}.sumsq"] += squares
-        return total, squares
+    def _fold_products(self, a: Size, operands: Mapping[Size, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Adds each pair's GEMM to the cross sums. Pairs whose CLIP map is at least as large as ``a`` share
+        the standalone operand: when their column groups are adjacent, one GEMM with their CLIP operands
+        stacked covers them all."""
+        sizes, first = self.clip_layout.sizes, self.batches == 0  # the first batch writes every cross sum
+        shared = [b for b in sizes if a[0] <= b[0] and a[1] <= b[1]]
+        positions = [sizes.index(b) for b in shared]
+        if len(shared) > 1 and positions == list(range(positions[0], positions[0] + len(shared))):
+            start = self.clip_layout.group_start[shared[0]]
+            stop = self.clip_layout.group_start[shared[-1]] + len(self.clip_layout.index[shared[-1]])
+            right = torch.cat([operands[b][1] for b in shared])
+            _accumulate_product(self.crosses[a].cross[:, start:stop], operands[shared[0]][0], right, first)
+            operands = {b: ops for b, ops in operands.items() if b not in shared}
+        for b, (ys, yc) in operands.items():
+            _accumulate_product(self._block(a, b), ys, yc, first)
 
-    def _reshift(self, new_shift: Mapping[str, torch.Tensor]) -> None:
+    def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
+        """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
+        for layout, sums, acts in (
+            (self.standalone_layout, self.s_sums, s_acts),
+            (self.clip_layout, self.c_sums, c_acts),
+        ):
+            for size, state in sums.items():
+                state.shift = torch.cat(
+                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in layout.by_size[size]]
+                )
+
+    def _reshift(self, s_shift: Mapping[Size, torch.Tensor], c_shift: Mapping[Size, torch.Tensor]) -> None:
         """Re-express every sum around new per-channel shifts (exact, float64)."""
-        st = self.state
-        d: dict[str, torch.Tensor] = {}
-        for tag, side in (("s", self.s), ("c", self.c)):
-            for size in side.sizes:
-                k = f"{tag}{size}"
-                delta = st[f"{k}.shift"].double() - new_shift[k].double()  # y_new = y_old + delta
-                n = st[f"{k}.n"]
-                st[f"{k}.sumsq"] += 2 * delta * st[f"{k}.sum"] + n * delta * delta
-                st[f"{k}.sum"] += n * delta
-                st[f"{k}.shift"] = new_shift[k].to(st[f"{k}.shift"].dtype)
-                d[k] = delta
-        for a in self.s.sizes:
-            for b in self.c.sizes:
-                key, ds, dc = f"{a}x{b}", d[f"s{a}"], d[f"c{b}"]
-                n = st[f"{key}.n"]
-                cross = st[f"{key}.cross"]
-                cross.add_(torch.outer(ds, st[f"{key}.sum_c"]))
-                cross.add_(torch.outer(st[f"{key}.sum_s"], dc))
-                cross.add_(torch.outer(ds, dc), alpha=float(n))
-                if self.score == "pearson":
-                    st[f"{key}.sq_s"] += 2 * ds * st[f"{key}.sum_s"] + n * ds * ds
-                    st[f"{key}.sq_c"] += 2 * dc * st[f"{key}.sum_c"] + n * dc * dc
-                st[f"{key}.sum_s"] += n * ds
-                st[f"{key}.sum_c"] += n * dc
-
-    def _shift_keys(self) -> list[str]:
-        return [f"{tag}{size}" for tag, side in (("s", self.s), ("c", self.c)) for size in side.sizes]
+        ds = {a: self.s_sums[a].reshift(s_shift[a]) for a in self.s_sums}
+        dc = {b: self.c_sums[b].reshift(c_shift[b]) for b in self.c_sums}
+        for (a, b), pair in self.pairs.items():
+            pair.reshift(ds[a], dc[b], self._block(a, b))
 
     def merge(self, other: CrossMoments) -> CrossMoments:
-        """Adds ``other``'s sums (same layers) into this one. Returns self."""
-        if other.s is None:
+        """Adds ``other``'s sums (same layers and score) into this one. Returns self."""
+        if not other.has_layout or other.batches == 0:
             return self
-        if self.s is None:
-            self.s, self.c, self.score = other.s, other.c, other.score
-            self.state = {k: v.clone() for k, v in other.state.items()}
-            self._fresh = other._fresh
-            return self
-        if [x.layers for x in (self.s, self.c)] != [x.layers for x in (other.s, other.c)] or self.score != other.score:
+        other._usable("merge")
+        if self.has_layout:
+            self._usable("merge")
+        if self.has_layout and (
+            [x.layers for x in (self.standalone_layout, self.clip_layout)]
+            != [x.layers for x in (other.standalone_layout, other.clip_layout)]
+            or self.score != other.score
+        ):
             raise ValueError("cannot merge CrossMoments of different layers or scores")
+        if not self.has_layout or self.batches == 0:  # nothing here yet: take other's sums and shifts
+            self._copy_from(other)
+            return self
         other = other.clone()
-        other._reshift({k: self.state[f"{k}.shift"] for k in self._shift_keys()})
-        for key in self._keys():
-            if not key.endswith(".shift"):
-                self.state[key] += other.state[key].to(self.state[key].device)
-        self._fresh = False  # the shifts now carry data
+        other._reshift({a: s.shift for a, s in self.s_sums.items()}, {b: s.shift for b, s in self.c_sums.items()})
+        for mine, theirs in zip(self._states(), other._states(), strict=True):
+            for name in _sum_fields(mine):
+                getattr(mine, name).add_(getattr(theirs, name).to(getattr(mine, name).device))
+        self.batches += other.batches
         return self
+
+    def _copy_from(self, other: CrossMoments) -> None:
+        copy = other.clone()
+        self.score, self.standalone_layout, self.clip_layout = copy.score, copy.standalone_layout, copy.clip_layout
+        self.s_sums, self.c_sums, self.pairs, self.crosses = copy.s_sums, copy.c_sums, copy.pairs, copy.crosses
+        self.batches, self.consumed = copy.batches, copy.consumed
 
     def clone(self) -> CrossMoments:
         out = CrossMoments(self.score)
-        out.s, out.c, out._fresh = self.s, self.c, self._fresh
-        out.state = {k: v.clone() for k, v in self.state.items()}
+        out.standalone_layout, out.clip_layout = self.standalone_layout, self.clip_layout
+        out.s_sums = {k: ChannelSums(*(t.clone() for t in _values(v))) for k, v in self.s_sums.items()}
+        out.c_sums = {k: ChannelSums(*(t.clone() for t in _values(v))) for k, v in self.c_sums.items()}
+        out.pairs = {
+            k: PairSums(*(None if t is None else t.clone() for t in _values(v))) for k, v in self.pairs.items()
+        }
+        out.crosses = {k: CrossSums(v.cross.clone()) for k, v in self.crosses.items()}
+        out.batches, out.consumed = self.batches, self.consumed
         return out
 
     @torch.no_grad()
     def all_reduce(self, sum_fn: SumFn) -> None:
         """Sums across processes. ``sum_fn(t)`` returns t summed over ranks (e.g. through the Lightning
         strategy). Two collectives: a tiny one agrees on a common shift (count-weighted mean of the
-        ranks' shifts), then one packed float64 buffer carries every sum. Every rank must call it."""
-        if self.s is None:
+        ranks' shifts) and the batch count, then one packed float64 buffer carries every sum. Every rank
+        must call it."""
+        if not self.has_layout:
             raise RuntimeError("all_reduce before any update: every rank needs at least one batch")
-        keys = self._shift_keys()
-        small = torch.cat(
-            [
-                torch.cat([self.state[f"{k}.shift"].double() * self.state[f"{k}.n"], self.state[f"{k}.n"].view(1)])
-                for k in keys
-            ]
-        )
-        small = sum_fn(small)
-        common, start = {}, 0
-        for k in keys:
-            ch = self.state[f"{k}.shift"].numel()
-            weighted, n = small[start : start + ch], small[start + ch]
-            common[k] = (weighted / n.clamp_min(1.0)).to(self.state[f"{k}.shift"].dtype)
+        self._usable("all_reduce")
+        self._zero_crosses_if_empty()
+        sides = [*self.s_sums.values(), *self.c_sums.values()]
+        small = torch.cat([torch.cat([s.shift.double() * s.n, s.n.view(1)]) for s in sides])
+        small = sum_fn(torch.cat([small, small.new_tensor([float(self.batches)])]))
+        shifts, start = [], 0
+        for s in sides:
+            ch = s.shift.numel()
+            shifts.append((small[start : start + ch] / small[start + ch].clamp_min(1.0)).to(s.shift.dtype))
             start += ch + 1
-        self._reshift(common)
-        sum_keys = [k for k in self._keys() if not k.endswith(".shift")]
-        flat = sum_fn(torch.cat([self.state[k].reshape(-1) for k in sum_keys]))
+        self.batches = int(small[-1].item())
+        n_s = len(self.s_sums)
+        self._reshift(dict(zip(self.s_sums, shifts[:n_s])), dict(zip(self.c_sums, shifts[n_s:])))
+        tensors = [getattr(state, name) for state in self._states() for name in _sum_fields(state)]
+        flat = sum_fn(torch.cat([t.reshape(-1) for t in tensors]))
         start = 0
-        for k in sum_keys:
-            n = self.state[k].numel()
-            self.state[k] = flat[start : start + n].view_as(self.state[k]).clone()
-            start += n
+        for t in tensors:
+            t.copy_(flat[start : start + t.numel()].view_as(t))
+            start += t.numel()
 
     # ---- results ------------------------------------------------------------------------------
-    def _side_stats(self, tag: str, side: _Side) -> dict[Size, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """{size: (mean - shift, mean, std)} per channel, float64, exact population moments."""
-        out = {}
-        for size in side.sizes:
-            k = f"{tag}{size}"
-            n = self.state[f"{k}.n"]
-            m_shifted = self.state[f"{k}.sum"] / n
-            var = (self.state[f"{k}.sumsq"] / n - m_shifted * m_shifted).clamp_min(0.0)
-            out[size] = (m_shifted, m_shifted + self.state[f"{k}.shift"].double(), var.sqrt())
-        return out
-
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per-layer channel statistics: ``{"standalone"|"clip": {layer: mean/std/valid tensors}}``
-        flattened as ``{side: {"mean": [n], "std": [n], "valid": [n]}}`` in layer order."""
-        if self.s is None:
-            raise RuntimeError("no data folded in yet")
+        """Per-channel statistics in layer order: ``{"standalone"|"clip": {"mean", "std", "valid": [n]}}``."""
+        self._usable("stats")
         out = {}
-        for tag, side, label in (("s", self.s, "standalone"), ("c", self.c, "clip")):
-            mean = torch.empty(side.total, dtype=torch.float64, device=self.state[f"{tag}{side.sizes[0]}.sum"].device)
+        for layout, sums, label in (
+            (self.standalone_layout, self.s_sums, "standalone"),
+            (self.clip_layout, self.c_sums, "clip"),
+        ):
+            device = next(iter(sums.values())).total.device
+            mean = torch.empty(layout.total, dtype=torch.float64, device=device)
             std = torch.empty_like(mean)
-            for size, (_, mu, sd) in self._side_stats(tag, side).items():
-                idx = side.index[size].to(mean.device)
+            for size, state in sums.items():
+                _, mu, sd = state.moments()
+                idx = layout.index[size].to(device)
                 mean[idx], std[idx] = mu, sd
             out[label] = {"mean": mean, "std": std, "valid": ~near_constant(mean, std)}
         return out
 
     @torch.no_grad()
-    def scores(self, inplace: bool = False) -> torch.Tensor:
+    def scores(self) -> torch.Tensor:
         """``Z`` [n_standalone_channels, n_clip_channels] float32, rows/columns in layer then channel order.
-        Rows and columns of near-constant channels are 0. ``inplace=True`` computes in the cross-moment
-        buffers (saves memory; the sums are consumed: call ``reset()`` before folding in more data)."""
-        if self.s is None:
-            raise RuntimeError("no data folded in yet")
-        s_stats, c_stats = self._side_stats("s", self.s), self._side_stats("c", self.c)
-        dev = self.state[f"s{self.s.sizes[0]}.sum"].device
-        z = torch.zeros(self.s.total, self.c.total, dtype=torch.float32, device=dev)
-        for a in self.s.sizes:
-            ms_native, mu_s, sd_s = s_stats[a]
-            for b in self.c.sizes:
-                mc_native, mu_c, sd_c = c_stats[b]
-                key = f"{a}x{b}"
-                n = self.state[f"{key}.n"]
-                sum_s, sum_c = self.state[f"{key}.sum_s"], self.state[f"{key}.sum_c"]
-                block = self.state[f"{key}.cross"] if inplace else self.state[f"{key}.cross"].clone()
-                block.addr_(sum_s, sum_c, alpha=-1.0 / float(n))  # centred about the P-grid means
-                if self.score == "reference":
-                    # (U s - mu) = (U s - mean_P) + (mean_P - mu); both means relative to the same shift
-                    block.addr_(sum_s / n - ms_native, sum_c / n - mc_native, alpha=float(n))
-                    scale_s, scale_c = sd_s, sd_c
-                    valid_s, valid_c = ~near_constant(mu_s, sd_s), ~near_constant(mu_c, sd_c)
-                else:
-                    scale_s = (self.state[f"{key}.sq_s"] / n - (sum_s / n) ** 2).clamp_min(0.0).sqrt()
-                    scale_c = (self.state[f"{key}.sq_c"] / n - (sum_c / n) ** 2).clamp_min(0.0).sqrt()
-                    valid_s = ~near_constant(mu_s, sd_s) & ~near_constant(sum_s / n, scale_s)
-                    valid_c = ~near_constant(mu_c, sd_c) & ~near_constant(sum_c / n, scale_c)
-                inv_s = torch.where(valid_s, 1.0 / (n * scale_s).clamp_min(1e-300), 0.0)
-                inv_c = torch.where(valid_c, 1.0 / scale_c.clamp_min(1e-300), 0.0)
-                block.mul_(inv_s.view(-1, 1)).mul_(inv_c.view(1, -1))  # invalid rows/columns become 0
-                for r0, r1, i in self.s.ranges[a]:  # layer by layer: slices, no index tensors
-                    for c0, c1, j in self.c.ranges[b]:
-                        z[r0:r1, c0:c1] = block[i : i + r1 - r0, j : j + c1 - c0]
-                if inplace:
-                    self.state[f"{key}.cross"] = torch.empty(0, dtype=block.dtype, device=dev)  # consumed
-                    del block
+        Rows and columns of near-constant channels are 0. The sums are unchanged."""
+        self._usable("scores", needs_data=True)
+        return self._scores(consume=False)
+
+    @torch.no_grad()
+    def take_scores(self) -> torch.Tensor:
+        """``scores()`` computed inside the cross sums' buffers, each freed once written to ``Z``: peak memory
+        the sums plus little, not the sums plus ``Z``. Afterwards ``consumed`` is True and ``update``,
+        ``scores`` and ``merge`` raise until ``reset()``."""
+        self._usable("take_scores", needs_data=True)
+        z = self._scores(consume=True)
+        self.consumed = True
         return z
+
+    def _scores(self, consume: bool) -> torch.Tensor:
+        s_stats = {a: s.moments() for a, s in self.s_sums.items()}
+        c_stats = {b: s.moments() for b, s in self.c_sums.items()}
+        device = next(iter(self.crosses.values())).cross.device
+        # empty, not zeros: every entry is written below, and untouched pages cost no memory until then
+        z = torch.empty(self.standalone_layout.total, self.clip_layout.total, dtype=torch.float32, device=device)
+        # the smallest groups first: when the largest is written, the others' sums are already freed
+        for a in sorted(self.standalone_layout.sizes, key=lambda size: len(self.standalone_layout.index[size])):
+            for b in self.clip_layout.sizes:
+                self._write_block(z, (a, b), (s_stats[a], c_stats[b]), consume)
+            if consume:
+                self.crosses[a].cross = self.crosses[a].cross.new_empty(0)  # hands the memory back
+        return z
+
+    def _write_block(self, z: torch.Tensor, pair: tuple[Size, Size], stats: tuple, consume: bool) -> None:
+        """Normalizes the cross sums of ``pair`` one standalone layer's rows at a time (a few MB, in cache) and
+        writes them to their places in ``z``; in the sums' own memory when ``consume``."""
+        u, v, row, col = self.pairs[pair].normalizers(self.score, *stats)
+        cross = self._block(*pair)
+        for r0, r1, i in self.standalone_layout.ranges[pair[0]]:
+            block = cross[i : i + r1 - r0]
+            block = block if consume else block.clone()
+            block.addmm_(u[i : i + r1 - r0], v.T).mul_(row[i : i + r1 - r0, None]).mul_(col)
+            for c0, c1, j in self.clip_layout.ranges[pair[1]]:
+                z[r0:r1, c0:c1] = block[:, j : j + c1 - c0]
 
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        layers = (
-            None
-            if self.s is None
-            else {
-                "standalone": [(x.name, x.channels, x.size) for x in self.s.layers],
-                "clip": [(x.name, x.channels, x.size) for x in self.c.layers],
-            }
-        )
+        if not self.has_layout:
+            return {"score": self.score, "layers": None}
+        self._usable("state_dict")
+        self._zero_crosses_if_empty()
         return {
             "score": self.score,
-            "layers": layers,
-            "fresh": self._fresh,
-            "state": {k: v.cpu() for k, v in self.state.items()},
+            "layers": {
+                "standalone": [(x.name, x.channels, x.size) for x in self.standalone_layout.layers],
+                "clip": [(x.name, x.channels, x.size) for x in self.clip_layout.layers],
+            },
+            "batches": self.batches,
+            "sums": [{k: None if t is None else t.cpu() for k, t in vars(s).items()} for s in self._states()],
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.score = sd["score"]
+        self.__init__(sd["score"])
         if sd["layers"] is None:
-            self.s = self.c = None
-            self.state = {}
             return
-        meta = {}
-        for label in ("standalone", "clip"):
-            meta[label] = {n: torch.empty(1, c, *size) for n, c, size in sd["layers"][label]}
-        self.s, self.c = _Side(meta["standalone"]), _Side(meta["clip"])
-        self.state = {k: v.clone() for k, v in sd["state"].items()}
-        self._fresh = sd.get("fresh", False)
+        meta = [{n: torch.empty(1, c, *size) for n, c, size in sd["layers"][side]} for side in ("standalone", "clip")]
+        self._set_layout(MapLayout(meta[0]), MapLayout(meta[1]), torch.device("cpu"))
+        for state, saved in zip(self._states(), sd["sums"], strict=True):
+            for name, value in saved.items():
+                setattr(state, name, None if value is None else value.clone())
+        self.batches = int(sd["batches"])
+
+
+def _values(state: ChannelSums | PairSums | CrossSums) -> list[torch.Tensor | None]:
+    return [getattr(state, f.name) for f in fields(state)]
 
 
 def matching_scores(standalone_batches, clip_batches, score: str = "reference") -> torch.Tensor:
@@ -501,4 +677,4 @@ def matching_scores(standalone_batches, clip_batches, score: str = "reference") 
         n_batches += 1
     if n_batches == 0:
         raise ValueError("matching_scores got no batches")
-    return moments.scores(inplace=True)
+    return moments.take_scores()

@@ -316,7 +316,7 @@ class SurgeryPipeline:
         other = self._with_model(model)
         for images in _images(fit_images):
             other.fit_batch(images)
-        if other.moments.s is None:  # no fit images on this rank: join the reduction with zero counts
+        if not other.moments.has_layout:  # no fit images on this rank: join the reduction with zero counts
             if image_size is None:
                 raise ValueError("compute_references got no fit images: pass image_size to join the reduction")
             other.moments.init_layout(other.empty_activations(image_size))
