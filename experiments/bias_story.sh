@@ -4,6 +4,7 @@
 #
 #   bash experiments/bias_story.sh OUT_DIR [--configs BIASED.yaml DEBIASED.yaml] [ARGS...]
 #
+# DEBIASED.yaml is an overlay on BIASED.yaml (the debiased run is `fit --config BIASED --config DEBIASED`).
 # The default pair is configs/quickstart.yaml and configs/quickstart_debiased.yaml (colour); the background
 # shortcut's pair: --configs configs/scenes/biased.yaml configs/scenes/debiased.yaml.
 #
@@ -57,7 +58,7 @@ if python -c "import captum" 2>/dev/null; then  # pixel attributions next to the
          --trainer.callbacks.occlusion_stride 4)
 fi
 python -m xai_lightning fit --config "$biased_config" "${extra[@]}" "$@"
-python -m xai_lightning fit --config "$debiased_config" "${extra[@]}" "$@"
+python -m xai_lightning fit --config "$biased_config" --config "$debiased_config" "${extra[@]}" "$@"
 python -m xai_lightning.report "$out/biased" "$out/debiased" --out "$out" --names biased debiased
 echo "bias_story: done in $(( $(date +%s) - start )) s; see $out/report.md (W&B group $XAI_GROUP)"
 echo "dashboard: after \`wandb sync $out/wandb/offline-run-*\` (if offline), run"

@@ -7,13 +7,25 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers.tiny import toy_fit_args
 from xai_lightning.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
-STANDALONE = [c for c in CONFIGS if os.sep + "trainer" + os.sep not in c]
+# a debiased config is an overlay on its biased twin: `fit --config BASE --config OVERLAY`
+OVERLAYS = {
+    "quickstart_debiased.yaml": "quickstart.yaml",
+    "paper/debiased.yaml": "paper/biased.yaml",
+    "paper/scale_offline_debiased.yaml": "paper/scale_offline.yaml",
+    "scenes/debiased.yaml": "scenes/biased.yaml",
+}
+STANDALONE = [
+    c
+    for c in CONFIGS
+    if os.sep + "trainer" + os.sep not in c and os.path.relpath(c, os.path.join(ROOT, "configs")) not in OVERLAYS
+]
 
 
 @pytest.mark.parametrize("config", STANDALONE, ids=lambda p: os.path.relpath(p, ROOT))
@@ -34,6 +46,38 @@ def test_trainer_overlays_parse_on_top_of_the_quickstart(overlay, capsys):
             ["fit", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"), "--config", overlay, "--print_config"]
         )
     assert exit_.value.code in (0, None)
+
+
+def _printed(capsys, *configs: str) -> dict:
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", os.path.join(ROOT, "configs", config)]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _leaves(tree, path=()) -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, (*path, str(key))).items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, (*path, str(i))).items()}
+    return {path: tree}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_debiased_overlay_changes_its_own_keys_and_the_run_name_only(overlay, capsys):
+    base = _leaves(_printed(capsys, OVERLAYS[overlay]))
+    composed = _leaves(_printed(capsys, OVERLAYS[overlay], overlay))
+    with open(os.path.join(ROOT, "configs", overlay)) as f:
+        own = set(_leaves(yaml.safe_load(f)))
+    changed = {path for path in base.keys() | composed.keys() if base.get(path) != composed.get(path)}
+    renamed = {path for path in changed if "biased" in str(base.get(path)) and "debiased" in str(composed.get(path))}
+    assert changed - renamed == own - {("run_name",)}
+    assert composed[("run_name",)] == "debiased" and base[("run_name",)] == "biased"
+    # every place that names the run follows it: the CSV logger, the W&B job type, both checkpoint folders
+    names = {path[-1] for path in renamed}
+    assert {"name", "job_type", "dirpath"} <= names, names
 
 
 def test_unknown_key_is_a_clear_error(capsys):

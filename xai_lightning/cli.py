@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Any
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -74,6 +75,13 @@ class XAILightningCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--run_name",
+            type=str,
+            default="run",
+            help="the run's name: configs interpolate it (${run_name}) into log, checkpoint and W&B names, so that "
+            "an overlay config (e.g. configs/quickstart_debiased.yaml) renames a whole run with one line",
+        )
 
     @override
     def instantiate_classes(self) -> None:
@@ -172,6 +180,9 @@ def main(args: list[str] | None = None, run: bool = True) -> XAILightningCLI:
     kwargs: dict[str, Any] = {}
     if not run:
         kwargs["run"] = False
+    # omegaconf+: interpolations resolve on the merged configs, so an overlay's run_name renames the whole run;
+    # ${run_name} is written from the subcommand's root (fit/validate/test)
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     try:
         return XAILightningCLI(
             model_class=LightningModule,
@@ -179,7 +190,7 @@ def main(args: list[str] | None = None, run: bool = True) -> XAILightningCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveConfigToRun,
-            parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+            parser_kwargs={"parser_mode": "omegaconf+", "default_env": False},
             seed_everything_default=0,
             args=args,
             **kwargs,
