@@ -60,6 +60,7 @@ CLASSIFIER = (
     "val/acc_best",
     "real_world/loss",
     "real_world/acc",
+    "probe_set/loss",
     "probe_set/acc",
     "test/loss",
     "test/acc",

@@ -31,6 +31,7 @@ from typing_extensions import override
 from xai_lightning.attribution import CHANNEL_METHODS, METHODS, attribute, color_share, on_digit, require_captum
 from xai_lightning.callbacks.common import split_index, val_loader
 from xai_lightning.io import atomic_write, check_writable
+from xai_lightning.ratio import SumRatio
 from xai_lightning.surgery.layers import get_modules
 
 TITLES = {
@@ -115,7 +116,9 @@ class AttributionProbe(Callback):
         if not self._on(trainer):
             return
         t0 = time.perf_counter()
-        sums = torch.zeros(len(METHODS), 4, dtype=torch.float64, device=pl_module.device)  # share sum, n, digit sum, n
+        # per method: mean colour share and mean attribution on the digit, summed over ranks by torchmetrics
+        kinds = {m: ("color_share", "on_digit") if m in CHANNEL_METHODS else ("on_digit",) for m in self.methods}
+        means = {(m, kind): SumRatio().to(pl_module.device) for m in self.methods for kind in kinds[m]}
         shown: dict[str, Any] = {}
         with isolate_rng(include_cuda=pl_module.device.type == "cuda"):
             for batch in self._batches(trainer, pl_module):
@@ -133,15 +136,12 @@ class AttributionProbe(Callback):
                     self.occlusion_stride,
                 )
                 for m, attr in attrs.items():
-                    row = METHODS.index(m)
                     if m in CHANNEL_METHODS:
                         share = color_share(attr, color, self.rgb, images)
                         ok = torch.isfinite(share)
-                        sums[row, 0] += share[ok].double().sum()
-                        sums[row, 1] += ok.sum()
+                        means[(m, "color_share")].update(share[ok].double().sum(), ok.sum())
                     digit = on_digit(attr, images)
-                    sums[row, 2] += digit.double().sum()
-                    sums[row, 3] += len(digit)
+                    means[(m, "on_digit")].update(digit.double().sum(), len(digit))
                 if not shown:
                     k = min(self.num_heatmaps, len(images))
                     shown = {
@@ -150,14 +150,11 @@ class AttributionProbe(Callback):
                         "label": batch["label"][:k].cpu(),
                         **{m: a[:k].cpu() for m, a in attrs.items()},
                     }
-        sums = trainer.strategy.reduce(sums, reduce_op="sum")
         metrics = {}
-        for m in self.methods:
-            row = METHODS.index(m)
-            if m in CHANNEL_METHODS and sums[row, 1] > 0:
-                metrics[f"attr/{m}/color_share"] = float(sums[row, 0] / sums[row, 1])
-            if sums[row, 3] > 0:
-                metrics[f"attr/{m}/on_digit"] = float(sums[row, 2] / sums[row, 3])
+        for (m, kind), mean in means.items():  # compute() reduces over ranks: every rank calls it
+            value = float(mean.compute())
+            if value == value:  # NaN: no image had this measure
+                metrics[f"attr/{m}/{kind}"] = value
         metrics["attr/seconds"] = time.perf_counter() - t0
         pl_module.log_dict(metrics, sync_dist=False)
         self.last = metrics

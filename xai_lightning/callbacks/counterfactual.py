@@ -20,7 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from xai_lightning.callbacks.common import split_index
+from xai_lightning.callbacks.common import owned, split_index
+from xai_lightning.ratio import SumRatio
 
 
 class CounterfactualCheck(Callback):
@@ -58,7 +59,8 @@ class CounterfactualCheck(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.counts = torch.zeros(len(self.names), 2, dtype=torch.float64, device=pl_module.device)
+        # flips / edited images per concept, summed over ranks by torchmetrics
+        self.rates = {name: SumRatio().to(pl_module.device) for name in self.names}
 
     @override
     def on_validation_batch_end(
@@ -72,17 +74,27 @@ class CounterfactualCheck(Callback):
     ) -> None:
         if dataloader_idx != self.index or not self._on(trainer):
             return
-        pred = pl_module(batch["image"]).argmax(-1)
+        pred = _predictions(outputs, batch, pl_module)
         edits = trainer.datamodule.counterfactuals(self.split_name, batch)
-        for i, name in enumerate(self.names):
-            edited, ok = edits[name]
-            flips = (pl_module(edited.to(pred.device)).argmax(-1) != pred) & ok.to(pred.device)
-            self.counts[i] += torch.stack([flips.sum(), ok.sum()]).double().to(self.counts.device)
+        mine = owned(trainer, self.index, batch["index"]).to(pred.device)  # DDP padding: each image once
+        for name in self.names:
+            edited, applies = edits[name]
+            applies = applies.to(pred.device) & mine
+            flips = (pl_module(edited.to(pred.device)).argmax(-1) != pred) & applies
+            self.rates[name].update(flips.sum(), applies.sum())
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._on(trainer):
             return
-        c = trainer.strategy.reduce(self.counts, reduce_op="sum")
-        self.last = {f"cf/{name}_flip_rate": float(c[i, 0] / c[i, 1].clamp_min(1)) for i, name in enumerate(self.names)}
-        pl_module.log_dict(self.last, sync_dist=False)
+        self.last = {f"cf/{name}_flip_rate": float(rate.compute().nan_to_num(0.0)) for name, rate in self.rates.items()}
+        pl_module.log_dict(self.last, sync_dist=False)  # already reduced over ranks
+
+
+def _predictions(outputs: Any, batch: Any, pl_module: L.LightningModule) -> torch.Tensor:
+    """Predicted classes of the unedited batch: from the logits ``validation_step`` returned (no second
+    forward), else by a forward."""
+    n = len(batch["image"])
+    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.shape[0] == n:
+        return outputs.argmax(-1)
+    return pl_module(batch["image"]).argmax(-1)

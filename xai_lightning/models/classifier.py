@@ -25,7 +25,7 @@ from xai_lightning.models.backbones import (
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "sgd")
-EVAL_SPLITS = ("val", "real_world", "probe_set", "test", "train")
+DEFAULT_SPLIT = {"validate": "val", "test": "test"}  # names of a datamodule's loaders when it names none
 
 
 class ClassifierModule(L.LightningModule):
@@ -35,8 +35,9 @@ class ClassifierModule(L.LightningModule):
     applies the same debiasing as in training.
 
     Logged keys: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
-    ``real_world/loss``, ``real_world/acc``, ``probe_set/acc``, ``test/acc`` (one ``<split>/acc`` per
-    evaluation dataloader, named by the datamodule's ``val_split_names`` / ``test_split_names``).
+    and ``<split>/loss``, ``<split>/acc`` per evaluation dataloader, named by the datamodule's
+    ``val_split_names`` / ``test_split_names`` (else ``val``, ``val_1``, ... and ``test``, ``test_1``, ...);
+    ``val/acc_best`` when a loader is named ``val``.
 
     Args:
         num_classes: linked from the datamodule by the CLI.
@@ -77,11 +78,10 @@ class ClassifierModule(L.LightningModule):
         self.input_transform = input_transform
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
-        # keys are prefixed: nn.ModuleDict refuses "train" (it would shadow Module.train)
-        self.eval_acc = nn.ModuleDict(
-            {f"on_{s}": MulticlassAccuracy(num_classes, average="micro") for s in EVAL_SPLITS}
-        )
-        self.eval_loss = nn.ModuleDict({f"on_{s}": MeanMetric() for s in EVAL_SPLITS})
+        # one accuracy and loss per evaluation split, created for the datamodule's split names (setup, or the
+        # first batch of a split); keys are prefixed: nn.ModuleDict refuses "train" (it would shadow Module.train)
+        self.eval_acc = nn.ModuleDict()
+        self.eval_loss = nn.ModuleDict()
         self.val_acc_best = MaxMetric()
         if init_checkpoint is not None:
             self._load_init_checkpoint(init_checkpoint)
@@ -118,6 +118,16 @@ class ClassifierModule(L.LightningModule):
         size = getattr(getattr(self.trainer, "datamodule", None), "image_size", None)
         if size:  # lets Lightning's model summary count a forward's FLOPs (one image, eval mode, no grad)
             self.example_input_array = torch.zeros(1, 3, int(size), int(size))
+        for split in self._split_names("validate") + self._split_names("test"):
+            self._split_metrics(split)
+
+    def _split_metrics(self, split: str) -> tuple[MulticlassAccuracy, MeanMetric]:
+        key = f"on_{split}"
+        if key not in self.eval_acc:
+            device = self.norm_mean.device
+            self.eval_acc[key] = MulticlassAccuracy(self.hparams.num_classes, average="micro").to(device)
+            self.eval_loss[key] = MeanMetric().to(device)
+        return self.eval_acc[key], self.eval_loss[key]
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,11 +137,15 @@ class ClassifierModule(L.LightningModule):
         return self.net((x - self.norm_mean) / self.norm_std)
 
     def _split_names(self, stage: str) -> list[str]:
+        """The datamodule's names of the ``validate``/``test`` loaders (empty when it names none)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        attr = "test_split_names" if stage == "test" else "val_split_names"
-        return list(
-            getattr(dm, attr, ["test", "real_world"] if stage == "test" else ["val", "real_world", "probe_set"])
-        )
+        return list(getattr(dm, "test_split_names" if stage == "test" else "val_split_names", None) or [])
+
+    def _split_name(self, stage: str, dataloader_idx: int) -> str:
+        names = self._split_names(stage)
+        if dataloader_idx < len(names):
+            return names[dataloader_idx]
+        return DEFAULT_SPLIT[stage] + (f"_{dataloader_idx}" if dataloader_idx else "")
 
     @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -144,15 +158,15 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], dataloader_idx: int, stage: str) -> torch.Tensor:
-        split = self._split_names(stage)[dataloader_idx]
+        split = self._split_name(stage, dataloader_idx)
+        acc, mean_loss = self._split_metrics(split)
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
-        self.eval_loss[f"on_{split}"](loss)
-        self.eval_acc[f"on_{split}"](logits, batch["label"])
+        mean_loss(loss)
+        acc(logits, batch["label"])
         kw = dict(on_step=False, on_epoch=True, add_dataloader_idx=False)
-        self.log(f"{split}/acc", self.eval_acc[f"on_{split}"], prog_bar=split in ("val", "real_world"), **kw)
-        if split in ("val", "real_world", "test"):
-            self.log(f"{split}/loss", self.eval_loss[f"on_{split}"], **kw)
+        self.log(f"{split}/acc", acc, prog_bar=dataloader_idx < 2, **kw)  # the first two on the bar
+        self.log(f"{split}/loss", mean_loss, **kw)
         return logits
 
     @override
@@ -176,7 +190,7 @@ class ClassifierModule(L.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or "val" not in self._split_names("validate"):
+        if self.trainer.sanity_checking or "on_val" not in self.eval_acc:
             return
         self.val_acc_best(self.eval_acc["on_val"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from typing_extensions import override
 
 from xai_lightning.captions import DEFAULT_CONCEPTS
@@ -30,6 +31,7 @@ from xai_lightning.clip import (
     zeroshot_hits,
     zeroshot_text,
 )
+from xai_lightning.ratio import SumRatio
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -152,6 +154,8 @@ class CLIPModule(L.LightningModule):
         from open_clip.tokenizer import SimpleTokenizer
 
         self.loss_fn = ClipLoss()
+        # zero-shot accuracies on the first validation split: hits / images, summed over ranks by torchmetrics
+        self.zeroshot = nn.ModuleDict({k: SumRatio() for k in ("digit", "color", "background")})
         self.tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
@@ -229,10 +233,8 @@ class CLIPModule(L.LightningModule):
     @override
     def on_validation_epoch_start(self) -> None:
         self._zs_text = zeroshot_text(self.encode_text, *self._names())
-        self._zs = torch.zeros(4, dtype=torch.float64, device=self.device)  # digit hits, images, colour hits, n
         backgrounds = self._background_names()
         self._zs_bg_text = background_text(self.encode_text, backgrounds) if backgrounds else None
-        self._zs_bg = torch.zeros(2, dtype=torch.float64, device=self.device)  # background hits, images
 
     @override
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -240,18 +242,19 @@ class CLIPModule(L.LightningModule):
             return
         emb = F.normalize(self.model.encode_image(self.preprocess(batch["image"])).float(), dim=-1)
         digit = batch.get("digit_index", batch["label"])
-        self._zs += zeroshot_hits(emb, *self._zs_text, digit, batch["color"])
+        hits = zeroshot_hits(emb, *self._zs_text, digit, batch["color"])  # digit hits, images, colour hits, n
+        self.zeroshot["digit"].update(hits[0], hits[1])
+        self.zeroshot["color"].update(hits[2], hits[3])
         if self._zs_bg_text is not None:
-            self._zs_bg += attribute_hits(emb, self._zs_bg_text, batch["background"])
+            bg = attribute_hits(emb, self._zs_bg_text, batch["background"])  # background hits, images
+            self.zeroshot["background"].update(bg[0], bg[1])
 
     @override
     def on_validation_epoch_end(self) -> None:
-        zs = self.trainer.strategy.reduce(self._zs, reduce_op="sum")
-        self.log("val/zeroshot_digit_acc", zs[0] / zs[1].clamp_min(1), prog_bar=True)
-        self.log("val/zeroshot_color_acc", zs[2] / zs[3].clamp_min(1), prog_bar=True)
-        if self._zs_bg_text is not None:
-            bg = self.trainer.strategy.reduce(self._zs_bg, reduce_op="sum")
-            self.log("val/zeroshot_background_acc", bg[0] / bg[1].clamp_min(1), prog_bar=True)
+        kinds = ("digit", "color", "background") if self._zs_bg_text is not None else ("digit", "color")
+        for kind in kinds:  # compute() reduces over ranks; the metric is reset for the next epoch
+            self.log(f"val/zeroshot_{kind}_acc", self.zeroshot[kind].compute().float(), prog_bar=True)
+            self.zeroshot[kind].reset()
 
     @override
     def configure_optimizers(self) -> dict:
