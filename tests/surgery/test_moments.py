@@ -60,6 +60,26 @@ def test_matches_float64_definition(score):
     assert (z[3 + 4, :] == 0).all() and (z[:, 3 + 2] == 0).all()  # s28 channel 0, c7 channel 2
 
 
+@pytest.mark.parametrize("score", ["reference", "pearson"])
+def test_folding_a_few_channels_at_a_time_gives_the_same_z(monkeypatch, score):
+    """The standalone channels are folded in chunks bounded by CHUNK_BYTES (1 and 3 channels per chunk
+    here, which cut through layers and through the shared-GEMM run)."""
+    import xai_lightning.surgery.moments as moments
+
+    s, c = _activations(6, seed=8)
+    sb, cb = _batches(s, c, [2])
+    expected = reference_z(sb, cb, score=score)
+    for rows, block in ((1, 1024), (3, 1024), (1, 2), (3, 2)):
+        monkeypatch.setattr(moments, "CHUNK_BYTES", rows * 2 * 14 * 14 * 4)  # rows of the 14x14 group, 2 images
+        monkeypatch.setattr(moments, "BLOCK_ROWS", block)  # the cross sums stored 2 channels per block
+        assert torch.allclose(matching_scores(sb, cb, score=score).double(), expected, atol=1e-5, rtol=0)
+        m = CrossMoments(score)
+        m.update(sb[0], cb[0])
+        other = CrossMoments(score)
+        other.update(sb[1], cb[1])  # other shifts: merging re-shifts every stored block
+        assert torch.allclose(m.merge(other).scores().double(), expected, atol=1e-5, rtol=0)
+
+
 def test_batching_does_not_change_z():
     s, c = _activations(10, seed=1)
     z1 = matching_scores(*_batches(s, c, []))

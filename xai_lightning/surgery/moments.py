@@ -45,6 +45,8 @@ Size = tuple[int, int]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
 ROW_BLOCK = 512  # CPU: rows of a float32 GEMM product folded into float64 at a time (a few MB, in cache)
 TINY = 1e-300  # floor of a scale before it is inverted (invalid channels are zeroed anyway)
+BLOCK_ROWS = 1024  # cross sums are stored in blocks of this many standalone channels (freed one by one)
+CHUNK_BYTES = 32 * 2**20  # standalone maps folded at a time: bounds the working memory whatever the batch size
 KRON_MAX = 10_000  # both dimensions projected in one GEMM with the Kronecker product below this many entries
 
 
@@ -128,6 +130,20 @@ class MapLayout:
                 start = stop
             out[s] = x
         return out
+
+    def grouped_rows(
+        self, acts: Mapping[str, torch.Tensor], size: Size, shift: torch.Tensor, rows: tuple[int, int]
+    ) -> torch.Tensor:
+        """Rows [r0, r1) of ``grouped``'s size-group tensor (channels r0..r1 of the group), built alone."""
+        r0, r1 = rows
+        first = acts[self.by_size[size][0].name]
+        x = torch.empty(r1 - r0, first.shape[0], *size, dtype=torch.float32, device=first.device)
+        for spec, (_, _, local) in zip(self.by_size[size], self.ranges[size], strict=True):
+            lo, hi = max(r0, local), min(r1, local + spec.channels)
+            if lo < hi:
+                src = acts[spec.name][:, lo - local : hi - local].float().transpose(0, 1)
+                torch.sub(src, shift[lo:hi].view(-1, 1, 1, 1), out=x[lo - r0 : hi - r0])
+        return x
 
 
 class GroupBatch:
@@ -240,11 +256,14 @@ class ChannelSums:
         f64 = dict(dtype=torch.float64, device=device)
         return cls(torch.zeros(channels, device=device), torch.zeros((), **f64), *torch.zeros(2, channels, **f64))
 
-    def fold(self, batch: GroupBatch) -> None:
-        """Adds one batch of this group's shifted maps."""
-        self.n += batch.x[0].numel()
-        self.total += batch.total
-        self.squares += batch.squares
+    def fold(self, batch: GroupBatch, rows: tuple[int, int] | None = None) -> None:
+        """Adds one batch of this group's shifted maps, or of channels ``rows`` = (r0, r1) of it (then the
+        caller counts the batch once in ``n``)."""
+        if rows is None:
+            self.n += batch.x[0].numel()
+            rows = (0, len(self.total))
+        self.total[rows[0] : rows[1]] += batch.total
+        self.squares[rows[0] : rows[1]] += batch.squares
 
     def reshift(self, new_shift: torch.Tensor) -> torch.Tensor:
         """Re-expresses the sums around ``new_shift`` (exact); returns delta = old - new shift, float64."""
@@ -279,28 +298,27 @@ class PairSums:
         sq = (torch.zeros(cs, **f64), torch.zeros(cc, **f64)) if pearson else (None, None)
         return cls(torch.zeros((), **f64), torch.zeros(cs, **f64), torch.zeros(cc, **f64), *sq)
 
-    def fold(
-        self, batches: tuple[GroupBatch, GroupBatch], sizes: tuple[Size, Size]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adds one batch's sums, given both groups' maps (standalone, CLIP) and sizes (a, b). Returns the
-        GEMM operands at the smaller resolution ([C_s, B*m], [C_c, B*m]), whose product the caller adds to
-        the cross sums."""
-        (a, b), pearson = sizes, self.sq_s is not None
-        ys, ws, sqs = _pair_terms(batches[0], a, b, pearson)
-        yc, wc, sqc = _pair_terms(batches[1], b, a, pearson)
-        self.n += batches[0].x.shape[1] * max(a[0], b[0]) * max(a[1], b[1])
-        self.sum_s += ws
+    def fold_clip(self, images: int, sizes: tuple[Size, Size], wc: torch.Tensor, sqc: torch.Tensor | None) -> None:
+        """Adds one batch's count and CLIP-side sums (``_pair_terms`` of the CLIP group)."""
+        (a, b) = sizes
+        self.n += images * max(a[0], b[0]) * max(a[1], b[1])
         self.sum_c += wc
-        if pearson:
-            self.sq_s += sqs
+        if self.sq_c is not None:
             self.sq_c += sqc
-        return ys, yc
 
-    def reshift(self, ds: torch.Tensor, dc: torch.Tensor, cross: torch.Tensor) -> None:
-        """The sums (and the pair's ``cross`` block) around new shifts, given each side's delta = old - new
-        shift (in place, no temporaries)."""
+    def fold_rows(self, rows: tuple[int, int], ws: torch.Tensor, sqs: torch.Tensor | None) -> None:
+        """Adds one batch's standalone-side sums of channels rows = (r0, r1)."""
+        self.sum_s[rows[0] : rows[1]] += ws
+        if self.sq_s is not None:
+            self.sq_s[rows[0] : rows[1]] += sqs
+
+    def reshift(self, ds: torch.Tensor, dc: torch.Tensor, cross: list[tuple[int, torch.Tensor]]) -> None:
+        """The sums (and the pair's cross sums, given as (first row, block view) pieces) around new shifts,
+        given each side's delta = old - new shift (in place, no temporaries)."""
         n = float(self.n)
-        cross.addr_(ds, self.sum_c).addr_(self.sum_s, dc).addr_(ds, dc, alpha=n)
+        for r0, block in cross:  # before sum_s and sum_c move: the products need the old sums
+            r1 = r0 + block.shape[0]
+            block.addr_(ds[r0:r1], self.sum_c).addr_(self.sum_s[r0:r1], dc).addr_(ds[r0:r1], dc, alpha=n)
         if self.sq_s is not None:
             self.sq_s += 2 * ds * self.sum_s + n * ds * ds
             self.sq_c += 2 * dc * self.sum_c + n * dc * dc
@@ -335,9 +353,9 @@ class PairSums:
 
 @dataclass
 class CrossSums:
-    """The sums of products of one standalone size group with every CLIP channel."""
+    """The sums of products of a block of one standalone size group's channels with every CLIP channel."""
 
-    cross: torch.Tensor  # [C_a, C_clip] float64; columns: CLIP size groups in MapLayout.sizes order
+    cross: torch.Tensor  # [rows, C_clip] float64; columns: CLIP size groups in MapLayout.sizes order
 
 
 class CrossMoments:
@@ -358,7 +376,7 @@ class CrossMoments:
         self.s_sums: dict[Size, ChannelSums] = {}
         self.c_sums: dict[Size, ChannelSums] = {}
         self.pairs: dict[tuple[Size, Size], PairSums] = {}
-        self.crosses: dict[Size, CrossSums] = {}
+        self.crosses: dict[tuple[Size, int], CrossSums] = {}  # by (standalone size, first channel of the block)
         self.batches = 0  # folded in since the layout was set or reset() (merged and reduced ones included)
         self.consumed = False  # take_scores() handed the cross sums' memory to Z; reset() re-creates them
 
@@ -382,7 +400,9 @@ class CrossMoments:
         }
         # empty: the first batch assigns them (the largest state: no fill, no page touched twice)
         f64 = dict(dtype=torch.float64, device=device)
-        self.crosses = {a: CrossSums(torch.empty(len(s.index[a]), c.total, **f64)) for a in s.sizes}
+        self.crosses = {
+            (a, r0): CrossSums(torch.empty(r1 - r0, c.total, **f64)) for a in s.sizes for r0, r1 in self._row_blocks(a)
+        }
         self.consumed = False
 
     def init_layout(self, acts: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]) -> None:
@@ -395,10 +415,19 @@ class CrossMoments:
     def _states(self) -> list[ChannelSums | PairSums | CrossSums]:
         return [*self.s_sums.values(), *self.c_sums.values(), *self.pairs.values(), *self.crosses.values()]
 
-    def _block(self, a: Size, b: Size) -> torch.Tensor:
-        """The cross sums of pair (a, b): a column range (view) of size a's ``CrossSums``."""
+    def _row_blocks(self, a: Size) -> list[tuple[int, int]]:
+        """(first, last + 1) channel of each stored block of size group ``a``."""
+        n = len(self.standalone_layout.index[a])
+        return [(r0, min(r0 + BLOCK_ROWS, n)) for r0 in range(0, n, BLOCK_ROWS)]
+
+    def _columns(self, b: Size) -> slice:
+        """The columns of CLIP size group ``b`` in every ``CrossSums``."""
         start = self.clip_layout.group_start[b]
-        return self.crosses[a].cross[:, start : start + len(self.clip_layout.index[b])]
+        return slice(start, start + len(self.clip_layout.index[b]))
+
+    def _pair_blocks(self, a: Size, b: Size) -> list[tuple[int, torch.Tensor]]:
+        """The cross sums of pair (a, b) as (first row, view) pieces, one per stored block."""
+        return [(r0, self.crosses[(a, r0)].cross[:, self._columns(b)]) for r0, _ in self._row_blocks(a)]
 
     def _usable(self, what: str, needs_data: bool = False) -> None:
         if not self.has_layout or (needs_data and self.batches == 0):
@@ -453,29 +482,58 @@ class CrossMoments:
         c_maps = {b: GroupBatch(x) for b, x in self.clip_layout.grouped(clip, shifts).items()}  # CLIP maps are few
         for b, group in c_maps.items():
             self.c_sums[b].fold(group)
-        for a, s_sums in self.s_sums.items():  # one standalone size group at a time: freed before the next
-            group = GroupBatch(self.standalone_layout.grouped(standalone, {a: s_sums.shift}, sizes=[a])[a])
-            s_sums.fold(group)
-            operands = {b: self.pairs[(a, b)].fold((group, c_maps[b]), (a, b)) for b in c_maps}
-            self._fold_products(a, operands)
-            del group, operands
+        images = next(iter(c_maps.values())).x.shape[1]
+        for a, s_sums in self.s_sums.items():
+            c_ops = {b: _pair_terms(group, b, a, self.score == "pearson") for b, group in c_maps.items()}
+            for b, (_, wc, sqc) in c_ops.items():
+                self.pairs[(a, b)].fold_clip(images, (a, b), wc, sqc)
+            s_sums.n += images * a[0] * a[1]
+            shared = self._shared_run(a)
+            right = torch.cat([c_ops[b][0] for b in shared]) if shared else None  # stacked CLIP operands
+            rows = max(1, CHUNK_BYTES // (images * a[0] * a[1] * 4))  # channels folded at a time
+            r0 = 0
+            while r0 < len(s_sums.total):  # chunks never straddle a stored block
+                r1 = min(r0 + rows, (r0 // BLOCK_ROWS + 1) * BLOCK_ROWS, len(s_sums.total))
+                part = GroupBatch(self.standalone_layout.grouped_rows(standalone, a, s_sums.shift, (r0, r1)))
+                s_sums.fold(part, (r0, r1))
+                self._fold_rows(a, (r0, r1), part, c_ops, (shared, right))
+                r0 = r1
         self.batches += 1
 
-    def _fold_products(self, a: Size, operands: Mapping[Size, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Adds each pair's GEMM to the cross sums. Pairs whose CLIP map is at least as large as ``a`` share
-        the standalone operand: when their column groups are adjacent, one GEMM with their CLIP operands
-        stacked covers them all."""
-        sizes, first = self.clip_layout.sizes, self.batches == 0  # the first batch writes every cross sum
+    def _shared_run(self, a: Size) -> list[Size]:
+        """The CLIP sizes whose pairs with ``a`` share the standalone operand (the CLIP map is at least as
+        large) when their column groups are adjacent: one GEMM with their CLIP operands stacked covers them.
+        Empty when fewer than two or not adjacent."""
+        sizes = self.clip_layout.sizes
         shared = [b for b in sizes if a[0] <= b[0] and a[1] <= b[1]]
         positions = [sizes.index(b) for b in shared]
-        if len(shared) > 1 and positions == list(range(positions[0], positions[0] + len(shared))):
-            start = self.clip_layout.group_start[shared[0]]
-            stop = self.clip_layout.group_start[shared[-1]] + len(self.clip_layout.index[shared[-1]])
-            right = torch.cat([operands[b][1] for b in shared])
-            _accumulate_product(self.crosses[a].cross[:, start:stop], operands[shared[0]][0], right, first)
-            operands = {b: ops for b, ops in operands.items() if b not in shared}
-        for b, (ys, yc) in operands.items():
-            _accumulate_product(self._block(a, b), ys, yc, first)
+        adjacent = positions == list(range(positions[0], positions[0] + len(shared))) if shared else False
+        return shared if len(shared) > 1 and adjacent else []
+
+    def _fold_rows(
+        self,
+        a: Size,
+        rows: tuple[int, int],
+        part: GroupBatch,
+        c_ops: Mapping[Size, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        shared: tuple[list[Size], torch.Tensor | None],
+    ) -> None:
+        """Adds channels rows = (r0, r1) of size group ``a`` (``part``) to every pair's sums and cross sums:
+        one GEMM for the shared run, one per other pair (its standalone operand built, used and freed)."""
+        first, pearson = self.batches == 0, self.score == "pearson"  # the first batch writes every cross sum
+        block = rows[0] - rows[0] % BLOCK_ROWS
+        cross = self.crosses[(a, block)].cross[rows[0] - block : rows[1] - block]
+        for b in self.clip_layout.sizes:
+            ys, ws, sqs = _pair_terms(part, a, b, pearson)
+            self.pairs[(a, b)].fold_rows(rows, ws, sqs)
+            if b not in shared[0]:
+                start = self.clip_layout.group_start[b]
+                _accumulate_product(cross[:, start : start + len(self.clip_layout.index[b])], ys, c_ops[b][0], first)
+            del ys
+        if shared[0]:
+            start = self.clip_layout.group_start[shared[0][0]]
+            stop = start + len(shared[1])
+            _accumulate_product(cross[:, start:stop], part.x.reshape(part.x.shape[0], -1), shared[1], first)
 
     def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
         """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
@@ -493,7 +551,7 @@ class CrossMoments:
         ds = {a: self.s_sums[a].reshift(s_shift[a]) for a in self.s_sums}
         dc = {b: self.c_sums[b].reshift(c_shift[b]) for b in self.c_sums}
         for (a, b), pair in self.pairs.items():
-            pair.reshift(ds[a], dc[b], self._block(a, b))
+            pair.reshift(ds[a], dc[b], self._pair_blocks(a, b))
 
     def merge(self, other: CrossMoments) -> CrossMoments:
         """Adds ``other``'s sums (same layers and score) into this one. Returns self."""
@@ -607,25 +665,31 @@ class CrossMoments:
         device = next(iter(self.crosses.values())).cross.device
         # empty, not zeros: every entry is written below, and untouched pages cost no memory until then
         z = torch.empty(self.standalone_layout.total, self.clip_layout.total, dtype=torch.float32, device=device)
-        # the smallest groups first: when the largest is written, the others' sums are already freed
-        for a in sorted(self.standalone_layout.sizes, key=lambda size: len(self.standalone_layout.index[size])):
-            for b in self.clip_layout.sizes:
-                self._write_block(z, (a, b), (s_stats[a], c_stats[b]), consume)
-            if consume:
-                self.crosses[a].cross = self.crosses[a].cross.new_empty(0)  # hands the memory back
+        for a in self.standalone_layout.sizes:
+            norms = {b: self.pairs[(a, b)].normalizers(self.score, s_stats[a], c_stats[b]) for b in c_stats}
+            for rows in self._row_blocks(a):
+                self._write_rows(z, a, rows, norms, consume)
+                if consume:  # hands the block's memory back before the next block's rows of Z are written
+                    self.crosses[(a, rows[0])].cross = self.crosses[(a, rows[0])].cross.new_empty(0)
         return z
 
-    def _write_block(self, z: torch.Tensor, pair: tuple[Size, Size], stats: tuple, consume: bool) -> None:
-        """Normalizes the cross sums of ``pair`` one standalone layer's rows at a time (a few MB, in cache) and
-        writes them to their places in ``z``; in the sums' own memory when ``consume``."""
-        u, v, row, col = self.pairs[pair].normalizers(self.score, *stats)
-        cross = self._block(*pair)
-        for r0, r1, i in self.standalone_layout.ranges[pair[0]]:
-            block = cross[i : i + r1 - r0]
-            block = block if consume else block.clone()
-            block.addmm_(u[i : i + r1 - r0], v.T).mul_(row[i : i + r1 - r0, None]).mul_(col)
-            for c0, c1, j in self.clip_layout.ranges[pair[1]]:
-                z[r0:r1, c0:c1] = block[:, j : j + c1 - c0]
+    def _write_rows(self, z: torch.Tensor, a: Size, rows: tuple[int, int], norms: dict, consume: bool) -> None:
+        """Normalizes one stored block of size group ``a`` (its rows of every pair: diag(row) (cross + U V^T)
+        diag(column)) and writes it to its places in ``z``; in the block's own memory when ``consume``."""
+        r0, r1 = rows
+        block = self.crosses[(a, r0)].cross
+        block = block if consume else block.clone()
+        for b, (u, v, row, col) in norms.items():
+            part = block[:, self._columns(b)]
+            part.addmm_(u[r0:r1], v.T).mul_(row[r0:r1, None]).mul_(col)
+        for g0, g1, local in self.standalone_layout.ranges[a]:  # the block's rows, layer by layer
+            lo, hi = max(r0, local), min(r1, local + g1 - g0)
+            if lo >= hi:
+                continue
+            for b in norms:
+                for c0, c1, j in self.clip_layout.ranges[b]:
+                    col0 = self._columns(b).start + j
+                    z[g0 + lo - local : g0 + hi - local, c0:c1] = block[lo - r0 : hi - r0, col0 : col0 + c1 - c0]
 
     # ---- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
