@@ -3,6 +3,8 @@ torchmetrics (``dist_reduce_fx="sum"``) instead of by hand."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchmetrics import Metric
 
@@ -20,6 +22,13 @@ class SumRatio(Metric):
     def update(self, numerator: torch.Tensor | float, denominator: torch.Tensor | float) -> None:
         self.numerator += torch.as_tensor(numerator, dtype=torch.float64, device=self.numerator.device).sum()
         self.denominator += torch.as_tensor(denominator, dtype=torch.float64, device=self.denominator.device).sum()
+
+    def value(self) -> torch.Tensor:
+        """``compute()`` (reduced over ranks) without torchmetrics' warning for a rank that counted nothing
+        this epoch (e.g. a split it saw no batch of): its zero counts are the right contribution."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+            return self.compute()
 
     def compute(self) -> torch.Tensor:
         if self.denominator == 0:

@@ -152,7 +152,7 @@ class AttributionProbe(Callback):
                     }
         metrics = {}
         for (m, kind), mean in means.items():  # compute() reduces over ranks: every rank calls it
-            value = float(mean.compute())
+            value = float(mean.value())
             if value == value:  # NaN: no image had this measure
                 metrics[f"attr/{m}/{kind}"] = value
         metrics["attr/seconds"] = time.perf_counter() - t0

@@ -87,7 +87,7 @@ class CounterfactualCheck(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._on(trainer):
             return
-        self.last = {f"cf/{name}_flip_rate": float(rate.compute().nan_to_num(0.0)) for name, rate in self.rates.items()}
+        self.last = {f"cf/{name}_flip_rate": float(rate.value().nan_to_num(0.0)) for name, rate in self.rates.items()}
         pl_module.log_dict(self.last, sync_dist=False)  # already reduced over ranks
 
 

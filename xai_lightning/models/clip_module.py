@@ -253,7 +253,7 @@ class CLIPModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         kinds = ("digit", "color", "background") if self._zs_bg_text is not None else ("digit", "color")
         for kind in kinds:  # compute() reduces over ranks; the metric is reset for the next epoch
-            self.log(f"val/zeroshot_{kind}_acc", self.zeroshot[kind].compute().float(), prog_bar=True)
+            self.log(f"val/zeroshot_{kind}_acc", self.zeroshot[kind].value().float(), prog_bar=True)
             self.zeroshot[kind].reset()
 
     @override
