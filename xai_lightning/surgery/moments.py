@@ -111,30 +111,15 @@ class MapLayout:
         if got != want:
             raise ValueError(f"{what} activations changed layout between batches: expected {want}, got {got}")
 
-    def grouped(
-        self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor], sizes: list[Size] | None = None
-    ) -> dict[Size, torch.Tensor]:
-        """Shifted float32 maps concatenated per size, channel-first: {size: [C_size, B, h, w]}, written in
-        one pass (no separate concatenation or transpose copies)."""
-        out = {}
-        for s in sizes or self.sizes:
-            first = acts[self.by_size[s][0].name]
-            total = sum(spec.channels for spec in self.by_size[s])
-            x = torch.empty(total, first.shape[0], *s, dtype=torch.float32, device=first.device)
-            start = 0
-            for spec in self.by_size[s]:
-                stop = start + spec.channels
-                torch.sub(
-                    acts[spec.name].float().transpose(0, 1), shift[s][start:stop].view(-1, 1, 1, 1), out=x[start:stop]
-                )
-                start = stop
-            out[s] = x
-        return out
+    def grouped(self, acts: Mapping[str, torch.Tensor], shift: dict[Size, torch.Tensor]) -> dict[Size, torch.Tensor]:
+        """Shifted float32 maps concatenated per size, channel-first: {size: [C_size, B, h, w]}."""
+        return {s: self.grouped_rows(acts, s, shift[s], (0, len(self.index[s]))) for s in self.sizes}
 
     def grouped_rows(
         self, acts: Mapping[str, torch.Tensor], size: Size, shift: torch.Tensor, rows: tuple[int, int]
     ) -> torch.Tensor:
-        """Rows [r0, r1) of ``grouped``'s size-group tensor (channels r0..r1 of the group), built alone."""
+        """Channels [r0, r1) of one size group, shifted, float32, channel-first [r1 - r0, B, h, w], written in
+        one pass (no separate concatenation or transpose copies)."""
         r0, r1 = rows
         first = acts[self.by_size[size][0].name]
         x = torch.empty(r1 - r0, first.shape[0], *size, dtype=torch.float32, device=first.device)
