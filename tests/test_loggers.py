@@ -58,7 +58,7 @@ def test_a_server_that_answers_with_errors_sends_the_run_offline_within_seconds(
 def test_a_resumed_offline_run_continues_the_step_count(tmp_path, monkeypatch):
     """Two processes' worth of one run id (a resume with XAI_WANDB_ID): the second offline folder's history
     steps continue the trainer's steps instead of restarting at 0, so `wandb sync` of both cannot collide."""
-    from tests.helpers.wandb_records import history_steps
+    from tests.helpers.wandb_records import history_steps, wait_for_records
     from xai_lightning.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -69,11 +69,8 @@ def test_a_resumed_offline_run_continues_the_step_count(tmp_path, monkeypatch):
             logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
         logger.experiment.finish()
     first, second = sorted(tmp_path.glob("wandb/offline-run-*/run-resumed.wandb"), key=lambda p: p.parent.name)
-    # W&B's service process writes the record log; on a loaded machine the last records can land just after
-    # finish() returns (seen once in a full test run), so wait for them (up to 30 s) before comparing
-    deadline = time.monotonic() + 30
-    while min(len(history_steps(p)) for p in (first, second)) < 5 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    for path in (first, second):  # the service may still be writing the last records
+        wait_for_records(path, lambda data, p=path: len(history_steps(p)) >= 5)
     assert history_steps(first) == [0, 1, 2, 3, 4]
     assert history_steps(second) == [5, 6, 7, 8, 9]
 

@@ -286,6 +286,7 @@ def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):
 def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file, monkeypatch):
     import glob
 
+    from tests.helpers.wandb_records import wait_for_records
     from xai_lightning.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -299,7 +300,11 @@ def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file
     assert glob.glob(os.path.join(run_dir, "media", "table", "probe", "table_*.table.json"))
     assert glob.glob(os.path.join(run_dir, "media", "images", "probe", "match_scores_*.png"))
     assert os.path.isfile(os.path.join(run_dir, "probe", "plan_epoch000.pt"))
-    log = open(glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0], "rb").read()
+    # the service may write the last records just after finish() returns: wait for them (up to 30 s)
+    log = wait_for_records(
+        glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0],
+        lambda data: b"probe/effect/color" in data and b"probe/outcome" in data,
+    )
     assert b"probe/effect/color" in log  # the metrics are in the run's log
     assert b"probe/outcome" in log  # and the outcome in its summary
 

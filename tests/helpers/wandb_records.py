@@ -38,3 +38,18 @@ def history_steps(path: str | Path) -> list[int]:
             if record.WhichOneof("record_type") == "history":
                 steps.append(record.history.step.num)
     return steps
+
+
+def wait_for_records(path: str | Path, ready, timeout: float = 30.0) -> bytes:
+    """The bytes of the record log once ``ready(bytes)`` holds, or as they are after ``timeout`` seconds.
+
+    W&B's service process writes the record log; on a loaded machine its last records can land just after
+    ``run.finish()`` returns (seen in full test runs), so tests that read the log wait for what they expect."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = Path(path).read_bytes()
+    while not ready(data) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        data = Path(path).read_bytes()
+    return data
