@@ -80,6 +80,32 @@ def test_folding_a_few_channels_at_a_time_gives_the_same_z(monkeypatch, score):
         assert torch.allclose(m.merge(other).scores().double(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("score", ["reference", "pearson"])
+def test_interleaved_layers_and_small_tiles_give_the_reference_z(monkeypatch, score):
+    """Layers of one map size that are not adjacent in layer order (on both sides): Z's rows and columns come
+    in runs per layer, and blocks of 1 and 3 stored rows cut through the layers."""
+    import xai_lightning.surgery.moments as moments
+
+    g = torch.Generator().manual_seed(11)
+    sizes_s = {"a7": (3, 7), "b14": (4, 14), "c7": (2, 7), "d14": (3, 14)}
+    sizes_c = {"x14": (3, 14), "y7": (2, 7), "z14": (2, 14), "w7": (3, 7)}
+    s = {k: torch.randn(5, ch, n, n, generator=g) + i for i, (k, (ch, n)) in enumerate(sizes_s.items())}
+    c = {k: torch.randn(5, ch, n, n, generator=g) - i for i, (k, (ch, n)) in enumerate(sizes_c.items())}
+    c["z14"][:, 0] = F.interpolate(s["c7"][:, 1:2], size=(14, 14), mode="bilinear")[:, 0]  # a planted match
+    sb, cb = _batches(s, c, [2])
+    expected = reference_z(sb, cb, score=score)
+    assert (
+        expected[3 + 4 + 1].abs().argmax() == 3 + 2
+    )  # c7 channel 1 with z14 channel 0, rows and columns in layer order
+    for block in (1, 3):
+        monkeypatch.setattr(moments, "BLOCK_ROWS", block)
+        m = CrossMoments(score)
+        for sa, ca in zip(sb, cb, strict=True):
+            m.update(sa, ca)
+        assert torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)
+        assert torch.allclose(m.take_scores().double(), expected, atol=1e-5, rtol=0)
+
+
 def test_batching_does_not_change_z():
     s, c = _activations(10, seed=1)
     z1 = matching_scores(*_batches(s, c, []))
