@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,36 @@ def test_counterfactual_check_logs_every_concepts_flip_rate_against_a_known_mode
     trainer.validate(ByColour(backbone="simple_cnn", num_classes=2), datamodule=dm, verbose=False)
     expected = {"cf/color_flip_rate": 1.0, "cf/shape_flip_rate": 0.0, "cf/background_flip_rate": 0.0}
     assert check.last == {f"cf/{name}_flip_rate": expected[f"cf/{name}_flip_rate"] for name in dm.counterfactual_names}
+
+
+def test_a_concept_no_image_could_be_edited_for_has_an_unknown_flip_rate(tmp_path, monkeypatch):
+    """When no image of the split could be edited for a concept, its flip rate is NaN with a warning: unknown,
+    not the 0 of a model that never flips."""
+    import lightning as L
+
+    from xai_lightning.callbacks import CounterfactualCheck
+    from xai_lightning.models import ClassifierModule
+
+    class ByColour(ClassifierModule):
+        def forward(self, x):
+            return _colour_classifier(x) + 0 * self.net(x).sum()
+
+    dm = ColorMNISTDataModule(data_dir=str(tmp_path), val_splits=["probe_set"], eval_batch_size=20, **SMALL)
+    edits = dm.counterfactuals
+
+    def no_shape_edit(split, batch):
+        out = edits(split, batch)
+        out["shape"] = (out["shape"][0], torch.zeros_like(out["shape"][1]))  # no image has a donor
+        return out
+
+    monkeypatch.setattr(dm, "counterfactuals", no_shape_edit)
+    check = CounterfactualCheck(split="probe_set")
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[check]
+    )
+    with pytest.warns(UserWarning, match="could be edited for shape; their flip rates are NaN"):
+        trainer.validate(ByColour(backbone="simple_cnn", num_classes=2), datamodule=dm, verbose=False)
+    assert check.last["cf/color_flip_rate"] == 1.0 and math.isnan(check.last["cf/shape_flip_rate"])
 
 
 @pytest.mark.parametrize(

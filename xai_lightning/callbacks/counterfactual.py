@@ -6,18 +6,20 @@ model predicts again after controlled edits that change one concept each (the da
 shape (another digit in this colour) and, for scenes, background (the same digit over another texture).
 
 Logged every epoch: ``cf/<concept>_flip_rate`` = fraction of predictions that change (``cf/color_flip_rate``,
-``cf/shape_flip_rate``, ``cf/background_flip_rate``). A colour-reliant model flips on colour edits; a
-shape-reliant one on shape edits. The edits are deterministic (no random state is consumed), so training
-is unaffected.
+``cf/shape_flip_rate``, ``cf/background_flip_rate``; NaN, with a warning, when no image of the split could be
+edited for a concept: unknown, not "no flips"). A colour-reliant model flips on colour edits; a shape-reliant
+one on shape edits. The edits are deterministic (no random state is consumed), so training is unaffected.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from xai_lightning.callbacks.common import owned, split_index
@@ -87,7 +89,13 @@ class CounterfactualCheck(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._on(trainer):
             return
-        self.last = {f"cf/{name}_flip_rate": float(rate.value().nan_to_num(0.0)) for name, rate in self.rates.items()}
+        self.last = {f"cf/{name}_flip_rate": float(rate.value()) for name, rate in self.rates.items()}
+        unmeasured = [name for name in self.names if math.isnan(self.last[f"cf/{name}_flip_rate"])]  # all ranks
+        if unmeasured:  # no edit applied to any image: the rate is unknown (NaN), not "no flips" (0)
+            rank_zero_warn(
+                f"CounterfactualCheck: no image of split {self.split_name!r} could be edited for "
+                f"{', '.join(unmeasured)}; their flip rates are NaN (unknown) this epoch"
+            )
         pl_module.log_dict(self.last, sync_dist=False)  # already reduced over ranks
 
 
