@@ -222,6 +222,17 @@ def _accumulate_product(acc: torch.Tensor, left: torch.Tensor, right: torch.Tens
             acc[r0:r1].add_(scratch[: r1 - r0])
 
 
+@lru_cache(maxsize=256)
+def _shared_run(clip_sizes: tuple[Size, ...], a: Size) -> tuple[Size, ...]:
+    """The CLIP sizes whose pairs with standalone size ``a`` share the standalone operand (the CLIP map is at
+    least as large) when their column groups are adjacent: one GEMM with their CLIP operands stacked covers
+    them. Empty when fewer than two or not adjacent. Depends on the layout only, so computed once per layout."""
+    shared = [b for b in clip_sizes if a[0] <= b[0] and a[1] <= b[1]]
+    positions = [clip_sizes.index(b) for b in shared]
+    adjacent = positions == list(range(positions[0], positions[0] + len(shared))) if shared else False
+    return tuple(shared) if len(shared) > 1 and adjacent else ()
+
+
 def _sum_fields(state: ChannelSums | PairSums | CrossSums) -> list[str]:
     """Names of the fields that are sums (added when merging or reducing; every field but ``shift``)."""
     return [f.name for f in fields(state) if f.name != "shift" and getattr(state, f.name) is not None]
@@ -353,6 +364,10 @@ class CrossMoments:
     """
 
     def __init__(self, score: str = "reference") -> None:
+        self._clear(score)
+
+    def _clear(self, score: str) -> None:
+        """No layout and no sums (a new object, or before a checkpoint's state is loaded)."""
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
         self.score = score
@@ -473,7 +488,7 @@ class CrossMoments:
             for b, (_, wc, sqc) in c_ops.items():
                 self.pairs[(a, b)].fold_clip(images, (a, b), wc, sqc)
             s_sums.n += images * a[0] * a[1]
-            shared = self._shared_run(a)
+            shared = _shared_run(tuple(self.clip_layout.sizes), a)
             right = torch.cat([c_ops[b][0] for b in shared]) if shared else None  # stacked CLIP operands
             rows = max(1, CHUNK_BYTES // (images * a[0] * a[1] * 4))  # channels folded at a time
             r0 = 0
@@ -485,23 +500,13 @@ class CrossMoments:
                 r0 = r1
         self.batches += 1
 
-    def _shared_run(self, a: Size) -> list[Size]:
-        """The CLIP sizes whose pairs with ``a`` share the standalone operand (the CLIP map is at least as
-        large) when their column groups are adjacent: one GEMM with their CLIP operands stacked covers them.
-        Empty when fewer than two or not adjacent."""
-        sizes = self.clip_layout.sizes
-        shared = [b for b in sizes if a[0] <= b[0] and a[1] <= b[1]]
-        positions = [sizes.index(b) for b in shared]
-        adjacent = positions == list(range(positions[0], positions[0] + len(shared))) if shared else False
-        return shared if len(shared) > 1 and adjacent else []
-
     def _fold_rows(
         self,
         a: Size,
         rows: tuple[int, int],
         part: GroupBatch,
         c_ops: Mapping[Size, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-        shared: tuple[list[Size], torch.Tensor | None],
+        shared: tuple[tuple[Size, ...], torch.Tensor | None],
     ) -> None:
         """Adds channels rows = (r0, r1) of size group ``a`` (``part``) to every pair's sums and cross sums:
         one GEMM for the shared run, one per other pair (its standalone operand built, used and freed)."""
@@ -693,7 +698,7 @@ class CrossMoments:
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.__init__(sd["score"])
+        self._clear(sd["score"])
         if sd["layers"] is None:
             return
         meta = [{n: torch.empty(1, c, *size) for n, c, size in sd["layers"][side]} for side in ("standalone", "clip")]
