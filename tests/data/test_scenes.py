@@ -161,7 +161,7 @@ def test_a_concept_no_image_could_be_edited_for_has_an_unknown_flip_rate(tmp_pat
     "kwargs, message",
     [
         ({"backgrounds": ["stripes", "clouds"]}, "allowed names stripes, dots, checks, waves"),
-        ({"backgrounds": ["stripes"]}, "give at least 2 of"),
+        ({"backgrounds": ["stripes"]}, "give at least 2 backgrounds \\(of stripes, dots"),
         ({"background_mode": "sometimes"}, "unknown background_mode"),
         ({"background_bias_strength": 1.5}, "outside [0, 1]"),
         ({"background_conflict_fraction": 0.1, "background_mode": "random"}, "needs background_mode 'biased'"),
@@ -170,3 +170,15 @@ def test_a_concept_no_image_could_be_edited_for_has_an_unknown_flip_rate(tmp_pat
 def test_bad_background_options_say_what_is_allowed(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         SceneDigitsDataModule(data_dir=str(tmp_path), **kwargs)
+
+
+def test_hyperparameters_hold_the_scene_options_and_the_colour_modules(tmp_path):
+    """One save_hyperparameters() (the parent's) records the subclass's own arguments too: a checkpoint can
+    rebuild the datamodule."""
+    dm = SceneDigitsDataModule(
+        data_dir=str(tmp_path), backgrounds=["dots", "waves"], background_mode="random", color_mode="biased", **SMALL
+    )
+    assert dm.hparams["backgrounds"] == ["dots", "waves"] and dm.hparams["background_mode"] == "random"
+    assert dm.hparams["color_mode"] == "biased" and dm.hparams["train_per_class"] == SMALL["train_per_class"]
+    rebuilt = SceneDigitsDataModule(**dm.hparams)
+    assert rebuilt.background_names == ["dots", "waves"] and rebuilt.color_mode == "biased"

@@ -86,33 +86,41 @@ def _check_digits(digits: Sequence[int]) -> list[int]:
     return digits
 
 
-def _check_colouring(
+def check_planted_bias(
+    attribute: str,
+    values: list[str],
     digits: list[int],
-    color_names: list[str],
-    color_mode: str,
-    bias_strength: float,
-    conflict_fraction: float | None,
-    gray_fraction: float,
+    mode: str,
+    modes: Sequence[str],
+    strength: float,
+    conflicts: float | None,
+    prefix: str = "",
+    noun: str | None = None,
+    choices: Sequence[str] = (),
 ) -> None:
-    if color_mode not in COLOR_MODES:
-        raise ValueError(f"unknown color_mode {color_mode!r}; allowed: {', '.join(COLOR_MODES)}")
-    if color_mode == "biased" and len(color_names) < len(digits):
+    """The options that plant a bias on one attribute (``color`` or ``background``): ``{attribute}_mode`` in
+    ``modes``; ``biased`` needs a value per digit; ``{prefix}bias_strength`` and ``{prefix}conflict_fraction`` in
+    [0, 1], the fraction only with ``biased`` and instead of a strength. One-line ValueErrors naming the values
+    as ``noun`` (default: the attribute) and, if given, the ``choices`` there are."""
+    noun = noun or attribute
+    if mode not in modes:
+        raise ValueError(f"unknown {attribute}_mode {mode!r}; allowed: {', '.join(modes)}")
+    if mode == "biased" and len(values) < len(digits):
         raise ValueError(
-            f"color_mode biased gives each digit its own colour, but {len(digits)} digits {digits} have "
-            f"{len(color_names)} colours {color_names} (digit {digits[len(color_names)]} would share "
-            f"{color_names[0]} with digit {digits[0]}); give at least {len(digits)} colours"
+            f"{attribute}_mode biased gives each digit its own {noun}, but {len(digits)} digits {digits} have "
+            f"{len(values)} {noun}s {values} (digit {digits[len(values)]} would share {values[0]} with digit "
+            f"{digits[0]}); give at least {len(digits)} {noun}s" + (f" (of {', '.join(choices)})" if choices else "")
         )
-    for name, value in (("bias_strength", bias_strength), ("gray_fraction", gray_fraction)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name}={value} is outside [0, 1]")
-    if conflict_fraction is None:
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"{prefix}bias_strength={strength} is outside [0, 1]")
+    if conflicts is None:
         return
-    if not 0.0 <= float(conflict_fraction) <= 1.0:
-        raise ValueError(f"conflict_fraction={conflict_fraction} is outside [0, 1]")
-    if float(bias_strength) != 1.0:
-        raise ValueError("give either bias_strength or conflict_fraction, not both")
-    if color_mode != "biased":
-        raise ValueError(f"conflict_fraction needs color_mode 'biased', got {color_mode!r}")
+    if not 0.0 <= float(conflicts) <= 1.0:
+        raise ValueError(f"{prefix}conflict_fraction={conflicts} is outside [0, 1]")
+    if float(strength) != 1.0:
+        raise ValueError(f"give either {prefix}bias_strength or {prefix}conflict_fraction, not both")
+    if mode != "biased":
+        raise ValueError(f"{prefix}conflict_fraction needs {attribute}_mode 'biased', got {mode!r}")
 
 
 def _check_sizes(sizes: dict[str, int], num_folds: int, fold: int) -> None:
@@ -195,7 +203,11 @@ class ColorMNISTDataModule(SplitLoaders, L.LightningDataModule):
         self.digits = _check_digits(digits)
         self.color_names, rgb = resolve_colors(list(colors))
         self.rgb = torch.from_numpy(rgb)
-        _check_colouring(self.digits, self.color_names, color_mode, bias_strength, conflict_fraction, gray_fraction)
+        names, digits = self.color_names, self.digits
+        modes = (color_mode, COLOR_MODES)
+        check_planted_bias("color", names, digits, *modes, bias_strength, conflict_fraction, noun="colour")
+        if not 0.0 <= float(gray_fraction) <= 1.0:
+            raise ValueError(f"gray_fraction={gray_fraction} is outside [0, 1]")
         if label_mode not in LABEL_MODES:
             raise ValueError(f"unknown label_mode {label_mode!r}; allowed: {', '.join(LABEL_MODES)}")
         self.conflict_fraction = None if conflict_fraction is None else float(conflict_fraction)

@@ -19,7 +19,7 @@ import torch
 from xai_lightning.data.backgrounds import BACKGROUNDS, N_PARAMS, check_backgrounds, composite, draw_params, render
 from xai_lightning.data.colorize import assign_colors, assign_conflicts, colorize
 from xai_lightning.data.counterfactuals import donors, other_value
-from xai_lightning.data.datamodule import ColorDigits, ColorMNISTDataModule
+from xai_lightning.data.datamodule import ColorDigits, ColorMNISTDataModule, check_planted_bias
 from xai_lightning.data.loaders import resize
 from xai_lightning.data.sources import SPLITS
 
@@ -64,24 +64,6 @@ class SceneDigits(ColorDigits):
         return {**super().__getitem__(i), "background": self.background[i]}
 
 
-def _check_background(names: list[str], digits: list[int], mode: str, strength: float, conflicts: float | None) -> None:
-    if mode not in BACKGROUND_MODES:
-        raise ValueError(f"unknown background_mode {mode!r}; allowed: {', '.join(BACKGROUND_MODES)}")
-    if mode == "biased" and len(names) < len(digits):
-        raise ValueError(
-            f"background_mode biased gives each digit its own background, but {len(digits)} digits {digits} have "
-            f"{len(names)} backgrounds {names}; give at least {len(digits)} of {', '.join(BACKGROUNDS)}"
-        )
-    if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"background_bias_strength={strength} is outside [0, 1]")
-    if conflicts is None:
-        return
-    if not 0.0 <= float(conflicts) <= 1.0:
-        raise ValueError(f"background_conflict_fraction={conflicts} is outside [0, 1]")
-    if float(strength) != 1.0 or mode != "biased":
-        raise ValueError("background_conflict_fraction needs background_mode 'biased' and no background_bias_strength")
-
-
 class SceneDigitsDataModule(ColorMNISTDataModule):
     """Digits over textured backgrounds (docs/data.md). Every ``ColorMNISTDataModule`` option applies
     (``color_mode`` defaults to ``random`` here: the planted bias is the background's).
@@ -111,15 +93,22 @@ class SceneDigitsDataModule(ColorMNISTDataModule):
     ) -> None:
         super().__init__(*args, color_mode=color_mode, **kwargs)
         self.background_names = check_backgrounds(list(backgrounds))
-        _check_background(
-            self.background_names, self.digits, background_mode, background_bias_strength, background_conflict_fraction
+        check_planted_bias(
+            "background",
+            self.background_names,
+            self.digits,
+            background_mode,
+            BACKGROUND_MODES,
+            background_bias_strength,
+            background_conflict_fraction,
+            prefix="background_",
+            choices=BACKGROUNDS,
         )
         self.background_mode = background_mode
         self.background_bias_strength = float(background_bias_strength)
         self.background_conflict_fraction = (
             None if background_conflict_fraction is None else float(background_conflict_fraction)
         )
-        self.save_hyperparameters()
 
     @property
     def attributes(self) -> dict[str, list[str]]:
