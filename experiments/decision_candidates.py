@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from xai_lightning.clip import load_clip
 from xai_lightning.data import ColorMNISTDataModule
-from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
 from xai_lightning.io import atomic_write_text
 from xai_lightning.models import ClassifierModule
 from xai_lightning.surgery import (
@@ -61,8 +60,8 @@ def counterfactual(model, dm) -> tuple[float, float]:
     counts = torch.zeros(4)
     for b in dm.dataloader("probe_set"):
         pred = model(b["image"]).argmax(-1)
-        xc, okc = color_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
-        xs, oks = shape_counterfactual(b["image"], b["color"], b["digit_index"], dm.rgb.float())
+        edits = dm.counterfactuals("probe_set", b)
+        (xc, okc), (xs, oks) = edits["color"], edits["shape"]
         flips = [((model(xc).argmax(-1) != pred) & okc).sum(), okc.sum(), ((model(xs).argmax(-1) != pred) & oks).sum()]
         counts += torch.tensor([*flips, oks.sum()]).float()
     return float(counts[0] / counts[1]), float(counts[2] / counts[3])

@@ -6,10 +6,9 @@ import csv
 import json
 import os
 
-import lightning as L
-
 from tests.callbacks.test_surgery_probe import _probe, clip_file  # noqa: F401 - the fixture
 from tests.helpers.modules import tiny_datamodule
+from tests.helpers.trainers import csv_logger, quiet_trainer
 from xai_lightning import names
 from xai_lightning.callbacks import ConceptAlarm, CounterfactualCheck, EpochTimer
 from xai_lightning.dashboard import build_workspace, main, spec_keys, workspace_spec
@@ -18,16 +17,8 @@ from xai_lightning.models import ClassifierModule
 
 def test_dry_run_spec_keys_are_logged_by_a_real_run(tmp_path, clip_file):  # noqa: F811
     callbacks = [_probe(clip_file), CounterfactualCheck(), EpochTimer(), ConceptAlarm(spurious=["color"])]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=callbacks,
-        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, callbacks=callbacks, logger=csv_logger(tmp_path)
     )
     dm = tiny_datamodule(str(tmp_path / "data"), val_splits=["val", "real_world", "probe_set"])
     trainer.fit(ClassifierModule(num_classes=2, backbone="resnet18"), dm)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from tests.callbacks.test_surgery_probe import _csv_metrics, _probe, clip_file  # noqa: F401
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from tests.helpers.tiny import TOY_CLI_ARGS
+from tests.helpers.trainers import csv_logger, quiet_trainer
 from xai_lightning.cli import main
 from xai_lightning.loggers import WandbLogger
 from xai_lightning.report import load_run
@@ -32,13 +33,11 @@ class CrashAtEpoch(Callback):
 def _fit(root, clip_path, extra_callbacks=(), ckpt_path=None, epochs=3):
     L.seed_everything(11)
     probe = _probe(clip_path)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=epochs,
         logger=CSVLogger(str(root), name="run"),
         num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[probe, ModelCheckpoint(dirpath=str(root / "run" / "checkpoints"), save_last=True), *extra_callbacks],
     )
     model = TinyClassifier()
@@ -65,13 +64,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, clip_file): 
 
 
 def test_nan_activations_skip_the_verdict_and_name_the_layer(tmp_path, clip_file):  # noqa: F811
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=CSVLogger(str(tmp_path), name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[_probe(clip_file)],
-    )
+    trainer = quiet_trainer(logger=csv_logger(tmp_path), callbacks=[_probe(clip_file)])
     with pytest.warns(UserWarning, match=r"verdict skipped: non-finite activations in net\.conv2"):
         trainer.validate(TinyClassifier(nan_on_probe=True), tiny_datamodule(str(tmp_path / "data")))
     logged = _csv_metrics(tmp_path)
@@ -92,13 +85,9 @@ def test_wandb_failing_mid_run_does_not_stop_training(tmp_path, monkeypatch, cli
         return real_log(*args, **kwargs)
 
     monkeypatch.setattr(wandb_logger.experiment, "log", flaky)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=2,
-        logger=[CSVLogger(str(tmp_path), name="csv"), wandb_logger],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
+        logger=[csv_logger(tmp_path), wandb_logger],
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         callbacks=[_probe(clip_file)],
@@ -135,23 +124,13 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, capsys):
 def test_unwritable_probe_dir_fails_at_setup(tmp_path, clip_file):  # noqa: F811
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[_probe(clip_file, save_dir=str(blocker / "probe"))],
-    )
+    trainer = quiet_trainer(callbacks=[_probe(clip_file, save_dir=str(blocker / "probe"))])
     with pytest.raises(PermissionError, match="SurgeryProbe output directory"):
         trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
 
 
 def test_unknown_layer_through_the_callback_lists_available_names(tmp_path, clip_file):  # noqa: F811
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[_probe(clip_file, standalone_layers=["net.conv9"])],
-    )
+    trainer = quiet_trainer(callbacks=[_probe(clip_file, standalone_layers=["net.conv9"])])
     with pytest.raises(ValueError, match=r"unknown layer 'net.conv9'.*net\.conv1"):
         trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
 

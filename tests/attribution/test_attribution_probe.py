@@ -12,6 +12,7 @@ import torch
 
 from tests.callbacks.test_surgery_probe import _csv_metrics
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
+from tests.helpers.trainers import csv_logger, quiet_trainer
 
 pytest.importorskip("captum")
 
@@ -21,13 +22,7 @@ def test_logs_shares_and_writes_heatmaps(tmp_path):
 
     L.seed_everything(0)
     probe = AttributionProbe(gradcam_layer="net.conv3", num_images=16, num_heatmaps=3, ig_steps=4)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
-    )
+    trainer = quiet_trainer(logger=csv_logger(tmp_path), callbacks=[probe])
     model = TinyClassifier()
     trainer.validate(model, tiny_datamodule(str(tmp_path / "data")))
     logged = _csv_metrics(tmp_path)

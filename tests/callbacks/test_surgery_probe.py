@@ -12,6 +12,7 @@ import torch
 
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
+from tests.helpers.trainers import csv_logger, quiet_trainer
 from xai_lightning import names
 from xai_lightning.callbacks import SurgeryProbe
 from xai_lightning.clip import save_probe_clip
@@ -45,18 +46,7 @@ def _probe(clip_file: str, **kw) -> SurgeryProbe:
 
 
 def _trainer(tmp_path, callbacks, **kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=callbacks,
-        num_sanity_val_steps=0,
-    )
-    args.update(kw)
-    return L.Trainer(**args)
+    return quiet_trainer(**{"logger": csv_logger(tmp_path), "callbacks": callbacks, "num_sanity_val_steps": 0, **kw})
 
 
 def _csv_metrics(tmp_path) -> dict[str, float]:
@@ -291,9 +281,7 @@ def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb_logger = WandbLogger(save_dir=str(tmp_path), group="g", job_type="biased")
-    trainer = _trainer(
-        tmp_path, [_probe(clip_file)], logger=[L.pytorch.loggers.CSVLogger(str(tmp_path), name="csv"), wandb_logger]
-    )
+    trainer = _trainer(tmp_path, [_probe(clip_file)], logger=[csv_logger(tmp_path), wandb_logger])
     trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     run_dir = wandb_logger.experiment.dir
     wandb_logger.experiment.finish()

@@ -245,3 +245,37 @@ def test_random_labels_are_independent_of_digit_and_colour_and_the_digit_stays_r
     assert dm.attribute_keys["digit"] == "digit_index"
     with pytest.raises(ValueError, match="allowed: digit, random"):
         ColorMNISTDataModule(label_mode="shuffled")
+
+
+def _next_other_digit(digit: list[int]) -> list[int]:
+    """The definition, by brute force: the next position (cyclically) with a different digit, else -1."""
+    n = len(digit)
+    return [next(((i + k) % n for k in range(1, n) if digit[(i + k) % n] != digit[i]), -1) for i in range(n)]
+
+
+def test_split_donors_are_the_next_other_digit_of_the_split():
+    from xai_lightning.data.counterfactuals import split_donors
+
+    g = torch.Generator().manual_seed(4)
+    cases = ([0, 1, 0, 1], [0, 0, 0, 1, 1, 2, 0, 0], [2, 2, 2], [], [1, 0], torch.randint(0, 3, (50,), generator=g))
+    for digit in cases:
+        digit = torch.as_tensor(digit, dtype=torch.long)
+        assert split_donors(digit).tolist() == _next_other_digit(digit.tolist())
+
+
+def test_shape_edits_do_not_depend_on_the_batch(tmp_path):
+    """A batch holding one digit (what a DDP rank gets from an alternating split) still finds donors: the
+    donor is the split's next image with another digit, drawn in this image's colour."""
+    dm = ColorMNISTDataModule(data_dir=str(tmp_path), **SMALL)
+    dm.setup()
+    data = dm.datasets["probe_set"]
+    index = torch.nonzero(data.digit_index == 0).flatten()[:5]  # a batch of one digit only
+    batch = {k: torch.stack([data[int(i)][k] for i in index]) for k in ("image", "color", "digit_index", "index")}
+    shape_img, found = dm.counterfactuals("probe_set", batch)["shape"]
+    donor = torch.tensor(_next_other_digit(data.digit_index.tolist()))[index]
+    assert found.all() and (data.digit_index[donor] == 1).all()
+    expect = colorize(data.images(donor).amax(dim=1), batch["color"], dm.rgb.float())  # donor's digit, my colour
+    assert torch.allclose(shape_img, expect)
+    whole = next(iter(dm.dataloader("probe_set", batch_size=len(data))))  # the same images in one batch
+    in_whole, _ = dm.counterfactuals("probe_set", whole)["shape"]
+    assert torch.allclose(in_whole[index], shape_img)

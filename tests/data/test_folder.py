@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import os
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.trainers import quiet_trainer
 from xai_lightning.data import ImageFolderAttributesDataModule
 from xai_lightning.errors import ConfigError
 
@@ -127,14 +127,8 @@ def test_the_probe_names_the_place_a_model_decides_by(tmp_path):
         bootstrap=200,
         holdout=False,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[probe],
-        default_root_dir=str(tmp_path),  # the probe's plots and tables go under the run, not the working dir
-    )
+    # default_root_dir: the probe's plots and tables go under the run, not the working dir
+    trainer = quiet_trainer(callbacks=[probe], default_root_dir=str(tmp_path))
     trainer.validate(ByGround(backbone="simple_cnn", num_classes=2), datamodule=_dm(root), verbose=False)
     final = probe.history[-1]
     assert final["outcome"] == "place"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.trainers import quiet_trainer
 from xai_lightning.data import ColorMNISTDataModule, SceneDigitsDataModule, colorize
 from xai_lightning.data.backgrounds import BACKGROUNDS, HIGH, LOW, draw_params, render
 
@@ -108,8 +109,6 @@ def _colour_classifier(images: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("module", [SceneDigitsDataModule, ColorMNISTDataModule])
 def test_counterfactual_check_logs_every_concepts_flip_rate_against_a_known_model(tmp_path, module):
     """A model that reads colour alone: colour edits flip every prediction, shape and background edits none."""
-    import lightning as L
-
     from xai_lightning.callbacks import CounterfactualCheck
     from xai_lightning.models import ClassifierModule
 
@@ -119,9 +118,7 @@ def test_counterfactual_check_logs_every_concepts_flip_rate_against_a_known_mode
 
     dm = module(data_dir=str(tmp_path), val_splits=["probe_set"], eval_batch_size=20, **SMALL)
     check = CounterfactualCheck(split="probe_set")
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[check]
-    )
+    trainer = quiet_trainer(callbacks=[check])
     trainer.validate(ByColour(backbone="simple_cnn", num_classes=2), datamodule=dm, verbose=False)
     expected = {"cf/color_flip_rate": 1.0, "cf/shape_flip_rate": 0.0, "cf/background_flip_rate": 0.0}
     assert check.last == {f"cf/{name}_flip_rate": expected[f"cf/{name}_flip_rate"] for name in dm.counterfactual_names}
@@ -130,8 +127,6 @@ def test_counterfactual_check_logs_every_concepts_flip_rate_against_a_known_mode
 def test_a_concept_no_image_could_be_edited_for_has_an_unknown_flip_rate(tmp_path, monkeypatch):
     """When no image of the split could be edited for a concept, its flip rate is NaN with a warning: unknown,
     not the 0 of a model that never flips."""
-    import lightning as L
-
     from xai_lightning.callbacks import CounterfactualCheck
     from xai_lightning.models import ClassifierModule
 
@@ -149,9 +144,7 @@ def test_a_concept_no_image_could_be_edited_for_has_an_unknown_flip_rate(tmp_pat
 
     monkeypatch.setattr(dm, "counterfactuals", no_shape_edit)
     check = CounterfactualCheck(split="probe_set")
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[check]
-    )
+    trainer = quiet_trainer(callbacks=[check])
     with pytest.warns(UserWarning, match="could be edited for shape; their flip rates are NaN"):
         trainer.validate(ByColour(backbone="simple_cnn", num_classes=2), datamodule=dm, verbose=False)
     assert check.last["cf/color_flip_rate"] == 1.0 and math.isnan(check.last["cf/shape_flip_rate"])

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from tests.helpers.trainers import quiet_trainer
 from xai_lightning.data import colorize
 from xai_lightning.models import ClassifierModule
 
@@ -66,15 +67,7 @@ def test_logs_the_documented_keys(tmp_path):
     from tests.helpers.modules import tiny_datamodule
 
     L.seed_everything(0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2)
     trainer.fit(ClassifierModule(num_classes=2, backbone="resnet18"), tiny_datamodule(str(tmp_path)))
     keys = set(trainer.callback_metrics)
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "real_world/acc", "probe_set/acc"} <= keys

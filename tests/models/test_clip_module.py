@@ -10,6 +10,7 @@ import torch
 
 from tests.helpers.modules import tiny_datamodule
 from tests.helpers.tiny import TINY_CLIP_CFG
+from tests.helpers.trainers import quiet_trainer
 from xai_lightning.models import CLIPModule
 from xai_lightning.surgery import DEFAULT_CONCEPTS
 
@@ -29,15 +30,7 @@ def test_captions_cover_every_kind_and_the_probe_templates():
 def test_fit_logs_loss_and_zeroshot(tmp_path):
     L.seed_everything(0)
     dm = tiny_datamodule(str(tmp_path), color_mode="random", gray_fraction=0.2, val_splits=["val"])
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3)
     module = CLIPModule(model_cfg=TINY_CLIP_CFG, num_classes=2, warmup_steps=2)
     trainer.fit(module, dm)
     metrics = trainer.callback_metrics
@@ -83,15 +76,7 @@ def test_scenes_fit_logs_background_zeroshot_equal_to_the_exported_probes(tmp_pa
         background_mode="random",
         val_splits=["val"],
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2)
     module = CLIPModule(model_cfg=TINY_CLIP_CFG, num_classes=2, warmup_steps=2)
     trainer.fit(module, dm)
     direct = zeroshot_accuracy(

@@ -6,8 +6,9 @@ that concept (``CounterfactualCheck``). The edits are deterministic: no random s
 
 * colour: the same digit in another palette colour, ``(c + 1 + digit mod (K - 1)) mod K`` (never the same
   colour; gray digits are skipped);
-* shape: the next image in the batch with a different digit, drawn in this image's colour (and, for
-  scenes, over this image's background);
+* shape: the next image of the split (in split order, cyclically) with a different digit, drawn in this
+  image's colour (and, for scenes, over this image's background): the same donor whatever the batching or
+  the number of DDP ranks;
 * background: the same digit over another texture, ``(b + 1 + digit mod (B - 1)) mod B``.
 """
 
@@ -26,19 +27,18 @@ def other_value(value: torch.Tensor, digit: torch.Tensor, k: int) -> tuple[torch
     return torch.where(known, (value + 1 + digit % (k - 1)) % k, value), known
 
 
-def donors(digit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image, the next one in the batch (cyclically) with a different digit; and whether one exists."""
-    b = len(digit)
-    donor = torch.arange(b, device=digit.device)
-    found = torch.zeros(b, dtype=torch.bool, device=digit.device)
-    for shift in range(1, b):
-        j = (torch.arange(b, device=digit.device) + shift) % b
-        take = ~found & (digit[j] != digit)
-        donor = torch.where(take, j, donor)
-        found |= take
-        if bool(found.all()):
-            break
-    return donor, found
+def split_donors(digit: torch.Tensor) -> torch.Tensor:
+    """For each position of a split, the next position (cyclically, in split order) with a different digit;
+    -1 where the split holds one digit only. A property of the split, not of how it is batched or sharded
+    over DDP ranks (a batch of one rank may hold a single digit)."""
+    n = len(digit)
+    change = torch.nonzero(digit.roll(-1) != digit).flatten()  # j: digit[j + 1] differs from digit[j]
+    if n == 0 or len(change) == 0:
+        return torch.full((n,), -1, dtype=torch.long)
+    # the first change point at or after i (wrapping around): digits i..j equal digit[i], and j + 1 differs
+    at = torch.searchsorted(change, torch.arange(n))
+    j = torch.where(at < len(change), change[at.clamp_max(len(change) - 1)], change[0])
+    return (j + 1) % n
 
 
 def color_counterfactual(
@@ -52,8 +52,8 @@ def color_counterfactual(
 
 
 def shape_counterfactual(
-    images: torch.Tensor, color: torch.Tensor, digit: torch.Tensor, rgb: torch.Tensor
+    images: torch.Tensor, color: torch.Tensor, donor_images: torch.Tensor, found: torch.Tensor, rgb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits on black: (another digit in this colour, mask of images that found a donor in the batch)."""
-    donor, found = donors(digit)
-    return colorize(images.amax(dim=1)[donor], color, rgb.to(images)), found
+    """Digits on black: (each donor's digit in this image's colour, ``found``). ``donor_images``: the images of
+    ``split_donors`` (the same where ``found`` is False)."""
+    return colorize(donor_images.amax(dim=1).to(images), color, rgb.to(images)), found.to(images.device)

@@ -22,7 +22,7 @@ from xai_lightning.data.colorize import (
     colorize,
     resolve_colors,
 )
-from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual
+from xai_lightning.data.counterfactuals import color_counterfactual, shape_counterfactual, split_donors
 from xai_lightning.data.loaders import EpochSeededSampler, SplitLoaders, resize
 from xai_lightning.data.sources import SPLITS, Pool, check_source, load_splits, source_fingerprint
 from xai_lightning.io import atomic_write
@@ -231,6 +231,7 @@ class ColorMNISTDataModule(SplitLoaders, L.LightningDataModule):
         self.test_split_names = ["test", "real_world"]
         self.seed, self.cache, self.data_dir = int(seed), cache, data_dir
         self.datasets: dict[str, ColorDigits] = {}
+        self._donors: dict[str, torch.Tensor] = {}  # split -> split_donors of its digits
         self.save_hyperparameters()
 
     # ---- names other components link to -------------------------------------------------------
@@ -257,10 +258,22 @@ class ColorMNISTDataModule(SplitLoaders, L.LightningDataModule):
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Concept -> (the batch's images with that concept changed, mask of images that could be edited)."""
         digit, rgb = batch["digit_index"], self.rgb.float()
+        donor, found = self.donors(split, batch["index"])
+        donor_images = self.datasets[split].images(donor)
         return {
             "color": color_counterfactual(batch["image"], batch["color"], digit, rgb),
-            "shape": shape_counterfactual(batch["image"], batch["color"], digit, rgb),
+            "shape": shape_counterfactual(batch["image"], batch["color"], donor_images, found, rgb),
         }
+
+    def donors(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(donor position in the split of each image at ``index``, mask of images that have one): the shape
+        edit's donors, ``split_donors`` of the whole split (computed once per split); an image without one is
+        its own donor."""
+        if split not in self._donors:
+            self._donors[split] = split_donors(self.datasets[split].digit_index)
+        index = index.cpu()
+        donor = self._donors[split][index]
+        return torch.where(donor >= 0, donor, index), donor >= 0
 
     # ---- generation and cache -----------------------------------------------------------------
     def cache_spec(self) -> dict:

@@ -18,7 +18,7 @@ import torch
 
 from xai_lightning.data.backgrounds import BACKGROUNDS, N_PARAMS, check_backgrounds, composite, draw_params, render
 from xai_lightning.data.colorize import assign_colors, assign_conflicts, colorize
-from xai_lightning.data.counterfactuals import donors, other_value
+from xai_lightning.data.counterfactuals import other_value
 from xai_lightning.data.datamodule import ColorDigits, ColorMNISTDataModule, check_planted_bias
 from xai_lightning.data.loaders import resize
 from xai_lightning.data.sources import SPLITS
@@ -159,10 +159,10 @@ class SceneDigitsDataModule(ColorMNISTDataModule):
         color, background = data.color[index], data.background[index]
         new_color, has_color = other_value(color, digit, len(self.rgb))
         new_bg, has_bg = other_value(background, digit, len(self.background_names))
-        donor, found = donors(digit)
+        donor, found = self.donors(split, index)
         return {
             "color": (data.render(index, color=new_color), has_color),
-            "shape": (data.render(index, source=index[donor]), found),
+            "shape": (data.render(index, source=donor), found),
             "background": (data.render(index, background=new_bg), has_bg),
         }
 
