@@ -43,6 +43,8 @@ def test_fit_logs_loss_and_zeroshot(tmp_path):
     direct = zeroshot_accuracy(probe.float(), dm.dataloader("val"), dm.class_names, dm.color_names)
     assert float(metrics["val/zeroshot_digit_acc"]) == pytest.approx(direct["digit_acc"], abs=1e-6)
     assert float(metrics["val/zeroshot_color_acc"]) == pytest.approx(direct["color_acc"], abs=1e-6)
+    # no backgrounds on these digits: no background metric, nothing logged for it
+    assert "val/zeroshot_background_acc" not in metrics and set(module.zeroshot) == {"digit", "color"}
 
 
 def test_scene_captions_name_backgrounds_and_the_vocabulary_covers_every_drawn_caption():

@@ -155,7 +155,8 @@ class CLIPModule(L.LightningModule):
 
         self.loss_fn = ClipLoss()
         # zero-shot accuracies on the first validation split: hits / images, summed over ranks by torchmetrics
-        self.zeroshot = nn.ModuleDict({k: SumRatio() for k in ("digit", "color", "background")})
+        # ("background" is added when the datamodule or ``background_names`` has backgrounds)
+        self.zeroshot = nn.ModuleDict({k: SumRatio() for k in ("digit", "color")})
         self.tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
@@ -235,6 +236,8 @@ class CLIPModule(L.LightningModule):
         self._zs_text = zeroshot_text(self.encode_text, *self._names())
         backgrounds = self._background_names()
         self._zs_bg_text = background_text(self.encode_text, backgrounds) if backgrounds else None
+        if backgrounds and "background" not in self.zeroshot:  # no parameters and no persistent state
+            self.zeroshot["background"] = SumRatio().to(self.device)
 
     @override
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -252,7 +255,7 @@ class CLIPModule(L.LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         kinds = ("digit", "color", "background") if self._zs_bg_text is not None else ("digit", "color")
-        for kind in kinds:  # compute() reduces over ranks; the metric is reset for the next epoch
+        for kind in kinds:  # value() reduces over ranks; the metric is reset for the next epoch
             self.log(f"val/zeroshot_{kind}_acc", self.zeroshot[kind].value().float(), prog_bar=True)
             self.zeroshot[kind].reset()
 
