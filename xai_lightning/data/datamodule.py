@@ -203,9 +203,16 @@ class ColorMNISTDataModule(SplitLoaders, L.LightningDataModule):
         self.digits = _check_digits(digits)
         self.color_names, rgb = resolve_colors(list(colors))
         self.rgb = torch.from_numpy(rgb)
-        names, digits = self.color_names, self.digits
-        modes = (color_mode, COLOR_MODES)
-        check_planted_bias("color", names, digits, *modes, bias_strength, conflict_fraction, noun="colour")
+        check_planted_bias(
+            "color",
+            self.color_names,
+            self.digits,
+            color_mode,
+            COLOR_MODES,
+            bias_strength,
+            conflict_fraction,
+            noun="colour",
+        )
         if not 0.0 <= float(gray_fraction) <= 1.0:
             raise ValueError(f"gray_fraction={gray_fraction} is outside [0, 1]")
         if label_mode not in LABEL_MODES:
