@@ -297,6 +297,34 @@ def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file
     assert b"probe/outcome" in log  # and the outcome in its summary
 
 
+def test_values_reduced_over_ranks_draw_no_sync_dist_recommendation(tmp_path, clip_file, monkeypatch):
+    """Under DDP Lightning recommends sync_dist=True for each epoch-level value logged without it (one warning
+    per value and epoch). The probe's and the counterfactual check's values are already reduced, so they draw
+    none; a value that is not reduced still does. Lightning's own check runs here, told that a process group
+    is up."""
+    import warnings
+
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from xai_lightning.callbacks import CounterfactualCheck
+
+    class Unreduced(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.log("mine/unreduced", 1.0, sync_dist=False)
+
+    monkeypatch.setattr(result, "_distributed_is_initialized", lambda: True)
+    trainer = _trainer(tmp_path, [_probe(clip_file), CounterfactualCheck(), Unreduced()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    recommended = [str(w.message) for w in caught if issubclass(w.category, PossibleUserWarning)]
+    recommended = [m for m in recommended if "sync_dist=True" in m]
+    assert any("'mine/unreduced'" in m for m in recommended)  # Lightning's check did run
+    assert not [m for m in recommended if "'probe/" in m or "'cf/" in m]
+    assert {"probe/images", "cf/shape_flip_rate"} <= trainer.callback_metrics.keys()
+
+
 def test_sanity_check_is_skipped(tmp_path, clip_file):
     probe = _probe(clip_file)
     trainer = _trainer(tmp_path, [probe], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=2)

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from xai_lightning.attribution import CHANNEL_METHODS, METHODS, attribute, color_share, on_digit, require_captum
-from xai_lightning.callbacks.common import split_index, val_loader
+from xai_lightning.callbacks.common import log_reduced, split_index, val_loader
 from xai_lightning.io import atomic_write, check_writable
 from xai_lightning.ratio import SumRatio
 from xai_lightning.surgery.layers import get_modules
@@ -156,7 +156,7 @@ class AttributionProbe(Callback):
             if value == value:  # NaN: no image had this measure
                 metrics[f"attr/{m}/{kind}"] = value
         metrics["attr/seconds"] = time.perf_counter() - t0
-        pl_module.log_dict(metrics, sync_dist=False)
+        log_reduced(pl_module, metrics)
         self.last = metrics
         if trainer.is_global_zero and shown:
             self._heatmaps(trainer, shown, metrics)

@@ -1,14 +1,17 @@
-"""Helpers the callbacks share: validation split lookup, the batches a validation pass really ran, and
-the samples a DDP rank owns."""
+"""Helpers the callbacks share: validation split lookup, the batches a validation pass really ran, the
+samples a DDP rank owns, and logging values that are already reduced over ranks."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import re
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -52,3 +55,14 @@ def owned(trainer: L.Trainer, index: int, sample_index: torch.Tensor) -> torch.T
     if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
         return sample_index.long() % trainer.world_size == trainer.global_rank
     return keep
+
+
+def log_reduced(pl_module: L.LightningModule, metrics: Mapping[str, float]) -> None:
+    """Logs epoch-level values that every rank already holds reduced (from one packed collective): no
+    ``sync_dist`` collective per value, and none of Lightning's "use sync_dist=True" recommendations for them
+    under DDP (one per value and epoch; it is emitted when the epoch's metrics are collected, so a filter on
+    these exact names is installed, once per name)."""
+    for name in metrics:
+        message = rf"It is recommended to use `self\.log\({re.escape(repr(name))}"
+        warnings.filterwarnings("ignore", message=message, category=PossibleUserWarning)
+    pl_module.log_dict(dict(metrics), sync_dist=False)

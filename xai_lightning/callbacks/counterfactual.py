@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from xai_lightning.callbacks.common import owned, split_index
+from xai_lightning.callbacks.common import log_reduced, owned, split_index
 from xai_lightning.ratio import SumRatio
 
 
@@ -96,7 +96,7 @@ class CounterfactualCheck(Callback):
                 f"CounterfactualCheck: no image of split {self.split_name!r} could be edited for "
                 f"{', '.join(unmeasured)}; their flip rates are NaN (unknown) this epoch"
             )
-        pl_module.log_dict(self.last, sync_dist=False)  # already reduced over ranks
+        log_reduced(pl_module, self.last)  # already reduced over ranks
 
 
 def _predictions(outputs: Any, batch: Any, pl_module: L.LightningModule) -> torch.Tensor:

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from xai_lightning.callbacks import probe_outputs
-from xai_lightning.callbacks.common import owned, split_index, val_batches, val_loader
+from xai_lightning.callbacks.common import log_reduced, owned, split_index, val_batches, val_loader
 from xai_lightning.clip import SPEC_KEYS, load_clip
 from xai_lightning.errors import ConfigError
 from xai_lightning.io import check_writable
@@ -408,7 +408,7 @@ class SurgeryProbe(Callback):
         if reference_seconds:
             timings["probe/reference_seconds"] = reference_seconds  # once per run, reported apart
         metrics = self._metrics(summary, plan, timings)
-        pl_module.log_dict(metrics, sync_dist=False)
+        log_reduced(pl_module, metrics)
         self.last_summary = summary
         self.history.append({"epoch": trainer.current_epoch, "outcome": summary.outcome.text(), **metrics})
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
