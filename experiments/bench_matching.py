@@ -7,8 +7,9 @@ RN50 ``visual.layer1..4`` at 224 px, read off the real modules with hooks), then
   pass 2 normalizes each batch in float64, upsamples BOTH maps of every layer pair to the larger size
   (bilinear) and einsums. It uses exact population statistics and no epsilon, so that both
   implementations compute the same Z and ``max_abs_diff`` measures numerical agreement only.
-* ``ours``: ``xai_lightning.surgery.CrossMoments``: one pass, float64 running sums, the GEMM at the
-  smaller resolution of each pair through the adjoint of the upsampling (float32 on the batch).
+* ``ours``: ``xai_lightning.surgery.CrossMoments``: one pass, running sums about per-channel shifts (float64
+  per channel, float32 sums of products added to by the GEMM), the GEMM at the smaller resolution of each
+  pair through the adjoint of the upsampling.
 * ``matmul``: plain ``torch.matmul`` with the same number of FLOPs as ``ours`` per batch, in the same
   run: how close ``ours`` is to the machine's GEMM throughput.
 

@@ -182,6 +182,61 @@ def test_state_dict_roundtrip():
     assert torch.equal(m.scores(), m2.scores())
 
 
+@pytest.mark.parametrize("score", ["reference", "pearson"])
+def test_an_unrepresentative_first_batch_is_recentred_and_z_stays_exact(score):
+    """The first batch (one image) sets the shifts; its channels sit 300 stds away from the 199 images after it.
+    Folded around those shifts, the later products would be ~1e5 times the covariance, and their float32
+    rounding would swamp it (max |dZ| 9e-4 measured without re-centring): the shifts must move before they are
+    folded in."""
+    s, c = _activations(200, seed=9)
+    for maps in (s, c):
+        for x in maps.values():
+            x[:1] += 300.0 * x[1:].std(dim=(0, 2, 3)).clamp_min(1e-3).view(1, -1, 1, 1)
+    sb, cb = _batches(s, c, [1, *range(11, 200, 10)])
+    m = CrossMoments(score)
+    m.update(sb[0], cb[0])
+    first = {a: state.shift.clone() for a, state in m.s_sums.items()}
+    for sa, ca in zip(sb[1:], cb[1:], strict=True):
+        m.update(sa, ca)
+    assert torch.allclose(m.scores().double(), reference_z(sb, cb, score=score), atol=1e-5, rtol=0)
+    assert all(not torch.allclose(m.s_sums[a].shift, k) for a, k in first.items())  # the shifts moved
+
+
+def test_a_checkpoint_with_float64_sums_of_products_loads_as_float32_and_continues():
+    s, c = _activations(6, seed=10)
+    sb, cb = _batches(s, c, [3])
+    m = CrossMoments()
+    m.update(sb[0], cb[0])
+    state = m.state_dict()
+    for saved in state["sums"]:
+        if set(saved) == {"cross"}:
+            saved["cross"] = saved["cross"].double()  # as an earlier version saved them
+    m2 = CrossMoments()
+    m2.load_state_dict(state)
+    assert all(x.cross.dtype == torch.float32 for x in m2.crosses.values())
+    m2.update(sb[1], cb[1])
+    assert torch.allclose(m2.scores().double(), reference_z(sb, cb), atol=1e-5, rtol=0)
+
+
+def test_reduced_precision_matmul_settings_do_not_reach_the_sums():
+    """torch.set_float32_matmul_precision('medium') lets float32 GEMMs run in bfloat16 (on this CPU too): Z
+    would be off by ~1e-4 here. The sums run at full float32 and leave the caller's setting as it was."""
+    s, c = _activations(12)
+    sb, cb = _batches(s, c, [3, 4, 9])
+    expected = reference_z(sb, cb)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        m = CrossMoments()
+        for sa, ca in zip(sb, cb, strict=True):
+            m.update(sa, ca)
+        m.merge(CrossMoments())
+        z = m.take_scores()
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert torch.allclose(z.double(), expected, atol=1e-5, rtol=0)
+
+
 def test_layout_change_is_an_error():
     s, c = _activations(4)
     m = CrossMoments()

@@ -14,13 +14,19 @@ Everything follows from sums gathered in ONE pass:
   smaller resolution. Sums of upsampled maps are weighted sums at the native resolution (weights
   U^T 1), and squared norms of upsampled maps are quadratic forms with U^T U (for ``pearson``).
 * Cancellation (|mean| >> std): every channel is shifted by a constant K (its first batch's mean,
-  float32, so x - K is exact by Sterbenz' lemma); sums of shifted values accumulate in float64.
+  float32, so x - K is exact by Sterbenz' lemma). Per-channel sums accumulate in float64; the sums of
+  products (the large state) accumulate in float32 straight from the GEMM (``addmm_``: no float32 product
+  is converted into float64). That is as exact as the float32 GEMM itself while every channel's mean stays
+  within ``DRIFT`` standard deviations of its shift: rounding is relative to sum (x - K)(y - L), about
+  n * sigma_x * sigma_y * (1 + r_x * r_y) with r = |mean - K| / sigma. Before each batch is folded in, the
+  means with it are checked (one read of the batch); where some channel's would drift further (an
+  unrepresentative first batch), the sums of its size group are re-expressed around them (``_recentre``).
   Two sets of sums with different shifts merge exactly by re-shifting one of them, so batches and
   DDP ranks combine without loss (``merge``, ``all_reduce``).
 
-Layers of equal map size are concatenated, so each (standalone size, CLIP size) pair is one large GEMM,
-run in row blocks whose float32 product is folded into the float64 sums while it is still in cache
-(``_accumulate_product``): no product the size of the sums is ever allocated.
+Layers of equal map size are concatenated, so each (standalone size, CLIP size) pair is one large GEMM
+that adds its product into its columns of the sums (``_accumulate_product``): no product the size of the
+sums is ever allocated.
 
 Pairs whose GEMM runs at the standalone size (the CLIP map is the larger one) share the standalone operand,
 so their CLIP operands are stacked into one wider GEMM; the cross sums of one standalone size are one
@@ -33,7 +39,8 @@ iterate the fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
 
@@ -43,16 +50,29 @@ import torch.nn.functional as F
 SCORES = ("reference", "pearson")
 Size = tuple[int, int]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
-ROW_BLOCK = 512  # CPU: rows of a float32 GEMM product folded into float64 at a time (a few MB, in cache)
+DRIFT = 2.0  # re-shift when a channel's running mean is further than this many stds from its shift
 TINY = 1e-300  # floor of a scale before it is inverted (invalid channels are zeroed anyway)
-BLOCK_ROWS = 1024  # cross sums are stored in blocks of this many standalone channels (freed one by one)
-CHUNK_BYTES = 32 * 2**20  # standalone maps folded at a time: bounds the working memory whatever the batch size
+BLOCK_ROWS = 4096  # cross sums are stored in blocks of this many standalone channels (freed one by one)
+CHUNK_BYTES = 16 * 2**20  # standalone maps folded at a time: bounds the working memory whatever the batch size
 KRON_MAX = 10_000  # both dimensions projected in one GEMM with the Kronecker product below this many entries
 
 
 def near_constant(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Channels that carry no signal: std <= 1e-6 * (1 + |mean|). They are never matched or swapped."""
     return std <= 1e-6 * (1.0 + mean.abs())
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 GEMMs at full float32 precision inside, whatever ``torch.set_float32_matmul_precision`` says
+    outside ("high" allows TF32 on GPUs, "medium" bfloat16 also on CPUs: errors of 1e-3 to 1e-1 in a product,
+    where these sums promise float32 exactness). Restores the caller's setting."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @lru_cache(maxsize=64)
@@ -207,19 +227,9 @@ def _upsampled_squares(x: torch.Tensor, own: Size, other: Size) -> torch.Tensor:
 
 
 def _accumulate_product(acc: torch.Tensor, left: torch.Tensor, right: torch.Tensor, assign: bool = False) -> None:
-    """acc [M, N] float64 += left [M, K] @ right [N, K]^T (``assign``: =), the product in float32. On the CPU
-    ``ROW_BLOCK`` rows at a time into one small scratch, each block folded into float64 while it is in cache (a full
-    product would be written to memory, read back and converted: ~2.5x the GEMM's time, measured); on a GPU
-    one GEMM (the mixed-precision add casts on the fly)."""
-    rows = ROW_BLOCK if acc.device.type == "cpu" else left.shape[0]
-    scratch = left.new_empty(min(rows, left.shape[0]), right.shape[0])
-    for r0 in range(0, left.shape[0], rows):
-        r1 = min(r0 + rows, left.shape[0])
-        torch.mm(left[r0:r1], right.T, out=scratch[: r1 - r0])
-        if assign:
-            acc[r0:r1].copy_(scratch[: r1 - r0])
-        else:
-            acc[r0:r1].add_(scratch[: r1 - r0])
+    """acc [M, N] float32 += left [M, K] @ right [N, K]^T (``assign``: =, acc's old content ignored): one GEMM
+    that adds into ``acc``'s memory (a column range of the sums is a strided view the GEMM writes directly)."""
+    acc.addmm_(left, right.T, beta=0.0 if assign else 1.0)
 
 
 @lru_cache(maxsize=256)
@@ -269,6 +279,22 @@ class ChannelSums:
         self.shift = new_shift.to(self.shift.dtype)
         return delta
 
+    def recentred(self, batch_mean: torch.Tensor, count: int) -> torch.Tensor:
+        """The shift to fold the next batch around, given its channel means over ``count`` values each: the
+        current shift, or the means with that batch when some channel's would lie further than ``DRIFT`` stds
+        from it. The std leaves out the batch's own spread (a lower bound), so the test errs towards
+        re-shifting; near-constant channels never trigger it."""
+        n = float(self.n)
+        shifted_r = self.total / n
+        var_r = (self.squares / n - shifted_r * shifted_r).clamp_min(0.0)
+        d = batch_mean.double() - self.shift.double() - shifted_r
+        w = count / (n + count)
+        shifted = shifted_r + w * d  # the mean with the batch, relative to the shift
+        var = (1.0 - w) * (var_r + w * d * d)  # n var_r + n (w d)^2 + count ((1 - w) d)^2, over n + count
+        mean = shifted + self.shift.double()
+        far = shifted.abs() > DRIFT * var.sqrt() + 1e-6 * (1.0 + mean.abs())
+        return mean.float() if bool(far.any()) else self.shift
+
     def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean - shift, mean, population std) per channel, float64."""
         shifted = self.total / self.n
@@ -312,9 +338,12 @@ class PairSums:
         """The sums (and the pair's cross sums, given as (first row, block view) pieces) around new shifts,
         given each side's delta = old - new shift (in place, no temporaries)."""
         n = float(self.n)
-        for r0, block in cross:  # before sum_s and sum_c move: the products need the old sums
-            r1 = r0 + block.shape[0]
-            block.addr_(ds[r0:r1], self.sum_c).addr_(self.sum_s[r0:r1], dc).addr_(ds[r0:r1], dc, alpha=n)
+        if cross and (ds.any() or dc.any()):  # before sum_s and sum_c move: the products need the old sums
+            # sum (s + ds)(c + dc) = sum s c + ds sum_c + sum_s dc + n ds dc: one rank-3 update per block
+            left = torch.stack([ds, self.sum_s, n * ds], dim=1).float()
+            right = torch.stack([self.sum_c, dc, dc], dim=1).float()
+            for r0, block in cross:
+                block.addmm_(left[r0 : r0 + block.shape[0]], right.T)
         if self.sq_s is not None:
             self.sq_s += 2 * ds * self.sum_s + n * ds * ds
             self.sq_c += 2 * dc * self.sum_c + n * dc * dc
@@ -351,7 +380,7 @@ class PairSums:
 class CrossSums:
     """The sums of products of a block of one standalone size group's channels with every CLIP channel."""
 
-    cross: torch.Tensor  # [rows, C_clip] float64; columns: CLIP size groups in MapLayout.sizes order
+    cross: torch.Tensor  # [rows, C_clip] float32; columns: CLIP size groups in MapLayout.sizes order
 
 
 class CrossMoments:
@@ -399,9 +428,10 @@ class CrossMoments:
             (a, b): PairSums.zeros(len(s.index[a]), len(c.index[b]), pearson, device) for a in s.sizes for b in c.sizes
         }
         # empty: the first batch assigns them (the largest state: no fill, no page touched twice)
-        f64 = dict(dtype=torch.float64, device=device)
         self.crosses = {
-            (a, r0): CrossSums(torch.empty(r1 - r0, c.total, **f64)) for a in s.sizes for r0, r1 in self._row_blocks(a)
+            (a, r0): CrossSums(torch.empty(r1 - r0, c.total, device=device))
+            for a in s.sizes
+            for r0, r1 in self._row_blocks(a)
         }
         self.consumed = False
 
@@ -465,6 +495,7 @@ class CrossMoments:
 
     # ---- accumulation -------------------------------------------------------------------------
     @torch.no_grad()
+    @full_float32()
     def update(self, standalone: Mapping[str, torch.Tensor], clip: Mapping[str, torch.Tensor]) -> None:
         """Fold one batch in. Both dicts hold [B, C, H, W] maps of the same B images."""
         if not standalone or not clip:
@@ -478,6 +509,8 @@ class CrossMoments:
         self.clip_layout.check(clip, "CLIP")
         if self.batches == 0:  # the first batch sets the shifts
             self._set_shifts(standalone, clip)
+        else:
+            self._recentre(standalone, clip)
         shifts = {b: sums.shift for b, sums in self.c_sums.items()}
         c_maps = {b: GroupBatch(x) for b, x in self.clip_layout.grouped(clip, shifts).items()}  # CLIP maps are few
         for b, group in c_maps.items():
@@ -532,17 +565,39 @@ class CrossMoments:
             (self.clip_layout, self.c_sums, c_acts),
         ):
             for size, state in sums.items():
-                state.shift = torch.cat(
-                    [acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in layout.by_size[size]]
-                )
+                state.shift = _group_means(layout, acts, size)
+
+    def _recentre(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> bool:
+        """Before a batch is folded in: re-expresses the sums of every size group where, with this batch, some
+        channel's mean would lie more than ``DRIFT`` stds from its shift around those means (module docstring:
+        keeps the float32 sums of products exact; one read of the batch for its means). Returns whether it did."""
+        new = []
+        for layout, sums, acts in (
+            (self.standalone_layout, self.s_sums, s_acts),
+            (self.clip_layout, self.c_sums, c_acts),
+        ):
+            images = next(iter(acts.values())).shape[0]
+            new.append(
+                {
+                    size: state.recentred(_group_means(layout, acts, size), images * size[0] * size[1])
+                    for size, state in sums.items()
+                }
+            )
+        sides = ((new[0], self.s_sums), (new[1], self.c_sums))
+        if all(shifts[k] is sums[k].shift for shifts, sums in sides for k in sums):
+            return False
+        self._reshift(*new)
+        return True
 
     def _reshift(self, s_shift: Mapping[Size, torch.Tensor], c_shift: Mapping[Size, torch.Tensor]) -> None:
-        """Re-express every sum around new per-channel shifts (exact, float64)."""
+        """Re-express every sum around new per-channel shifts (float64 per channel; the sums of products by one
+        rank-3 float32 update per block)."""
         ds = {a: self.s_sums[a].reshift(s_shift[a]) for a in self.s_sums}
         dc = {b: self.c_sums[b].reshift(c_shift[b]) for b in self.c_sums}
         for (a, b), pair in self.pairs.items():
             pair.reshift(ds[a], dc[b], self._pair_blocks(a, b))
 
+    @full_float32()
     def merge(self, other: CrossMoments) -> CrossMoments:
         """Adds ``other``'s sums (same layers and score) into this one. Returns self."""
         if not other.has_layout or other.batches == 0:
@@ -586,10 +641,11 @@ class CrossMoments:
         return out
 
     @torch.no_grad()
+    @full_float32()
     def all_reduce(self, sum_fn: SumFn) -> None:
         """Sums across processes. ``sum_fn(t)`` returns t summed over ranks (e.g. through the Lightning
         strategy). Two collectives: a tiny one agrees on a common shift (count-weighted mean of the
-        ranks' shifts) and the batch count, then one packed float64 buffer carries every sum. Every rank
+        ranks' shifts) and the batch count, then one packed buffer per dtype carries every sum. Every rank
         must call it."""
         if not self.has_layout:
             raise RuntimeError("all_reduce before any update: every rank needs at least one batch")
@@ -607,11 +663,15 @@ class CrossMoments:
         n_s = len(self.s_sums)
         self._reshift(dict(zip(self.s_sums, shifts[:n_s])), dict(zip(self.c_sums, shifts[n_s:])))
         tensors = [getattr(state, name) for state in self._states() for name in _sum_fields(state)]
-        flat = sum_fn(torch.cat([t.reshape(-1) for t in tensors]))
-        start = 0
-        for t in tensors:
-            t.copy_(flat[start : start + t.numel()].view_as(t))
-            start += t.numel()
+        for dtype in (torch.float64, torch.float32):  # one packed buffer per dtype: no sum is widened or narrowed
+            group = [t for t in tensors if t.dtype == dtype]
+            if not group:
+                continue
+            flat = sum_fn(torch.cat([t.reshape(-1) for t in group]))
+            start = 0
+            for t in group:
+                t.copy_(flat[start : start + t.numel()].view_as(t))
+                start += t.numel()
 
     # ---- results ------------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -649,6 +709,7 @@ class CrossMoments:
         self.consumed = True
         return z
 
+    @full_float32()
     def _scores(self, consume: bool) -> torch.Tensor:
         s_stats = {a: s.moments() for a, s in self.s_sums.items()}
         c_stats = {b: s.moments() for b, s in self.c_sums.items()}
@@ -669,9 +730,9 @@ class CrossMoments:
         r0, r1 = rows
         block = self.crosses[(a, r0)].cross
         block = block if consume else block.clone()
-        for b, (u, v, row, col) in norms.items():
+        for b, (u, v, row, col) in norms.items():  # float32: the centring terms are small next to the sums
             part = block[:, self._columns(b)]
-            part.addmm_(u[r0:r1], v.T).mul_(row[r0:r1, None]).mul_(col)
+            part.addmm_(u[r0:r1].float(), v.T.float()).mul_(row[r0:r1, None].float()).mul_(col.float())
         for g0, g1, local in self.standalone_layout.ranges[a]:  # the block's rows, layer by layer
             lo, hi = max(r0, local), min(r1, local + g1 - g0)
             if lo >= hi:
@@ -704,9 +765,17 @@ class CrossMoments:
         meta = [{n: torch.empty(1, c, *size) for n, c, size in sd["layers"][side]} for side in ("standalone", "clip")]
         self._set_layout(MapLayout(meta[0]), MapLayout(meta[1]), torch.device("cpu"))
         for state, saved in zip(self._states(), sd["sums"], strict=True):
-            for name, value in saved.items():
-                setattr(state, name, None if value is None else value.clone())
+            for name, value in saved.items():  # in this version's dtypes (older checkpoints: float64 cross sums)
+                if value is not None:
+                    fresh = getattr(state, name)
+                    value = value.to(value.dtype if fresh is None else fresh.dtype, copy=True)
+                setattr(state, name, value)
         self.batches = int(sd["batches"])
+
+
+def _group_means(layout: MapLayout, acts: Mapping[str, torch.Tensor], size: Size) -> torch.Tensor:
+    """The batch's per-channel means of one size group, float32, in the group's channel order."""
+    return torch.cat([acts[spec.name].detach().float().mean(dim=(0, 2, 3)) for spec in layout.by_size[size]])
 
 
 def _values(state: ChannelSums | PairSums | CrossSums) -> list[torch.Tensor | None]:
