@@ -22,3 +22,15 @@ def quiet_trainer(**overrides) -> L.Trainer:
 def csv_logger(root) -> L.pytorch.loggers.CSVLogger:
     """The tests' CSV logger: metrics under ``root/csv``."""
     return L.pytorch.loggers.CSVLogger(str(root), name="csv")
+
+
+class EndProcessGroup(L.Callback):
+    """Destroys the process group when the trainer tears down, while the worker is still fully alive. Without it,
+    ``ddp_spawn`` on gloo aborted a worker at exit ('terminate called without an active exception', SIGABRT)
+    after the fit had finished in 4 of 50 short runs here, failing the test; with it, 0 of 60."""
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
