@@ -50,7 +50,7 @@ import torch.nn.functional as F
 SCORES = ("reference", "pearson")
 Size = tuple[int, int]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
-DRIFT = 2.0  # re-shift when a channel's running mean is further than this many stds from its shift
+DRIFT = 2.0  # re-shift before a batch after which a channel's mean would lie further than this many stds from its shift
 TINY = 1e-300  # floor of a scale before it is inverted (invalid channels are zeroed anyway)
 BLOCK_ROWS = 4096  # cross sums are stored in blocks of this many standalone channels (freed one by one)
 CHUNK_BYTES = 16 * 2**20  # standalone maps folded at a time: bounds the working memory whatever the batch size
@@ -336,7 +336,7 @@ class PairSums:
 
     def reshift(self, ds: torch.Tensor, dc: torch.Tensor, cross: list[tuple[int, torch.Tensor]]) -> None:
         """The sums (and the pair's cross sums, given as (first row, block view) pieces) around new shifts,
-        given each side's delta = old - new shift (in place, no temporaries)."""
+        given each side's delta = old - new shift (in place; the temporaries are per channel)."""
         n = float(self.n)
         if cross and (ds.any() or dc.any()):  # before sum_s and sum_c move: the products need the old sums
             # sum (s + ds)(c + dc) = sum s c + ds sum_c + sum_s dc + n ds dc: one rank-3 update per block
