@@ -18,13 +18,8 @@ def _fresh_master_port(request, monkeypatch):
     """Each 2-process test gets its own free MASTER_PORT. Lightning's spawn launcher writes the port it picked
     into this process's environment, so without this every later DDP test would reuse the first test's port,
     which another socket may hold by then."""
-    if request.node.get_closest_marker("ddp") is None:
-        yield
-        return
-    import socket
+    if request.node.get_closest_marker("ddp") is not None:
+        from tests.helpers.trainers import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("MASTER_PORT", str(port))
+        monkeypatch.setenv("MASTER_PORT", str(free_port()))
     yield

@@ -9,7 +9,6 @@ import pytest
 
 from tests.callbacks.test_surgery_probe import _trainer
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
-from tests.helpers.trainers import EndProcessGroup
 from xai_lightning.callbacks import ConceptAlarm, SurgeryProbe
 from xai_lightning.callbacks.concept_alarm import alarm_step
 
@@ -91,7 +90,7 @@ def test_alarm_stops_every_rank_of_two_processes(tmp_path):
     alarm = ConceptAlarm(spurious=["color"], patience=1, stop=True)
     trainer = _trainer(
         tmp_path,
-        [ScriptedProbe(["none", "color", "color", "color"]), alarm, EndProcessGroup()],
+        [ScriptedProbe(["none", "color", "color", "color"]), alarm],
         max_epochs=4,
         limit_train_batches=1,
         limit_val_batches=1,

@@ -10,7 +10,6 @@ import torch
 
 from tests.callbacks.test_surgery_probe import _csv_metrics, _trainer
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
-from tests.helpers.trainers import EndProcessGroup
 from xai_lightning.callbacks import CounterfactualCheck, SurgeryProbe
 from xai_lightning.surgery.holdout import holdout_mask
 
@@ -34,7 +33,7 @@ def test_two_processes_give_the_single_process_numbers(tmp_path, data):
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         out = tmp_path / f"d{devices}"
         probe = SurgeryProbe(clip={"embedded": "colordigits"}, null_draws=3, bootstrap=200, max_score_samples=48)
-        trainer = _trainer(out, [probe, CounterfactualCheck(), EndProcessGroup()], devices=devices, strategy=strategy)
+        trainer = _trainer(out, [probe, CounterfactualCheck()], devices=devices, strategy=strategy)
         trainer.validate(model, tiny_datamodule(str(tmp_path / "data"), **data))
         results[devices] = {
             k: v for k, v in _csv_metrics(out).items() if k.startswith(("probe/", "cf/")) and "seconds" not in k

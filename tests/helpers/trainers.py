@@ -3,10 +3,20 @@ asks for them (keyword arguments override the defaults)."""
 
 from __future__ import annotations
 
+import socket
+
 import lightning as L
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing holds right now (for MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def quiet_trainer(**overrides) -> L.Trainer:
+    """Multi-process trainers also get ``EndProcessGroup`` (below), so no test has to remember it."""
     args = dict(
         accelerator="cpu",
         devices=1,
@@ -16,6 +26,8 @@ def quiet_trainer(**overrides) -> L.Trainer:
         enable_checkpointing=False,
     )
     args.update(overrides)
+    if args["devices"] != 1:
+        args["callbacks"] = [*(args.get("callbacks") or []), EndProcessGroup()]
     return L.Trainer(**args)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.helpers.reference import reference_z
+from tests.helpers.trainers import free_port
 from xai_lightning.surgery import CrossMoments, matching_scores
 
 
@@ -249,12 +249,6 @@ def test_layout_change_is_an_error():
         CrossMoments("cosine")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str, idle_rank: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -282,7 +276,7 @@ def _worker(rank: int, port: int, out: str, idle_rank: int | None) -> None:
 @pytest.mark.parametrize("idle_rank", [None, 1])
 def test_two_gloo_processes_give_the_single_process_z(tmp_path, idle_rank):
     out = str(tmp_path / "z")
-    mp.spawn(_worker, args=(_free_port(), out, idle_rank), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), out, idle_rank), nprocs=2, join=True)
     s, c = _activations(10, seed=4)
     single = matching_scores(*_batches(s, c, [4]))
     for rank in range(2):

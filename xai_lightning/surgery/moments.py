@@ -558,12 +558,13 @@ class CrossMoments:
             stop = start + len(shared[1])
             _accumulate_product(cross[:, start:stop], part.x.reshape(part.x.shape[0], -1), shared[1], first)
 
+    def _sides(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> tuple:
+        """(layout, per-size sums, this batch's activations) of the standalone model, then of CLIP."""
+        return (self.standalone_layout, self.s_sums, s_acts), (self.clip_layout, self.c_sums, c_acts)
+
     def _set_shifts(self, s_acts: Mapping[str, torch.Tensor], c_acts: Mapping[str, torch.Tensor]) -> None:
         """Shift K = the batch mean per channel, float32 (so x - K is exact for x near K)."""
-        for layout, sums, acts in (
-            (self.standalone_layout, self.s_sums, s_acts),
-            (self.clip_layout, self.c_sums, c_acts),
-        ):
+        for layout, sums, acts in self._sides(s_acts, c_acts):
             for size, state in sums.items():
                 state.shift = _group_means(layout, acts, size)
 
@@ -572,10 +573,7 @@ class CrossMoments:
         channel's mean would lie more than ``DRIFT`` stds from its shift around those means (module docstring:
         keeps the float32 sums of products exact; one read of the batch for its means). Returns whether it did."""
         new = []
-        for layout, sums, acts in (
-            (self.standalone_layout, self.s_sums, s_acts),
-            (self.clip_layout, self.c_sums, c_acts),
-        ):
+        for layout, sums, acts in self._sides(s_acts, c_acts):
             images = next(iter(acts.values())).shape[0]
             new.append(
                 {
