@@ -145,10 +145,11 @@ def test_quickstart_config_runs_the_probe_with_its_references(tmp_path, monkeypa
     (whose hparams carry LightningCLI's private keys), and the outcome is logged."""
     monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
     cli = main(toy_fit_args(os.path.join(ROOT, "configs", "quickstart.yaml"), tmp_path))
-    probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
-    assert probe.reference_info.startswith("the weights at fit start + 3 re-initialisations by ClassifierModule")
+    surgery = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "SurgeryProbe")
+    assert surgery.reference_info.startswith("the weights at fit start + 3 re-initialisations by ClassifierModule")
+    probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ConceptProbe")
     assert probe.history[0]["outcome"] in ("shape", "color", "none") or "undecided" in probe.history[0]["outcome"]
-    assert probe.history[0]["probe/decided"] in (0.0, 1.0)
+    assert probe.history[0]["probe/decided"] in (0.0, 1.0) and probe.last.images == 40  # the whole probe set
     # the model summary counts a real forward's FLOPs (it printed "Total FLOPs: 0" without an example input)
     from lightning.pytorch.utilities.model_summary import ModelSummary
     from torch.utils.flop_counter import FlopCounterMode
@@ -173,4 +174,6 @@ def test_scenes_config_probes_the_background_and_logs_its_counterfactual(tmp_pat
     assert alarm.spurious == ["background"]
     rows = list(csv.DictReader(open(os.path.join(cli.trainer.log_dir, "metrics.csv"))))
     logged = {k for r in rows for k, v in r.items() if v}
-    assert {"cf/background_flip_rate", "probe/effect/background", "probe/zeroshot_acc/background"} <= logged
+    assert {"cf/background_flip_rate", "probe/effect/background", "surgery/zeroshot_acc/background"} <= logged
+    verdict = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ConceptProbe")
+    assert verdict.concepts == ["shape", "color", "background"]

@@ -10,13 +10,14 @@ from tests.callbacks.test_surgery_probe import _probe, clip_file  # noqa: F401 -
 from tests.helpers.modules import tiny_datamodule
 from tests.helpers.trainers import csv_logger, quiet_trainer
 from xai_lightning import names
-from xai_lightning.callbacks import ConceptAlarm, CounterfactualCheck, EpochTimer
+from xai_lightning.callbacks import ConceptAlarm, ConceptProbe, CounterfactualCheck, EpochTimer
 from xai_lightning.dashboard import build_workspace, main, spec_keys, workspace_spec
 from xai_lightning.models import ClassifierModule
 
 
 def test_dry_run_spec_keys_are_logged_by_a_real_run(tmp_path, clip_file):  # noqa: F811
-    callbacks = [_probe(clip_file), CounterfactualCheck(), EpochTimer(), ConceptAlarm(spurious=["color"])]
+    verdict = ConceptProbe(concepts={"shape": "digit", "color": "color"}, draws=20, permutations=20)
+    callbacks = [verdict, _probe(clip_file), CounterfactualCheck(), EpochTimer(), ConceptAlarm(spurious=["color"])]
     trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, callbacks=callbacks, logger=csv_logger(tmp_path)
     )
@@ -27,7 +28,12 @@ def test_dry_run_spec_keys_are_logged_by_a_real_run(tmp_path, clip_file):  # noq
         logged |= {k for k, v in row.items() if v not in ("", None)}
     main(["--entity", "me", "--project", "p", "--group", "story-1", "--dry-run", str(tmp_path / "spec.json")])
     spec = json.load(open(tmp_path / "spec.json"))
-    assert [s["name"] for s in spec["sections"]] == ["Verdict", "Does it generalize?", "Probe internals", "Cost"]
+    assert [s["name"] for s in spec["sections"]] == [
+        "Verdict",
+        "Does it generalize?",
+        "Surgery: what the features carry",
+        "Cost",
+    ]
     assert spec["groupby"] == "JobType" and spec["group"] == "story-1"
     assert spec["group_colors"] == {"biased": "#d62728", "debiased": "#1f77b4"}
     keys = spec_keys(spec)
@@ -41,8 +47,10 @@ def test_dry_run_spec_keys_are_logged_by_a_real_run(tmp_path, clip_file):  # noq
 
 
 def test_names_know_every_documented_pattern_and_nothing_else():
-    assert names.known("probe/effect_separation_vs_init_lo/color") and names.known("probe/match/score_mean/a.b")
+    assert names.known("surgery/effect_separation_vs_init_lo/color") and names.known("surgery/match/score_mean/a.b")
+    assert names.known("probe/relies/color") and names.known("probe/undecided/too_few_images")
     assert not names.known("probe/efect/color") and not names.known("val/accuracy")
+    assert not names.known("probe/effect_separation_vs_init/color")  # the surgery's effects are not the verdict's
     assert spec_keys(workspace_spec(concepts=["background"])) >= {"probe/effect/background", "alarm/background"}
 
 

@@ -65,11 +65,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, clip_file): 
 
 def test_nan_activations_skip_the_verdict_and_name_the_layer(tmp_path, clip_file):  # noqa: F811
     trainer = quiet_trainer(logger=csv_logger(tmp_path), callbacks=[_probe(clip_file)])
-    with pytest.warns(UserWarning, match=r"verdict skipped: non-finite activations in net\.conv2"):
+    with pytest.warns(UserWarning, match=r"epoch 0 skipped: non-finite activations in net\.conv2"):
         trainer.validate(TinyClassifier(nan_on_probe=True), tiny_datamodule(str(tmp_path / "data")))
     logged = _csv_metrics(tmp_path)
-    assert logged["probe/skipped"] == 1.0
-    assert not any(k.startswith("probe/effect") for k in logged)  # nothing made of garbage is logged
+    assert logged["surgery/skipped"] == 1.0
+    assert not any(k.startswith("surgery/effect") for k in logged)  # nothing made of garbage is logged
 
 
 def test_wandb_failing_mid_run_does_not_stop_training(tmp_path, monkeypatch, clip_file):  # noqa: F811
@@ -96,7 +96,7 @@ def test_wandb_failing_mid_run_does_not_stop_training(tmp_path, monkeypatch, cli
         trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     assert trainer.current_epoch == 2 and wandb_logger.failed
     run = load_run(str(tmp_path / "csv"))
-    assert sorted(run.epochs) == [0, 1] and "probe/effect/color" in run.epochs[1]  # CSV kept everything
+    assert sorted(run.epochs) == [0, 1] and "surgery/effect_share/color" in run.epochs[1]  # CSV kept everything
     wandb_logger.experiment.finish()
 
 

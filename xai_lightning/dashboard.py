@@ -3,9 +3,10 @@
     python -m xai_lightning.dashboard --entity E --project P [--group G] [--name NAME] [--concepts shape color]
     python -m xai_lightning.dashboard --entity E --project P --group G --dry-run [spec.json]
 
-Sections: *Verdict* (each concept's effect with its 95% interval, the margin, the outcome and the alarm, per
-epoch), *Does it generalize?* (val/acc, real_world/acc, the counterfactual flip rates), *Probe internals*
-(retention and separation against their references, zero-shot accuracy, match coverage) and *Cost* (probe
+Sections: *Verdict* (per concept the share of predictions that follow it with its 95% interval and whether
+it counts, the margin, the outcome, the undecided reasons and the alarm, per epoch), *Does it generalize?*
+(val/acc, real_world/acc, the counterfactual flip rates), *Surgery* (what the features carry: retention and
+separation against their references, zero-shot accuracy, match coverage) and *Cost* (verdict and surgery
 seconds against the training epoch). Runs are grouped by ``job_type`` (biased / debiased) with fixed colours,
 so the two stories sit side by side; ``--group`` keeps one experiment's runs. Every key comes from
 ``xai_lightning.names`` (a renamed metric breaks a test, not a dashboard).
@@ -22,6 +23,7 @@ import os
 from collections.abc import Sequence
 
 from xai_lightning import names
+from xai_lightning.verdict import REASON_KEYS
 
 GROUP_COLORS = {"biased": "#d62728", "debiased": "#1f77b4"}
 
@@ -42,42 +44,44 @@ def workspace_spec(
         return [pattern.format(c=c) for c in concepts]
 
     verdict = [
-        _line(f"effect: {c} [95% CI]", [f"probe/effect/{c}", f"probe/effect_lo/{c}", f"probe/effect_hi/{c}"])
+        _line(
+            f"share of predictions following {c} [95% CI]",
+            [p.format(c=c) for p in (names.EFFECT, names.EFFECT_LO, names.EFFECT_HI)],
+        )
         for c in concepts
     ]
     verdict += [
-        _line("margin over the runner-up [95% CI]", ["probe/margin", "probe/margin_lo", "probe/margin_hi"]),
-        _line("outcome (1 = named)", each("probe/outcome/{c}") + ["probe/outcome/none", "probe/outcome/undecided"]),
-        _line("alarm (epoch it fired)", each("alarm/{c}")),
+        _line("counts (1 = the concept counts)", each(names.RELIES)),
+        _line("margin over the runner-up [95% CI]", [names.MARGIN, names.MARGIN_LO, names.MARGIN_HI]),
+        _line("outcome (1 = named)", each(names.OUTCOME) + [names.OUTCOME.format(c=o) for o in ("none", "undecided")]),
+        _line("undecided because", [names.UNDECIDED.format(r=r) for r in REASON_KEYS.values()]),
+        _line("alarm (epoch it fired)", each(names.ALARM[0])),
     ]
     generalize = [
         _line("accuracy: validation vs deployment", ["val/acc", "real_world/acc"]),
         _line("counterfactual flip rates (ground truth)", list(names.COUNTERFACTUAL)),
     ]
-    internals = [
-        _line(f"retention: {c} (model vs start)", [f"probe/retention/{c}", f"probe/init_retention/{c}"])
+    surgery = [
+        _line(f"retention: {c} (model vs start)", [f"surgery/retention/{c}", f"surgery/init_retention/{c}"])
         for c in concepts
     ]
-    internals += [
+    surgery += [
         _line(
             f"features: separation − start, {c} [95% CI]",
-            [
-                f"probe/effect_separation_vs_init/{c}",
-                f"probe/effect_separation_vs_init_lo/{c}",
-                f"probe/effect_separation_vs_init_hi/{c}",
-            ],
+            [p.format(m="separation_vs_init", c=c) for p in names.SURGERY_METRIC],
         )
         for c in concepts
     ]
-    internals += [
-        _line("zero-shot accuracy (can the probe see it?)", each("probe/zeroshot_acc/{c}")),
+    surgery += [
+        _line("zero-shot accuracy (can the probe CLIP see it?)", each("surgery/zeroshot_acc/{c}")),
         _line(
-            "match coverage and scores", ["probe/match/coverage"] + [f"probe/match/score_mean/{x}" for x in clip_layers]
+            "match coverage and scores",
+            ["surgery/match/coverage"] + [f"surgery/match/score_mean/{x}" for x in clip_layers],
         ),
     ]
     cost = [
-        _line("seconds per epoch", ["probe/seconds", "time/train_epoch_seconds", "time/val_epoch_seconds"]),
-        _line("references (once per run)", ["probe/reference_seconds"]),
+        _line("seconds per epoch", [names.SECONDS, "surgery/seconds", *names.TIMER]),
+        _line("references (once per run)", list(names.SURGERY_ONCE)),
     ]
     return {
         "name": name,
@@ -87,7 +91,7 @@ def workspace_spec(
         "sections": [
             {"name": "Verdict", "panels": verdict},
             {"name": "Does it generalize?", "panels": generalize},
-            {"name": "Probe internals", "panels": internals},
+            {"name": "Surgery: what the features carry", "panels": surgery},
             {"name": "Cost", "panels": cost},
         ],
     }

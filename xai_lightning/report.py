@@ -4,8 +4,9 @@
 
 A run directory is a CSV logger dir (``runs/quickstart/biased``: its ``version_N`` folders are merged, so
 a resumed run reads as one) or a single version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
-``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "outcome": the probe's outcome as the
-console prints it, "leaning": the concept with the largest effect, "decided": bool, "cf_truth": ...}}``),
+``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "outcome": the verdict as the
+console prints it, "relies": the concepts that count, "leaning": the concept with the largest effect,
+"decided": bool, "cf_truth": ...}}``),
 ``DIR/learning_curves.png``, ``DIR/concepts_per_epoch.png`` and ``DIR/effect_vs_null.png``.
 """
 
@@ -21,8 +22,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from xai_lightning import names
 from xai_lightning.io import atomic_write, atomic_write_text
-from xai_lightning.verdict import NONE, UNDECIDED, rates_of, truth_from_rates
+from xai_lightning.verdict import NONE, REASON_KEYS, UNDECIDED, Outcome, rates_of, truth_from_rates
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +60,28 @@ class Run:
         """The logged outcome of the last probed epoch: a concept, ``none`` or ``undecided``."""
         final = self.final()
         for name in [*self.concepts(), NONE, UNDECIDED]:
-            if final.get(f"probe/outcome/{name}") == 1.0:
+            if final.get(names.OUTCOME.format(c=name)) == 1.0:
                 return name
         return UNDECIDED
+
+    def reason(self) -> str | None:
+        """Why the last probed epoch was undecided (None when it was not)."""
+        final = self.final()
+        return next((r for r, key in REASON_KEYS.items() if final.get(names.UNDECIDED.format(r=key)) == 1.0), None)
+
+    def relies(self) -> list[str]:
+        """Every concept that counted at the last probed epoch."""
+        return [c for c in self.concepts() if self.final().get(names.RELIES.format(c=c)) == 1.0]
 
     def decided(self) -> bool:
         return self.outcome() not in (NONE, UNDECIDED)
 
     def verdict(self) -> str:
-        """The outcome as the console prints it (``color``, ``none``, ``undecided (leaning shape)``)."""
-        out, leaning = self.outcome(), self.leaning()
-        return f"{UNDECIDED} (leaning {leaning})" if out == UNDECIDED and leaning != NONE else out
+        """The outcome as the console prints it (``color``, ``none``, ``undecided: two concepts count (leaning
+        shape)``): the verdict's own ``Outcome.text``."""
+        leaning = self.leaning()
+        outcome = Outcome(self.outcome(), self.reason(), tuple(self.relies()), None if leaning == NONE else leaning)
+        return outcome.text()
 
     def cf_truth(self) -> str | None:
         """The concept the counterfactual flip rates name, or ``mixed`` (None when not logged)."""
@@ -129,18 +142,13 @@ def summary(runs: Sequence[Run]) -> dict[str, dict]:
     for run in runs:
         entry = {k: v for k, v in run.final().items()}
         entry["outcome"] = run.verdict()
+        entry["relies"] = run.relies()
         entry["leaning"] = run.leaning()
         entry["decided"] = run.decided()
         if run.cf_truth() is not None:
             entry["cf_truth"] = run.cf_truth()
         out[run.name] = entry
     return out
-
-
-def _metric_label(verdict: str) -> str:
-    if verdict == "reliance":
-        return "decision reliance"
-    return verdict.replace("_vs_init", " − start") if verdict.endswith("_vs_init") else f"{verdict} − null"
 
 
 def _fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
@@ -150,17 +158,18 @@ def _fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
 
 
 REPORT_INTRO = (
-    "Final epoch of each run. The outcome is the chosen verdict's (default: decision reliance, how much the "
-    "predictions change between probe images that differ in the concept); a concept is named when its "
-    "effect's 95% interval lies above the minimum effect and its margin over the runner-up above 0, `none` "
-    "when no effect does, `undecided` otherwise. The surgery's effects are against the weights the run started "
-    "from and re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
+    "Final epoch of each run. The verdict (ConceptProbe) reads the share of the model's predictions that follow "
+    "each concept on the probe set, with a 95% interval; a concept *counts* when a within-strata permutation "
+    'test rejects "the predictions ignore it" (family-wise over the concepts) and its interval lies above '
+    "δ = 0.1; the outcome names the leading concept when it counts and leads the runner-up by a decided margin, "
+    "`none` when every interval lies below δ, `undecided: <reason>` otherwise (docs/verdict.md). The surgery's "
+    "effects (what the features carry, not a verdict) are against the weights the run started from and "
+    "re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "
     "counterfactual rows are the ground truth: the fraction of predictions that change when only the colour, "
     "only the digit or (scenes) only the background is changed (clear when one exceeds every other by 0.2, "
     "else mixed)."
 )
 EFFECT_ROWS = (
-    ("reliance", "decision reliance"),
     ("share", "share − null (paper)"),
     ("retention", "retention − null"),
     ("retention_vs_init", "retention − start"),
@@ -168,9 +177,9 @@ EFFECT_ROWS = (
 )
 
 
-def _interval(f: dict, key: str, c: str | None = None) -> str:
-    """``point [lo, hi]`` of a logged effect (``probe/<key>/<c>``) or scalar (``probe/<key>``)."""
-    name = (lambda s: f"probe/{key}{s}/{c}") if c else (lambda s: f"probe/{key}{s}")
+def _interval(f: dict, key: str, c: str | None = None, prefix: str = "probe") -> str:
+    """``point [lo, hi]`` of a logged effect (``<prefix>/<key>/<c>``) or scalar (``<prefix>/<key>``)."""
+    name = (lambda s: f"{prefix}/{key}{s}/{c}") if c else (lambda s: f"{prefix}/{key}{s}")
     point, lo, hi = (_fmt(f.get(name(s)), sign=True) for s in ("", "_lo", "_hi"))
     return f"{point} [{lo}, {hi}]"
 
@@ -199,46 +208,54 @@ def _table_rows(runs: Sequence[Run], concepts: list[str]) -> list[str]:
         ("probe_set/acc", "probe_set/acc"),
     ):
         row(label, [_fmt(f.get(key)) for f in finals])
-    row("**outcome (probe)**", [f"**{r.verdict()}**" for r in runs])
+    row("**outcome (verdict)**", [f"**{r.verdict()}**" for r in runs])
+    row("concepts that count", [", ".join(r.relies()) or "–" for r in runs])
     row("margin over the runner-up [95% CI]", [_interval(f, "margin") for f in finals])
-    row("reliance (counterfactual ground truth)", [r.cf_truth() or "–" for r in runs])
-    labels = " / ".join(sorted({_metric_label(_probe_arg(r, "verdict") or "reliance") for r in runs}))
+    row("counterfactual ground truth", [r.cf_truth() or "–" for r in runs])
     for c in concepts:
-        row(f"effect/{c} [95% CI] ({labels})", [_interval(f, "effect", c) for f in finals])
+        row(f"share of predictions following {c} [95% CI]", [_interval(f, "effect", c) for f in finals])
+    for name in sorted({k for f in finals for k in f if k.startswith("cf/") and k.endswith("_flip_rate")}):
+        row(name, [_fmt(f.get(name)) for f in finals])
+    _surgery_rows(finals, concepts, row)
+    row(
+        "verdict / surgery / train-epoch seconds",
+        [
+            f"{_fmt(f.get(names.SECONDS), 2)} / {_fmt(f.get('surgery/seconds'), 1)} / "
+            f"{_fmt(f.get('time/train_epoch_seconds'), 1)}"
+            for f in finals
+        ],
+    )
+    return rows
+
+
+def _surgery_rows(finals: list[dict], concepts: list[str], row) -> None:
+    """The SurgeryProbe's diagnostics, when it ran, added through ``row(label, cells)``."""
+    if not any(k.startswith("surgery/") for f in finals for k in f):
+        return
     for c in concepts:
         row(
-            f"retention/{c} (null · start)",
+            f"surgery: retention/{c} (null · start)",
             [
-                f"{_fmt(f.get(f'probe/retention/{c}'))} ({_fmt(f.get(f'probe/null_retention/{c}'))} · "
-                f"{_fmt(f.get(f'probe/init_retention/{c}'))})"
+                f"{_fmt(f.get(f'surgery/retention/{c}'))} ({_fmt(f.get(f'surgery/null_retention/{c}'))} · "
+                f"{_fmt(f.get(f'surgery/init_retention/{c}'))})"
                 for f in finals
             ],
         )
         row(
-            f"separation/{c} (start · plain-CLIP unit)",
-            [
-                f"{_fmt(f.get(f'probe/separation/{c}'), sign=True)} "
-                f"({_fmt(f.get(f'probe/init_separation/{c}'), sign=True)} · "
-                f"{_fmt(f.get(f'probe/separation_clip/{c}'))})"
-                for f in finals
-            ],
-        )
-        row(
-            f"influence share/{c} (null) — paper",
-            [f"{_fmt(f.get(f'probe/share/{c}'))} ({_fmt(f.get(f'probe/null_share/{c}'))})" for f in finals],
+            f"surgery: influence share/{c} (null) — paper",
+            [f"{_fmt(f.get(f'surgery/share/{c}'))} ({_fmt(f.get(f'surgery/null_share/{c}'))})" for f in finals],
         )
     for metric, label in EFFECT_ROWS:
         for c in concepts:
-            row(f"effect {c}: {label} [95% CI]", [_interval(f, f"effect_{metric}", c) for f in finals])
+            row(
+                f"surgery: {c} {label} [95% CI]",
+                [_interval(f, f"effect_{metric}", c, prefix="surgery") for f in finals],
+            )
     for c in concepts:
-        row(f"zero-shot acc/{c} (can the probe see it?)", [_fmt(f.get(f"probe/zeroshot_acc/{c}")) for f in finals])
-    for name in sorted({k for f in finals for k in f if k.startswith("cf/") and k.endswith("_flip_rate")}):
-        row(name, [_fmt(f.get(name)) for f in finals])
-    row(
-        "probe seconds / train-epoch seconds",
-        [f"{_fmt(f.get('probe/seconds'), 1)} / {_fmt(f.get('time/train_epoch_seconds'), 1)}" for f in finals],
-    )
-    return rows
+        row(
+            f"zero-shot acc/{c} (can the probe CLIP see it?)",
+            [_fmt(f.get(f"surgery/zeroshot_acc/{c}")) for f in finals],
+        )
 
 
 def _agreement_lines(runs: Sequence[Run]) -> list[str]:
@@ -294,7 +311,7 @@ def method_table(runs: Sequence[Run]) -> list[str]:
         "|---|" + "---|" * len(runs),
     ]
     lines.append(
-        "| SurgeryProbe (margin over the runner-up [95% CI]) | "
+        "| ConceptProbe (margin over the runner-up [95% CI]) | "
         + " | ".join(
             f"{r.verdict()} ({_fmt(f.get('probe/margin'), sign=True)} [{_fmt(f.get('probe/margin_lo'), sign=True)}, "
             f"{_fmt(f.get('probe/margin_hi'), sign=True)}])"
@@ -328,7 +345,7 @@ def method_table(runs: Sequence[Run]) -> list[str]:
 
 def _probe_arg(run: Run, key: str):
     for cb in (run.config.get("trainer") or {}).get("callbacks") or []:
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("SurgeryProbe"):
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ConceptProbe"):
             return (cb.get("init_args") or {}).get(key)
     return None
 
@@ -368,9 +385,9 @@ def _concepts_per_epoch(runs: Sequence[Run], plt):
             if xs:
                 (line,) = axes[0][j].plot(xs, ys, marker="o", label=c)
                 axes[0][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-            xs, ys = run.series(f"probe/effect_separation_vs_init/{c}")
-            _, lo = run.series(f"probe/effect_separation_vs_init_lo/{c}")
-            _, hi = run.series(f"probe/effect_separation_vs_init_hi/{c}")
+            xs, ys = run.series(f"surgery/effect_separation_vs_init/{c}")
+            _, lo = run.series(f"surgery/effect_separation_vs_init_lo/{c}")
+            _, hi = run.series(f"surgery/effect_separation_vs_init_hi/{c}")
             if xs:
                 (line,) = axes[1][j].plot(xs, ys, marker="o", label=c)
                 axes[1][j].fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
@@ -380,7 +397,7 @@ def _concepts_per_epoch(runs: Sequence[Run], plt):
         axes[1][j].set_xlabel("epoch")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("verdict effect, 95% CI")
+    axes[0][0].set_ylabel("share of predictions following, 95% CI")
     axes[1][0].set_ylabel("features: separation − start, 95% CI")
     axes[0][-1].legend(fontsize=8)
     axes[1][-1].legend(fontsize=8)
@@ -397,15 +414,15 @@ def _references_plot(runs: Sequence[Run], plt):
     for run in runs:
         f = run.final()
         for c in concepts:
-            metric, null = f.get(f"probe/retention/{c}", math.nan), f.get(f"probe/null_retention/{c}", math.nan)
-            init = f.get(f"probe/init_retention/{c}", math.nan)
+            metric, null = f.get(f"surgery/retention/{c}", math.nan), f.get(f"surgery/null_retention/{c}", math.nan)
+            init = f.get(f"surgery/init_retention/{c}", math.nan)
             ax.bar(x - 0.27, metric, 0.27, color="tab:blue")
             ax.bar(x, init, 0.27, color="tab:orange")
             ax.bar(x + 0.27, null, 0.27, color="tab:gray")
-            sep, sep_init = f.get(f"probe/separation/{c}", math.nan), f.get(f"probe/init_separation/{c}", math.nan)
+            sep, sep_init = f.get(f"surgery/separation/{c}", math.nan), f.get(f"surgery/init_separation/{c}", math.nan)
             ax2.bar(x - 0.2, sep, 0.4, color="tab:blue")
             ax2.bar(x + 0.2, sep_init, 0.4, color="tab:orange")
-            eff, lo, hi = (f.get(f"probe/effect_separation_vs_init{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
+            eff, lo, hi = (f.get(f"surgery/effect_separation_vs_init{s}/{c}", math.nan) for s in ("", "_lo", "_hi"))
             top = max(v for v in (sep, sep_init, 0.0) if math.isfinite(v))
             sep_top = max(sep_top, top)
             ax2.text(x, top + 0.03, f"{eff:+.2f}\n[{lo:+.2f},{hi:+.2f}]", ha="center", fontsize=7)

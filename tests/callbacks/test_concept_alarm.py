@@ -1,4 +1,5 @@
-"""ConceptAlarm on a scripted probe: fires at the right epoch, stops when asked, never on none/undecided."""
+"""ConceptAlarm on a scripted probe: fires at the right epoch on any spurious concept that counts (not only the
+leading one), stops when asked, reads trainer.callback_metrics."""
 
 from __future__ import annotations
 
@@ -9,25 +10,19 @@ import pytest
 
 from tests.callbacks.test_surgery_probe import _trainer
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
-from xai_lightning.callbacks import ConceptAlarm, SurgeryProbe
+from xai_lightning import names
+from xai_lightning.callbacks import ConceptAlarm, ConceptProbe
+from xai_lightning.callbacks.common import log_reduced
 from xai_lightning.callbacks.concept_alarm import alarm_step
 
 
-class ScriptedProbe(SurgeryProbe):
-    """A SurgeryProbe whose outcome per epoch is given (no CLIP, no surgery): what the alarm reads."""
+class ScriptedProbe(ConceptProbe):
+    """A ConceptProbe whose concepts that count per epoch are given (no verdict computed): what the alarm reads
+    is only what it logs."""
 
-    def __init__(self, script: list[str]) -> None:
-        super().__init__()
+    def __init__(self, script: list[tuple[str, ...]]) -> None:
+        super().__init__(concepts={"shape": "digit", "color": "color"})
         self.script = script
-
-    def setup(self, trainer, pl_module, stage):
-        pass
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        pass
-
-    def on_validation_batch_start(self, *args, **kwargs):
-        pass
 
     def on_validation_batch_end(self, *args, **kwargs):
         pass
@@ -35,16 +30,11 @@ class ScriptedProbe(SurgeryProbe):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        outcome = self.script[trainer.current_epoch]
-        self.history.append(
-            {
-                "epoch": trainer.current_epoch,
-                "outcome": outcome,
-                "probe/effect/color": 0.4,
-                "probe/effect_lo/color": 0.3,
-                "probe/effect_hi/color": 0.5,
-            }
-        )
+        relies = self.script[trainer.current_epoch]
+        metrics = {names.RELIES.format(c=c): float(c in relies) for c in self.concepts}
+        metrics.update({names.EFFECT.format(c="color"): 0.4, names.EFFECT_LO.format(c="color"): 0.3})
+        log_reduced(pl_module, metrics)
+        self.probed_epoch = trainer.current_epoch
 
 
 def _alarm_rows(log_dir) -> dict[int, float]:
@@ -57,10 +47,10 @@ def _epochs(log_dir) -> int:
     return 1 + max(int(float(r["epoch"])) for r in rows if r.get("epoch"))
 
 
-def test_alarm_step_counts_named_epochs_in_a_row_and_fires_once():
+def test_alarm_step_counts_epochs_in_a_row_and_fires_once():
     streaks, fired, seen = {}, {}, []
-    for epoch, named in enumerate(["color", "undecided", "color", "color", "color", "none"]):
-        streaks, fire = alarm_step(streaks, named, ["color", "shape"], 2, fired)
+    for epoch, relies in enumerate([{"color"}, set(), {"color", "shape"}, {"color"}, {"color"}, {"shape"}]):
+        streaks, fire = alarm_step(streaks, {c: c in relies for c in ("color", "shape")}, ["color"], 2, fired)
         fired.update({c: epoch for c in fire})
         seen.append((streaks["color"], fire))
     assert seen == [(1, []), (0, []), (1, []), (2, ["color"]), (3, []), (0, [])]
@@ -69,15 +59,16 @@ def test_alarm_step_counts_named_epochs_in_a_row_and_fires_once():
 @pytest.mark.parametrize(
     "script, patience, stop, fired_at, epochs",
     [
-        (["none", "undecided (leaning color)", "color", "color", "color"], 2, False, 3, 5),
-        (["none", "color", "color", "color", "color"], 2, True, 2, 3),  # stopped after epoch 2: 2 epochs saved
-        (["shape", "none", "undecided (leaning color)", "shape", "none"], 1, True, None, 5),  # never fires
+        ([(), ("shape",), ("color",), ("color",), ("color",)], 2, False, 3, 5),
+        # colour counts beside a leading shape: a secondary shortcut fires too
+        ([(), ("shape", "color"), ("shape", "color"), ("shape",), ()], 2, True, 2, 3),  # stopped after epoch 2
+        ([("shape",), (), ("shape",), ("shape",), ()], 1, True, None, 5),  # never fires
     ],
 )
 def test_alarm_fires_at_the_right_epoch_and_stops_when_asked(tmp_path, script, patience, stop, fired_at, epochs):
     alarm = ConceptAlarm(spurious=["color"], patience=patience, stop=stop)
     trainer = _trainer(
-        tmp_path, [ScriptedProbe(script), alarm], max_epochs=len(script), limit_train_batches=1, limit_val_batches=1
+        tmp_path, [alarm, ScriptedProbe(script)], max_epochs=len(script), limit_train_batches=1, limit_val_batches=1
     )
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     assert alarm.fired == ({} if fired_at is None else {"color": fired_at})
@@ -90,7 +81,7 @@ def test_alarm_stops_every_rank_of_two_processes(tmp_path):
     alarm = ConceptAlarm(spurious=["color"], patience=1, stop=True)
     trainer = _trainer(
         tmp_path,
-        [ScriptedProbe(["none", "color", "color", "color"]), alarm],
+        [ScriptedProbe([(), ("color",), ("color",), ("color",)]), alarm],
         max_epochs=4,
         limit_train_batches=1,
         limit_val_batches=1,
@@ -104,7 +95,8 @@ def test_alarm_stops_every_rank_of_two_processes(tmp_path):
 def test_bad_alarm_arguments(tmp_path):
     with pytest.raises(ValueError, match="patience=0 must be >= 1"):
         ConceptAlarm(patience=0)
-    with pytest.raises(ValueError, match="allowed: reliance, share"):
-        ConceptAlarm(verdict="vibes")
-    with pytest.raises(ValueError, match="add a SurgeryProbe"):
+    with pytest.raises(ValueError, match="add a ConceptProbe"):
         _trainer(tmp_path, [ConceptAlarm()], max_epochs=1).fit(TinyClassifier(), tiny_datamodule(str(tmp_path)))
+    with pytest.raises(ValueError, match=r"spurious \['texture'\] are not probe concepts"):
+        trainer = _trainer(tmp_path, [ConceptAlarm(["texture"]), ConceptProbe()], max_epochs=1)
+        trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path)))

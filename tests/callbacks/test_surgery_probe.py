@@ -64,21 +64,20 @@ def test_logs_exactly_the_documented_keys_finite(tmp_path, clip_file):
     probe = _probe(clip_file)
     trainer = _trainer(tmp_path, [probe], max_epochs=1, limit_train_batches=2)
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
-    logged = {k: v for k, v in _csv_metrics(tmp_path).items() if k.startswith("probe/")}
-    expected = names.probe_keys(
+    logged = {k: v for k, v in _csv_metrics(tmp_path).items() if k.startswith("surgery/")}
+    expected = names.surgery_keys(
         ["shape", "color"],
         ["shape_5", "shape_8", "color_red", "color_green"],
         [f"visual.layer{i}" for i in range(1, 5)],
-        ["reliance", "share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init"],
+        ["share", "retention", "share_vs_init", "retention_vs_init", "separation_vs_init"],
     )
-    assert sorted(set(logged) - set(expected) - set(names.PROBE_ONCE)) == []
+    assert sorted(set(logged) - set(expected) - set(names.SURGERY_ONCE)) == []
     assert sorted(set(expected) - set(logged)) == []
     assert all(math.isfinite(v) for v in logged.values())
     held_out = int(holdout_mask(torch.arange(48), fit=False).sum())
-    assert 12 <= held_out <= 36 and logged["probe/images"] == held_out  # the held-out half of 48 probe images
-    assert logged["probe/reliance_images"] == held_out
-    assert sum(logged[f"probe/outcome/{o}"] for o in ("shape", "color", "none", "undecided")) == 1.0
-    files = os.listdir(os.path.join(str(tmp_path), "csv", "version_0", "probe"))
+    assert 12 <= held_out <= 36 and logged["surgery/images"] == held_out  # the held-out half of 48 probe images
+    assert not [k for k in _csv_metrics(tmp_path) if k.startswith("probe/")]  # the surgery decides no verdict
+    files = os.listdir(os.path.join(str(tmp_path), "csv", "version_0", "surgery"))
     assert {"plan_epoch000.pt", "table_epoch000.csv", "match_scores_epoch000.png"} <= set(files)
 
 
@@ -117,18 +116,18 @@ def test_callback_adds_no_math_of_its_own(tmp_path, clip_file):
     torch.manual_seed(0)
     model, dm = TinyClassifier().eval(), tiny_datamodule(str(tmp_path / "data"))
     probe = _probe(clip_file)
-    assert (probe.verdict, probe.reference, probe.reference_reinits) == ("reliance", "start", 3)  # the defaults
+    assert (probe.reference, probe.reference_reinits) == ("start", 3)  # the defaults
     trainer = _trainer(tmp_path, [probe])
     trainer.validate(model, dm)
     logged = _csv_metrics(tmp_path)
     assert "no fit start" in probe.reference_info and "10000, 10001, 10002" in probe.reference_info
     dm.setup()
     pipe = _direct(model, dm, reference_models(TinyClassifier, [10_000, 10_001, 10_002]))
-    summary = pipe.score_finish(verdict="reliance", bootstrap=200)
+    summary = pipe.score_finish(bootstrap=200)
     assert torch.equal(pipe.moments.scores(), probe.pipe.moments.scores())
     for k, v in summary.metrics.items():
-        assert logged[f"probe/{k}"] == pytest.approx(v, abs=1e-6, nan_ok=True), k
-    assert logged["probe/reference_seconds"] > 0
+        assert logged[f"surgery/{k}"] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+    assert logged["surgery/reference_seconds"] > 0
 
 
 def test_references_are_computed_once_and_travel_in_the_checkpoint(tmp_path, clip_file):
@@ -136,10 +135,10 @@ def test_references_are_computed_once_and_travel_in_the_checkpoint(tmp_path, cli
     trainer = _trainer(tmp_path, [probe], max_epochs=2, limit_train_batches=1)
     trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     assert [h["epoch"] for h in probe.history] == [0, 1]
-    assert "probe/reference_seconds" in probe.history[0] and "probe/reference_seconds" not in probe.history[1]
+    assert "surgery/reference_seconds" in probe.history[0] and "surgery/reference_seconds" not in probe.history[1]
     assert "weights at fit start + 3 re-initialisations" in probe.reference_info
     for c in ("shape", "color"):  # the references do not train: the same value at every epoch
-        assert probe.history[0][f"probe/init_retention/{c}"] == probe.history[1][f"probe/init_retention/{c}"]
+        assert probe.history[0][f"surgery/init_retention/{c}"] == probe.history[1][f"surgery/init_retention/{c}"]
     state = probe.state_dict()  # what a checkpoint keeps
     assert "start" not in state and state["reference"]["outcomes"]["table"].shape[0] == 4
     resumed = _probe(clip_file)
@@ -147,9 +146,9 @@ def test_references_are_computed_once_and_travel_in_the_checkpoint(tmp_path, cli
     _trainer(tmp_path / "resumed", [resumed], max_epochs=1, limit_train_batches=1).fit(
         TinyClassifier(), tiny_datamodule(str(tmp_path / "data"))
     )
-    assert len(resumed.history) == 3 and "probe/reference_seconds" not in resumed.history[-1]  # not recomputed
+    assert len(resumed.history) == 3 and "surgery/reference_seconds" not in resumed.history[-1]  # not recomputed
     assert torch.equal(resumed.pipe.reference.table.nan_to_num(7.0), probe.pipe.reference.table.nan_to_num(7.0))
-    none = _probe(clip_file, verdict="retention", reference="none")
+    none = _probe(clip_file, reference="none")
     _trainer(tmp_path / "none", [none]).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     assert none.pipe.reference is None and not any("vs_init" in k for k in none.history[0])
 
@@ -208,7 +207,7 @@ def test_callback_order_does_not_change_what_the_probe_sees(tmp_path, clip_file)
     z = {}
     for order in ("probe_first", "counterfactual_first"):
         torch.manual_seed(0)
-        probe = _probe(clip_file, reference="none", verdict="retention")
+        probe = _probe(clip_file, reference="none")
         callbacks = [probe, CounterfactualCheck()] if order == "probe_first" else [CounterfactualCheck(), probe]
         _trainer(tmp_path / order, callbacks).validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
         z[order] = probe.pipe.moments.scores()
@@ -245,12 +244,8 @@ def test_holdout_halves_are_disjoint_balanced_and_shard_evenly():
 
 
 def test_bad_arguments_name_the_allowed_values(tmp_path, clip_file):
-    with pytest.raises(ValueError, match="allowed: reliance, share, retention, share_vs_init, retention_vs_init"):
-        SurgeryProbe(verdict="vibes")
     with pytest.raises(ValueError, match="allowed: start, none"):
         SurgeryProbe(reference="trained")
-    with pytest.raises(ValueError, match="set reference='start'"):
-        SurgeryProbe(verdict="separation_vs_init", reference="none")
     with pytest.raises(ValueError, match="reference_reinits=-1 must be >= 0"):
         SurgeryProbe(reference_reinits=-1)
     with pytest.raises(ValueError, match="'none' is reserved"):
@@ -285,16 +280,15 @@ def test_wandb_offline_run_holds_metrics_table_plot_and_plan(tmp_path, clip_file
     trainer.validate(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
     run_dir = wandb_logger.experiment.dir
     wandb_logger.experiment.finish()
-    assert glob.glob(os.path.join(run_dir, "media", "table", "probe", "table_*.table.json"))
-    assert glob.glob(os.path.join(run_dir, "media", "images", "probe", "match_scores_*.png"))
-    assert os.path.isfile(os.path.join(run_dir, "probe", "plan_epoch000.pt"))
+    assert glob.glob(os.path.join(run_dir, "media", "table", "surgery", "table_*.table.json"))
+    assert glob.glob(os.path.join(run_dir, "media", "images", "surgery", "match_scores_*.png"))
+    assert os.path.isfile(os.path.join(run_dir, "surgery", "plan_epoch000.pt"))
     # the service may write the last records just after finish() returns: wait for them (up to 30 s)
     log = wait_for_records(
         glob.glob(os.path.join(os.path.dirname(run_dir), "*.wandb"))[0],
-        lambda data: b"probe/effect/color" in data and b"probe/outcome" in data,
+        lambda data: b"surgery/effect_share/color" in data,
     )
-    assert b"probe/effect/color" in log  # the metrics are in the run's log
-    assert b"probe/outcome" in log  # and the outcome in its summary
+    assert b"surgery/effect_share/color" in log  # the metrics are in the run's log
 
 
 def test_values_reduced_over_ranks_draw_no_sync_dist_recommendation(tmp_path, clip_file, monkeypatch):
@@ -321,8 +315,8 @@ def test_values_reduced_over_ranks_draw_no_sync_dist_recommendation(tmp_path, cl
     recommended = [str(w.message) for w in caught if issubclass(w.category, PossibleUserWarning)]
     recommended = [m for m in recommended if "sync_dist=True" in m]
     assert any("'mine/unreduced'" in m for m in recommended)  # Lightning's check did run
-    assert not [m for m in recommended if "'probe/" in m or "'cf/" in m]
-    assert {"probe/images", "cf/shape_flip_rate"} <= trainer.callback_metrics.keys()
+    assert not [m for m in recommended if "'probe/" in m or "'cf/" in m or "'surgery/" in m]
+    assert {"surgery/images", "cf/shape_flip_rate"} <= trainer.callback_metrics.keys()
 
 
 def test_sanity_check_is_skipped(tmp_path, clip_file):

@@ -101,9 +101,7 @@ def test_bad_folders_are_one_line_errors(tmp_path, change, kw, message):
 
 def test_the_probe_names_the_place_a_model_decides_by(tmp_path):
     """A model that reads the ground's colour (blue -> waterbird): the verdict is `place`, from CSV columns."""
-    from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
-    from xai_lightning.callbacks import SurgeryProbe
-    from xai_lightning.clip import save_probe_clip
+    from xai_lightning.callbacks import ConceptProbe
     from xai_lightning.models import ClassifierModule
 
     class ByGround(ClassifierModule):
@@ -111,25 +109,10 @@ def test_the_probe_names_the_place_a_model_decides_by(tmp_path):
             ground = x[:, 2, :4, :4].mean((1, 2)) - x[:, 0, :4, :4].mean((1, 2))
             return torch.stack([-ground, ground], 1) + 0 * super().forward(x).sum()
 
-    clip_path = str(tmp_path / "clip.pt")
-    save_probe_clip(clip_path, tiny_clip(seed=1), TINY_CLIP_CFG, half=False)
     root = make_folder(tmp_path / "birds", n_per_split=48)
-    probe = SurgeryProbe(
-        clip={"checkpoint": clip_path},
-        standalone_layers="convs",
-        clip_layers="stages",
-        concepts={
-            "bird": {"attribute": "label", "template": "a photo of a {}."},
-            "place": {"attribute": "place", "captions": {"land": "a bird on land.", "water": "a bird on water."}},
-        },
-        reference="none",
-        null_draws=2,
-        bootstrap=200,
-        holdout=False,
-    )
-    # default_root_dir: the probe's plots and tables go under the run, not the working dir
+    probe = ConceptProbe(concepts={"bird": "label", "place": "place"}, draws=100, permutations=100)
     trainer = quiet_trainer(callbacks=[probe], default_root_dir=str(tmp_path))
     trainer.validate(ByGround(backbone="simple_cnn", num_classes=2), datamodule=_dm(root), verbose=False)
-    final = probe.history[-1]
-    assert final["outcome"] == "place"
-    assert final["probe/effect/place"] == pytest.approx(1.0) and final["probe/effect/bird"] == pytest.approx(0.0)
+    assert probe.last.outcome == "place" and probe.last.relies == ("place",)
+    assert probe.last.effects["place"].value == pytest.approx(1.0)
+    assert probe.last.effects["bird"].value == pytest.approx(0.0, abs=0.1)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from xai_lightning.surgery import ProbeCounts, resolve_concepts
-from xai_lightning.verdict import outcome_from_metrics
 
 ATTRS = {"digit": ["5", "8"], "color": ["red", "green"]}
 SPEC = {
@@ -46,7 +45,7 @@ def test_hand_built_similarities_give_hand_computed_shares():
     null = torch.stack([level0.flip(0), level1.roll(1, dims=0)])  # two 'random matching' draws
     counts = ProbeCounts(caps, levels=1, null_draws=2)
     counts.update(torch.stack([level0, level1]), null, targets)
-    m = counts.summary(verdict="retention", bootstrap=500).metrics
+    m = counts.summary(bootstrap=500).metrics
     assert m["share_clip/shape"] == 0.5 and m["share_clip/color"] == 0.5
     assert m["share_surgery/shape"] == 0.5 and m["share_surgery/color"] == 0.5
     assert m["share/shape"] == 0.5 and m["share/color"] == 0.5  # influence view
@@ -112,30 +111,18 @@ def test_counts_equal_a_loop_over_images_also_across_batches(seed):
     counts = ProbeCounts(caps, levels=L, null_draws=D)
     for part in torch.arange(B).split(10):  # batches of 10, 10, 10, 7: the counts add up
         counts.update(sims[:, part], null[:, part], targets[:, part])
-    m = counts.summary(verdict="share", bootstrap=500).metrics
+    summary = counts.summary(bootstrap=500)
+    m = summary.metrics
     ref = _reference(sims.numpy(), null.numpy(), targets.tolist(), caps.concept_of.tolist(), caps.value_of.tolist(), 2)
-    per_image = {c: ref.pop(f"per_image_retention/{c}") for c in range(2)}
+    ref.pop("per_image_retention/0"), ref.pop("per_image_retention/1")
     for key, value in ref.items():
         metric, c = key.rsplit("/", 1)
         assert m[f"{metric}/{caps.names[int(c)]}"] == pytest.approx(value, abs=1e-12), key
-    # margin (retention verdict): dominant minus runner-up, per image, on images where both are defined
-    r = counts.summary(verdict="retention", bootstrap=500)
-    effects = {c: m[f"effect_retention/{caps.names[c]}"] for c in range(2)}
-    dom = max(effects, key=effects.get)
-    both = [b for b in per_image[0] if b in per_image[1]]
-    margin = np.mean([per_image[dom][b] - per_image[1 - dom][b] for b in both])
-    assert r.dominant == caps.names[dom]
-    assert r.metrics["margin"] == pytest.approx(margin, abs=1e-12)
-    assert r.metrics["margin_lo"] <= r.metrics["margin"] <= r.metrics["margin_hi"]
-    top_lo = r.metrics[f"effect_lo/{r.dominant}"]
-    assert r.decided == (top_lo > 0 and r.metrics["margin_lo"] > 0)
-    assert r.metrics["decided"] == float(r.decided)
-    for metric in ("share", "retention"):  # every metric's outcome can be read back from the logged names
-        own = counts.summary(verdict=metric, bootstrap=500).outcome.name
-        assert outcome_from_metrics(r.metrics, caps.names, metric) == own
-    for c in caps.names:
-        assert m[f"effect/{c}"] == m[f"effect_share/{c}"]
-        assert m[f"effect_lo/{c}"] <= m[f"effect/{c}"] <= m[f"effect_hi/{c}"]
+    for family in ("share", "retention"):
+        for c in caps.names:
+            e = summary.effects[family][c]
+            assert (m[f"effect_{family}/{c}"], m[f"effect_{family}_lo/{c}"]) == (e.point, e.lo)
+            assert e.lo <= e.point <= e.hi
 
 
 def test_concept_errors_name_what_is_wrong():
@@ -212,7 +199,7 @@ def test_vs_init_effects_pair_each_image_with_its_reference_networks(seed):
         ]
         sep = _separation_loop(sims[-1].tolist(), tl, co, vo, c)
         assert [None if math.isnan(o) else pytest.approx(o, abs=1e-12) for o in outcome[2, c].tolist()] == sep
-    s = counts.summary(verdict="separation_vs_init", bootstrap=500)
+    s = counts.summary(bootstrap=500)
     per_image = {}
     for c, name in enumerate(caps.names):
         sep0 = [abs(x) for x in _separation_loop(sims[0].tolist(), tl, co, vo, c) if x is not None]
@@ -233,27 +220,7 @@ def test_vs_init_effects_pair_each_image_with_its_reference_networks(seed):
             assert s.metrics[f"init_{metric}/{name}"] == pytest.approx(float(ref[:, m, c, rows].mean()), abs=1e-12)
             per_image[(metric, c)] = dict(zip(rows, d))
             per_image[(metric, "ref", c)] = {b: ref[:, m, c, b].numpy() / units[metric] for b in rows}
-        assert s.metrics[f"effect/{name}"] == s.metrics[f"effect_separation_vs_init/{name}"]
-    # the margin: per image d_dominant - d_other, references' means of the same difference
-    dom = caps.names.index(s.dominant)
-    both = [b for b in per_image[("separation", 0)] if b in per_image[("separation", 1)]]
-    e = np.array([per_image[("separation", dom)][b] - per_image[("separation", 1 - dom)][b] for b in both])
-    rm = np.array(
-        [
-            np.mean(
-                [
-                    per_image[("separation", "ref", dom)][b][r] - per_image[("separation", "ref", 1 - dom)][b][r]
-                    for b in both
-                ]
-            )
-            for r in range(R)
-        ]
-    )
-    point, lo, hi = _paired_reference(e, rm)
-    assert (s.metrics["margin"], s.metrics["margin_lo"], s.metrics["margin_hi"]) == pytest.approx((point, lo, hi))
-    # without references, a vs-init verdict is an error, not a silent zero
+    # without references there are no vs-start effects at all (not a silent zero)
     plain = ProbeCounts(caps, levels=L, null_draws=D)
     plain.update(sims, null, targets)
-    with pytest.raises(ValueError, match="compares with reference networks"):
-        plain.summary(verdict="separation_vs_init")
-    assert not any("vs_init" in k for k in plain.summary(verdict="share").metrics)
+    assert not any("vs_init" in k for k in plain.summary().metrics)

@@ -1,57 +1,73 @@
-"""The three outcomes: a concept, none, undecided."""
+"""The outcome rule: which concepts count, the outcome, and the reason when it is undecided."""
 
 from __future__ import annotations
 
 import pytest
 
-from xai_lightning.verdict import Effect, decide
+from xai_lightning.verdict.effects import Effect
+from xai_lightning.verdict.outcome import (
+    CONFOUNDED,
+    NO_EVIDENCE,
+    NO_MAJORITY,
+    TOO_FEW,
+    TWO_COUNT,
+    ConceptEvidence,
+    decide,
+)
 
 
-def _margin(effects):
+def _margin(evidence):
     def margin(a, b):
-        ea, eb = effects[a], effects[b]  # independent intervals, for the test only
+        ea, eb = evidence[a].effect, evidence[b].effect  # independent intervals, for the test only
         return Effect(ea.point - eb.point, ea.lo - eb.hi, ea.hi - eb.lo)
 
     return margin
 
 
+def E(point, lo, hi, p=0.001, thin=False):  # noqa: N802 - reads like a table
+    return ConceptEvidence(Effect(point, lo, hi), p, thin)
+
+
+NAN = float("nan")
+
+
 @pytest.mark.parametrize(
-    "effects, min_effect, outcome, text",
+    "evidence, outcome, reason, relies",
     [
-        ({"shape": Effect(0.6, 0.5, 0.7), "color": Effect(0.0, -0.1, 0.1)}, 0.0, "shape", "shape"),
-        ({"shape": Effect(-0.05, -0.2, -0.01), "color": Effect(-0.1, -0.2, -0.05)}, 0.0, "none", "none"),
+        ({"shape": E(0.9, 0.85, 0.95), "color": E(0.0, -0.02, 0.02, p=0.8)}, "shape", None, ("shape",)),
+        ({"shape": E(0.02, -0.03, 0.07, p=0.4), "color": E(0.0, -0.02, 0.02, p=0.9)}, "none", None, ()),
+        # a secondary shortcut: both count, shape leads by a decided margin
+        ({"shape": E(0.7, 0.65, 0.75), "color": E(0.2, 0.15, 0.25)}, "shape", None, ("shape", "color")),
+        # shape counts and leads, but decides only a fifth of the predictions: not named
+        ({"shape": E(0.2, 0.15, 0.25), "color": E(0.0, -0.02, 0.02, p=0.9)}, "undecided", NO_MAJORITY, ("shape",)),
+        # both count, margin not decided
+        ({"shape": E(0.45, 0.35, 0.55), "color": E(0.4, 0.3, 0.5)}, "undecided", TWO_COUNT, ("shape", "color")),
+        # above δ but the permutation test does not reject: does not count
+        ({"shape": E(0.3, 0.15, 0.45, p=0.2), "color": E(0.0, -0.05, 0.05, p=0.9)}, "undecided", NO_EVIDENCE, ()),
+        # significant but below δ: no concept counts, yet the interval reaches above δ
+        ({"shape": E(0.08, 0.05, 0.11), "color": E(0.0, -0.02, 0.02, p=0.9)}, "undecided", NO_EVIDENCE, ()),
+        # thin cells: never none, whatever the intervals
         (
-            {"shape": Effect(0.3, 0.05, 0.6), "color": Effect(0.2, 0.1, 0.3)},
-            0.0,
+            {"shape": E(0.02, -0.03, 0.07, p=0.4, thin=True), "color": E(0.0, -0.02, 0.02, p=0.9)},
             "undecided",
-            "undecided (leaning shape)",
+            TOO_FEW,
+            (),
         ),
-        # decided above 0 but not above the minimum effect: none
-        ({"shape": Effect(0.08, 0.02, 0.14), "color": Effect(0.0, 0.0, 0.0)}, 0.1, "none", "none"),
-        ({"shape": Effect(0.3, 0.2, 0.4), "color": Effect(0.0, 0.0, 0.0)}, 0.1, "shape", "shape"),
-        # the leading effect undecided, another above the minimum: undecided, not that other one
-        (
-            {"shape": Effect(0.5, -0.5, 1.5), "color": Effect(0.3, 0.2, 0.4)},
-            0.0,
-            "undecided",
-            "undecided (leaning shape)",
-        ),
+        # a thin concept cannot be ranked: no outcome names a leader beside it
+        ({"shape": E(0.9, 0.85, 0.95), "color": E(0.3, 0.2, 0.4, thin=True)}, "undecided", TOO_FEW, ("shape", "color")),
+        # a concept that was not measured: never none, never a named concept
+        ({"shape": E(0.9, 0.85, 0.95), "color": E(NAN, NAN, NAN, p=NAN)}, "undecided", CONFOUNDED, ("shape",)),
+        ({"shape": E(0.0, -0.01, 0.01, p=1.0), "color": E(NAN, NAN, NAN, p=NAN)}, "undecided", CONFOUNDED, ()),
     ],
 )
-def test_outcome_rule(effects, min_effect, outcome, text):
-    out = decide(effects, _margin(effects), min_effect)
-    assert out.name == outcome
-    assert out.text() == text
-    assert out.decided == (outcome not in ("none", "undecided"))
+def test_outcome_rule(evidence, outcome, reason, relies):
+    got = decide(evidence, _margin(evidence), min_effect=0.1, alpha=0.05)
+    assert (got.name, got.reason, got.relies) == (outcome, reason, relies)
 
 
-def test_an_unmeasurable_effect_is_never_none():
-    """On a confounded probe set no pair differs in one concept alone: nothing is measured, so the outcome
-    cannot claim that the model relies on nothing."""
-    nan = float("nan")
-    out = decide({"shape": Effect(nan, nan, nan)}, lambda a, b: None)
-    assert out.name == "undecided" and out.leaning is None and out.text() == "undecided"
-    small = Effect(0.01, -0.02, 0.04)
-    partly = decide({"shape": small, "color": Effect(nan, nan, nan)}, lambda a, b: None)
-    assert partly.name == "undecided" and partly.leaning == "shape"
-    assert decide({"shape": small, "color": small}, lambda a, b: Effect(0.0, -0.01, 0.01)).name == "none"
+def test_text_says_the_reason_and_the_leaning_concept():
+    ev = {"shape": E(0.45, 0.35, 0.55), "color": E(0.4, 0.3, 0.5)}
+    assert decide(ev, _margin(ev)).text() == "undecided: two concepts count (leaning shape)"
+    ev = {"color": E(1.0, 1.0, 1.0), "shape": E(0.0, 0.0, 0.0, p=1.0)}
+    out = decide(ev, _margin(ev))
+    assert out.text() == "color" and out.decided

@@ -1,5 +1,5 @@
 """Helpers the callbacks share: validation split lookup, the batches a validation pass really ran, the
-samples a DDP rank owns, and logging values that are already reduced over ranks."""
+samples a DDP rank owns, a validation batch's predictions, and logging values already reduced over ranks."""
 
 from __future__ import annotations
 
@@ -66,3 +66,17 @@ def log_reduced(pl_module: L.LightningModule, metrics: Mapping[str, float]) -> N
         message = rf"It is recommended to use `self\.log\({re.escape(repr(name))}"
         warnings.filterwarnings("ignore", message=message, category=PossibleUserWarning)
     pl_module.log_dict(dict(metrics), sync_dist=False)
+
+
+def predictions(outputs: Any, batch: Mapping[str, Any], pl_module: L.LightningModule) -> torch.Tensor:
+    """Predicted classes [B] of a validation batch: from the class scores ``validation_step`` returned (no
+    second forward), else by one forward of ``batch["image"]``, which must return class scores [B, classes]."""
+    n = len(batch["image"])
+    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.shape[0] == n:
+        return outputs.argmax(-1)
+    with torch.no_grad():
+        scores = pl_module(batch["image"])
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or scores.shape[0] != n:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"the model's forward must return class scores [batch, classes]; it returned {shape}")
+    return scores.argmax(-1)

@@ -1,10 +1,10 @@
 """ConceptAlarm: raise the alarm (and optionally stop) when a run starts relying on a spurious concept.
 
 Shaped like Lightning's ``EarlyStopping``: the hook (``on_validation_end``, after every callback's epoch-end
-work, whatever the callback order) reads the ``SurgeryProbe``'s outcome of this epoch and hands it to a small
-pure function, ``alarm_step``, that returns which concepts fire. Only a *named* concept counts (``none`` and
-``undecided`` never fire): the probe's calibrated outcome, or, with ``verdict``, the outcome of another
-logged verdict metric.
+work, whatever the callback order) reads ``probe/relies/<concept>`` from ``trainer.callback_metrics`` (what the
+``ConceptProbe`` logged this epoch) and hands it to a small pure function, ``alarm_step``, that returns which
+concepts fire. A spurious concept fires when it *counts* (its null rejected, its interval above δ), whether or
+not it leads: a model that reads the digit but sends every red digit to class 0 relies on colour too.
 
 Logged when it fires: ``alarm/<concept>`` = the epoch it fired (once per concept). With W&B also an alert
 (``run.alert``, rank 0) carrying the effect and its interval; where alerts are unavailable (offline) a
@@ -21,103 +21,99 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from xai_lightning.verdict import VERDICTS, outcome_from_metrics
+from xai_lightning import names
 
 
 def alarm_step(
-    streaks: Mapping[str, int], named: str, spurious: Sequence[str], patience: int, fired: Mapping[str, int]
+    streaks: Mapping[str, int],
+    relies: Mapping[str, bool],
+    spurious: Sequence[str],
+    patience: int,
+    fired: Mapping[str, int],
 ) -> tuple[dict[str, int], list[str]]:
-    """(updated streaks, concepts that fire now): a spurious concept's streak grows while the outcome names it
-    and resets otherwise; it fires once, when its streak reaches ``patience``."""
-    new = {c: (streaks.get(c, 0) + 1 if named == c else 0) for c in spurious}
+    """(updated streaks, concepts that fire now): a spurious concept's streak grows while it counts and resets
+    otherwise; it fires once, when its streak reaches ``patience``."""
+    new = {c: (streaks.get(c, 0) + 1 if relies.get(c, False) else 0) for c in spurious}
     return new, [c for c in spurious if new[c] >= patience and c not in fired]
 
 
 class ConceptAlarm(Callback):
-    """Fires when the probe names a spurious concept for ``patience`` probed epochs in a row.
+    """Fires when a spurious concept counts for ``patience`` probed epochs in a row.
 
     Args:
-        spurious: concept names (as the probe's ``concepts``) that the model must not rely on.
-        patience: consecutive probed epochs the concept must be named before the alarm fires.
+        spurious: concept names (as the ``ConceptProbe``'s) that the model must not rely on.
+        patience: consecutive probed epochs the concept must count before the alarm fires.
         stop: also stop training (on every rank) when it fires.
-        verdict: read this verdict metric's outcome instead of the probe's chosen one (any of
-            ``xai_lightning.verdict.VERDICTS``).
     """
 
-    def __init__(
-        self, spurious: Sequence[str] = ("color",), patience: int = 1, stop: bool = False, verdict: str | None = None
-    ) -> None:
+    def __init__(self, spurious: Sequence[str] = ("color",), patience: int = 1, stop: bool = False) -> None:
         super().__init__()
         if not spurious:
             raise ValueError("spurious is empty; name at least one concept, e.g. [color]")
         if int(patience) < 1:
             raise ValueError(f"patience={patience} must be >= 1")
-        if verdict is not None and verdict not in VERDICTS:
-            raise ValueError(f"unknown verdict {verdict!r}; allowed: {', '.join(VERDICTS)}")
-        self.spurious, self.patience, self.stop, self.verdict = list(spurious), int(patience), bool(stop), verdict
+        self.spurious, self.patience, self.stop = list(spurious), int(patience), bool(stop)
         self.streaks: dict[str, int] = {}
         self.fired: dict[str, int] = {}
         self._seen_epoch: int | None = None
 
     def _probe(self, trainer: L.Trainer):
-        from xai_lightning.callbacks.surgery_probe import SurgeryProbe
+        from xai_lightning.callbacks.concept_probe import ConceptProbe
 
-        probes = [cb for cb in trainer.callbacks if isinstance(cb, SurgeryProbe)]
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, ConceptProbe)]
         if not probes:
-            raise ValueError("ConceptAlarm reads the SurgeryProbe's outcome: add a SurgeryProbe to the callbacks")
+            raise ValueError("ConceptAlarm reads the ConceptProbe's verdict: add a ConceptProbe to the callbacks")
         return probes[0]
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         probe = self._probe(trainer)
+        if probe.concept_map is None:
+            probe.setup(trainer, pl_module, stage)  # concepts default to the data module's attributes
         unknown = [c for c in self.spurious if c not in probe.concepts]
         if unknown:
             raise ValueError(
                 f"ConceptAlarm: spurious {unknown} are not probe concepts; available: {list(probe.concepts)}"
             )
 
-    def _named(self, entry: Mapping, probe) -> str:
-        if self.verdict is None:
-            return entry["outcome"].split(" ")[0]  # "undecided (leaning x)" -> "undecided"
-        return outcome_from_metrics(entry, list(probe.concepts), self.verdict, prefix="probe/")
-
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         probe = self._probe(trainer)
-        entry = probe.history[-1] if probe.history else None
-        if entry is None or entry["epoch"] != trainer.current_epoch or self._seen_epoch == trainer.current_epoch:
+        if probe.probed_epoch != trainer.current_epoch or self._seen_epoch == trainer.current_epoch:
             return  # not probed this epoch
         self._seen_epoch = trainer.current_epoch
-        named = self._named(entry, probe)
-        self.streaks, firing = alarm_step(self.streaks, named, self.spurious, self.patience, self.fired)
-        # every rank read the same reduced outcome; agree explicitly anyway, as EarlyStopping does
+        metrics = trainer.callback_metrics
+        relies = {c: float(metrics.get(names.RELIES.format(c=c), 0.0)) == 1.0 for c in self.spurious}
+        self.streaks, firing = alarm_step(self.streaks, relies, self.spurious, self.patience, self.fired)
+        # every rank read the same reduced verdict; agree explicitly anyway, as EarlyStopping does
         if not trainer.strategy.reduce_boolean_decision(bool(firing), all=True):
             return
         for concept in firing:
-            self._fire(trainer, concept, entry)
+            self._fire(trainer, concept, metrics)
         if self.stop:
             trainer.should_stop = True
 
-    def _fire(self, trainer: L.Trainer, concept: str, entry: Mapping) -> None:
+    def _fire(self, trainer: L.Trainer, concept: str, metrics: Mapping) -> None:
         epoch = trainer.current_epoch
         self.fired[concept] = epoch
-        key = f"effect_{self.verdict}" if self.verdict else "effect"
-        effect = (
-            f"{entry.get(f'probe/{key}/{concept}', float('nan')):+.3f} "
-            f"[{entry.get(f'probe/{key}_lo/{concept}', float('nan')):+.3f}, "
-            f"{entry.get(f'probe/{key}_hi/{concept}', float('nan')):+.3f}]"
-        )
+        value = [
+            float(metrics.get(p.format(c=concept), float("nan")))
+            for p in (names.EFFECT, names.EFFECT_LO, names.EFFECT_HI)
+        ]
         text = (
             f"ConceptAlarm: epoch {epoch}: the model relies on the spurious concept {concept!r} "
-            f"({self.patience} probed epoch(s) in a row; effect {effect}){'; stopping' if self.stop else ''}"
+            f"({self.patience} probed epoch(s) in a row; {value[0]:.0%} of its predictions follow it, "
+            f"[{value[1]:+.3f}, {value[2]:+.3f}]){'; stopping' if self.stop else ''}"
         )
         rank_zero_info(text)
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            logger.log_metrics({f"alarm/{concept}": float(epoch), "epoch": float(epoch)}, step=trainer.global_step)
+            logger.log_metrics(
+                {names.ALARM[0].format(c=concept): float(epoch), "epoch": float(epoch)}, step=trainer.global_step
+            )
             if isinstance(logger, WandbLogger) and getattr(logger, "mode", "") not in ("disabled",):
                 self._alert(logger, concept, text)
 

@@ -17,12 +17,13 @@ import math
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from xai_lightning.callbacks.common import log_reduced, owned, split_index
+from xai_lightning.callbacks.common import log_reduced, owned, predictions, split_index
+from xai_lightning.data.protocol import require
+from xai_lightning.names import FLIP_RATE
 from xai_lightning.ratio import SumRatio
 
 
@@ -44,13 +45,8 @@ class CounterfactualCheck(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        dm = require(trainer.datamodule, "CounterfactualCheck", editable=True)
         self.index = split_index(trainer, self.split, "CounterfactualCheck")
-        if not hasattr(dm, "counterfactuals") or not hasattr(dm, "counterfactual_names"):
-            raise ValueError(
-                f"CounterfactualCheck needs a datamodule that edits its images ({type(dm).__name__} has no "
-                "`counterfactuals`); ColorMNISTDataModule and SceneDigitsDataModule have one"
-            )
         self.names = list(dm.counterfactual_names)
         self.split_name = dm.val_split_names[self.index]
 
@@ -76,7 +72,7 @@ class CounterfactualCheck(Callback):
     ) -> None:
         if dataloader_idx != self.index or not self._on(trainer):
             return
-        pred = _predictions(outputs, batch, pl_module)
+        pred = predictions(outputs, batch, pl_module)
         edits = trainer.datamodule.counterfactuals(self.split_name, batch)
         mine = owned(trainer, self.index, batch["index"]).to(pred.device)  # DDP padding: each image once
         for name in self.names:
@@ -89,20 +85,11 @@ class CounterfactualCheck(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._on(trainer):
             return
-        self.last = {f"cf/{name}_flip_rate": float(rate.value()) for name, rate in self.rates.items()}
-        unmeasured = [name for name in self.names if math.isnan(self.last[f"cf/{name}_flip_rate"])]  # all ranks
+        self.last = {FLIP_RATE.format(c=name): float(rate.value()) for name, rate in self.rates.items()}
+        unmeasured = [name for name in self.names if math.isnan(self.last[FLIP_RATE.format(c=name)])]  # all ranks
         if unmeasured:  # no edit applied to any image: the rate is unknown (NaN), not "no flips" (0)
             rank_zero_warn(
                 f"CounterfactualCheck: no image of split {self.split_name!r} could be edited for "
                 f"{', '.join(unmeasured)}; their flip rates are NaN (unknown) this epoch"
             )
         log_reduced(pl_module, self.last)  # already reduced over ranks
-
-
-def _predictions(outputs: Any, batch: Any, pl_module: L.LightningModule) -> torch.Tensor:
-    """Predicted classes of the unedited batch: from the logits ``validation_step`` returned (no second
-    forward), else by a forward."""
-    n = len(batch["image"])
-    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.shape[0] == n:
-        return outputs.argmax(-1)
-    return pl_module(batch["image"]).argmax(-1)

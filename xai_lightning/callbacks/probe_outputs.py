@@ -1,5 +1,5 @@
 """What the SurgeryProbe shows on rank 0: the console summary, the caption table, the match-score plot, and
-the W&B table / plot / plan artifact / run summary. Pure formatting and file writing; no probe math."""
+the W&B table / plot / plan artifact. Pure formatting and file writing; no probe math."""
 
 from __future__ import annotations
 
@@ -9,38 +9,27 @@ import os
 import shutil
 from collections.abc import Mapping
 
+from xai_lightning import names
 from xai_lightning.io import atomic_write, atomic_write_text
-from xai_lightning.verdict import ProbeSummary
+from xai_lightning.surgery.scoring import SurgerySummary
 
 TABLE_COLUMNS = ["caption", "key", "clip", "surgery", "influence", "null_surgery"]
-VERDICT_WORDS = {
-    "reliance": "decision reliance",
-    "separation_vs_init": "separation vs start",
-    "retention_vs_init": "retention vs start",
-    "share_vs_init": "share vs start",
-    "retention": "retention vs null",
-    "share": "share vs null",
-}
 
 
 def _interval(m: Mapping[str, float], key: str, concept: str) -> str:
     return f"{m[f'{key}/{concept}']:+.3f} [{m[f'{key}_lo/{concept}']:+.3f}, {m[f'{key}_hi/{concept}']:+.3f}]"
 
 
-def summary_lines(summary: ProbeSummary, metrics: Mapping[str, float], epoch: int) -> list[str]:
-    """The console summary: the outcome with its margin, then one line per concept."""
+def summary_lines(summary: SurgerySummary, metrics: Mapping[str, float], epoch: int) -> list[str]:
+    """The console summary: what the features carry, one line per concept (diagnostics, not a verdict)."""
     m = summary.metrics
-    margin = f", margin {m['margin']:+.3f} [{m['margin_lo']:+.3f}, {m['margin_hi']:+.3f}]" if "margin" in m else ""
     lines = [
-        f"SurgeryProbe epoch {epoch}: {summary.outcome.text()}{margin} "
-        f"(verdict: {VERDICT_WORDS.get(summary.verdict, summary.verdict)}, {summary.images} images, "
-        f"{metrics['probe/seconds']:.1f}s)"
+        f"SurgeryProbe epoch {epoch}: what the features carry ({summary.images} images, "
+        f"{metrics['surgery/seconds']:.1f}s)"
     ]
     for c in summary.concepts:
-        parts = [f"  {c:>10}: effect {_interval(m, 'effect', c)}"]
-        if summary.verdict != "reliance" and f"effect_reliance/{c}" in m:
-            parts.append(f"reliance {_interval(m, 'effect_reliance', c)}")
-        if summary.verdict != "separation_vs_init" and f"effect_separation_vs_init/{c}" in m:
+        parts = [f"  {c:>12}:"]
+        if f"effect_separation_vs_init/{c}" in m:
             parts.append(f"separation vs start {_interval(m, 'effect_separation_vs_init', c)}")
         parts.append(f"retention {m[f'retention/{c}']:.3f}")
         if f"init_retention/{c}" in m:
@@ -50,7 +39,7 @@ def summary_lines(summary: ProbeSummary, metrics: Mapping[str, float], epoch: in
     return lines
 
 
-def table_rows(summary: ProbeSummary) -> list[list]:
+def table_rows(summary: SurgerySummary) -> list[list]:
     sims = summary.sim_mean  # [2, K]: plain CLIP, after surgery
     return [
         [
@@ -86,7 +75,7 @@ def match_plot(plan, epoch: int):
     return fig
 
 
-def write_files(out: str, summary: ProbeSummary, plan, epoch: int, rows: list[list], fig) -> str:
+def write_files(out: str, summary: SurgerySummary, plan, epoch: int, rows: list[list], fig) -> str:
     """Caption table (CSV), surgery plan and match plot into ``out``; returns the plan's path."""
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -101,24 +90,22 @@ def write_files(out: str, summary: ProbeSummary, plan, epoch: int, rows: list[li
     return plan_path
 
 
-def log_wandb(run, summary: ProbeSummary, rows: list[list], fig, plan_path: str, epoch: int) -> None:
-    """Caption table, match plot, the plan (artifact and run file) and the outcome in the run summary."""
+def log_wandb(run, summary: SurgerySummary, rows: list[list], fig, plan_path: str, epoch: int) -> None:
+    """Caption table, match plot and the plan (artifact and run file)."""
     import wandb
 
-    table = wandb.Table(columns=TABLE_COLUMNS, data=rows)
-    run.log({"probe/table": table, "probe/match_scores": wandb.Image(fig), "epoch": epoch})
-    run.summary["probe/outcome"] = summary.outcome.text()
-    run.summary["probe/verdict"] = summary.verdict
+    table_key, plot_key = names.SURGERY_MEDIA
+    run.log({table_key: wandb.Table(columns=TABLE_COLUMNS, data=rows), plot_key: wandb.Image(fig), "epoch": epoch})
     # the plan also goes into the run's own files (uploaded by `wandb sync`): an offline artifact only
     # references W&B's staging area outside the run directory
-    os.makedirs(os.path.join(run.dir, "probe"), exist_ok=True)
-    kept = os.path.join(run.dir, "probe", os.path.basename(plan_path))
+    os.makedirs(os.path.join(run.dir, "surgery"), exist_ok=True)
+    kept = os.path.join(run.dir, "surgery", os.path.basename(plan_path))
     shutil.copyfile(plan_path, kept)
     run.save(kept, base_path=run.dir, policy="now")
     art = wandb.Artifact(
         f"surgery-plan-{run.id}",
         type="surgery_plan",
-        metadata={"epoch": epoch, "outcome": summary.outcome.text(), "verdict": summary.verdict},
+        metadata={"epoch": epoch, "images": summary.images},
     )
     art.add_file(plan_path, name="plan.pt")
     run.log_artifact(art, aliases=[f"epoch-{epoch}", "latest"])

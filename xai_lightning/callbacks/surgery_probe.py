@@ -1,18 +1,18 @@
-"""SurgeryProbe: which concept does the model rely on, every validation epoch.
+"""SurgeryProbe: what the model's features carry, by network surgery into a probe CLIP (the paper's view).
 
-During validation, forward hooks record the maps of the validation forward itself (the first forward of
-each batch: other callbacks that run the model again on edited images are not seen); the probe CLIP runs
-on the same batch and both are folded into the running sums at once (no feature maps are kept across
-batches). At epoch end: one reduction across ranks, matching, then every scored image is scored with
-captions and its prediction recorded; counts are reduced and the verdict decided. All math lives in
-``xai_lightning.surgery.SurgeryPipeline`` and ``xai_lightning.verdict``; the logged names are listed in
-``xai_lightning.callbacks.names``.
+Optional beside the ``ConceptProbe`` (the verdict): it reads the same probe batches. During validation,
+forward hooks record the maps of the validation forward itself (the first forward of each batch: other
+callbacks that run the model again on edited images are not seen); the probe CLIP runs on the same batch and
+both are folded into the running sums at once (no feature maps are kept across batches). At epoch end: one
+reduction across ranks, matching, then every scored image is scored with captions; counts are reduced and
+the surgery's metrics and effects (against random matching and against the run's start) logged as
+diagnostics under ``surgery/`` (``xai_lightning.names``). All math lives in
+``xai_lightning.surgery.SurgeryPipeline``; it decides no verdict.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
@@ -30,7 +30,9 @@ from typing_extensions import override
 
 from xai_lightning.callbacks import probe_outputs
 from xai_lightning.callbacks.common import log_reduced, owned, split_index, val_batches, val_loader
+from xai_lightning.callbacks.rebuild import rebuild
 from xai_lightning.clip import SPEC_KEYS, load_clip
+from xai_lightning.data.protocol import require
 from xai_lightning.errors import ConfigError
 from xai_lightning.io import check_writable
 from xai_lightning.surgery import (
@@ -43,7 +45,7 @@ from xai_lightning.surgery import (
 )
 from xai_lightning.surgery.holdout import holdout_mask
 from xai_lightning.surgery.layers import FirstForward
-from xai_lightning.verdict import ProbeSummary
+from xai_lightning.surgery.scoring import SurgerySummary
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,9 @@ class SurgeryProbe(Callback):
         score: ``reference`` | ``pearson``. matching: ``argmax`` | ``one_to_one``.
         swap_fraction: best-matched fraction of each CLIP layer replaced (1.0 = paper, whole stage).
         interpolation: resizing of transplanted maps (``bilinear`` | ``bicubic`` | ``area`` | ``nearest``).
-        verdict: metric behind ``probe/effect``, the margin and the outcome: ``reliance`` (default: how much the
-            model's predictions change between probe images that differ in the concept, beyond images that
-            agree on every concept), ``separation_vs_init`` | ``retention_vs_init`` | ``share_vs_init`` (the
-            surgery against the reference networks), ``retention`` | ``share`` (against the null control, the
-            paper's). All are logged side by side whatever the choice.
-        min_effect: how large an effect's interval must lie above to count (None: the verdict's default,
-            0.1 for ``reliance``, 0 for the others).
         reference: ``start`` (the same surgery on the weights the fit started from and on
             ``reference_reinits`` re-initialisations of the architecture by its constructor, computed once
-            per run and kept in checkpoints; needed by the ``*_vs_init`` verdicts) | ``none``.
+            per run and kept in checkpoints; needed by the ``*_vs_init`` effects) | ``none``.
         reference_reinits: re-initialisations (the model is rebuilt from its saved hyper-parameters under
             seeds; with ``init_checkpoint``/pretrained weights the constructor loads those again).
         fit_split: validation dataloader (name in the datamodule's ``val_split_names``, or index) whose
@@ -88,7 +83,7 @@ class SurgeryProbe(Callback):
         every_n_epochs: probe every n-th epoch (and always under ``validate``).
         seed: null matchings, bootstrap and the re-initialisations' seeds.
         zeroshot_warn: warn when the probe's zero-shot accuracy of a concept is below this.
-        save_dir: where plans/tables/plots go (default ``<trainer.log_dir>/probe``).
+        save_dir: where plans/tables/plots go (default ``<trainer.log_dir>/surgery``).
     """
 
     def __init__(
@@ -101,8 +96,6 @@ class SurgeryProbe(Callback):
         matching: str = "argmax",
         swap_fraction: float = 1.0,
         interpolation: str = "bilinear",
-        verdict: str = "reliance",
-        min_effect: float | None = None,
         reference: str = "start",
         reference_reinits: int = 3,
         fit_split: str | int = "probe_set",
@@ -117,7 +110,7 @@ class SurgeryProbe(Callback):
         save_dir: str | None = None,
     ) -> None:
         super().__init__()
-        check_options(score, matching, swap_fraction, interpolation, null_draws, verdict)
+        check_options(score, matching, swap_fraction, interpolation, null_draws)
         clip = {"embedded": "colordigits"} if clip is None else clip
         if isinstance(clip, Mapping):
             unknown = set(clip) - set(SPEC_KEYS)
@@ -134,16 +127,13 @@ class SurgeryProbe(Callback):
             raise ValueError(f"unknown reference {reference!r}; allowed: {', '.join(REFERENCES)}")
         if int(reference_reinits) < 0:
             raise ValueError(f"reference_reinits={reference_reinits} must be >= 0")
-        if verdict.endswith("_vs_init") and reference == "none":
-            raise ValueError(f"verdict {verdict!r} compares with reference networks: set reference='start'")
         if not score_splits:
             raise ValueError("score_splits is empty; give at least one validation split (e.g. probe_set)")
         self.clip_spec = dict(clip) if isinstance(clip, Mapping) else clip
         self.standalone_layers, self.clip_layers = standalone_layers, clip_layers
         self.concepts = dict(concepts or DEFAULT_CONCEPTS)
         self.score, self.matching, self.swap_fraction = score, matching, float(swap_fraction)
-        self.interpolation, self.verdict = interpolation, verdict
-        self.min_effect = None if min_effect is None else float(min_effect)
+        self.interpolation = interpolation
         self.reference, self.reference_reinits = reference, int(reference_reinits)
         self.fit_split, self.score_splits, self.holdout = fit_split, list(score_splits), bool(holdout)
         self.max_score_samples, self.null_draws = int(max_score_samples), int(null_draws)
@@ -151,7 +141,7 @@ class SurgeryProbe(Callback):
         self.seed, self.zeroshot_warn, self.save_dir = int(seed), float(zeroshot_warn), save_dir
         self.pipe: SurgeryPipeline | None = None
         self.history: list[dict[str, Any]] = []
-        self.last_summary: ProbeSummary | None = None
+        self.last_summary: SurgerySummary | None = None
         self.reference_info = ""
         self._start_state: dict[str, torch.Tensor] | None = None  # weights at fit start, until references exist
         self._restored_reference: dict | None = None
@@ -172,15 +162,9 @@ class SurgeryProbe(Callback):
             raise ConfigError(str(err) if str(err).startswith("SurgeryProbe") else f"SurgeryProbe: {err}") from err
 
     def _setup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        attributes = getattr(dm, "attributes", None)
-        if attributes is None:
-            raise ValueError(
-                "SurgeryProbe needs a datamodule with `attributes` ({attribute: [value names]}) and "
-                "`attribute_keys` ({attribute: batch key}), like ColorMNISTDataModule"
-            )
-        captions = resolve_concepts(self.concepts, attributes)
-        self.attribute_keys = dict(getattr(dm, "attribute_keys", {a: a for a in attributes}))
+        dm = require(trainer.datamodule, "SurgeryProbe")
+        captions = resolve_concepts(self.concepts, dm.attributes)
+        self.attribute_keys = dict(dm.attribute_keys)
         self.fit_index = split_index(trainer, self.fit_split, "SurgeryProbe")
         self.score_indices = [split_index(trainer, s, "SurgeryProbe") for s in self.score_splits]
         self._check_enough_images(dm)
@@ -204,16 +188,16 @@ class SurgeryProbe(Callback):
         rank_zero_info(
             f"SurgeryProbe: {len(self.pipe.standalone_layers)} model layers x {len(self.pipe.clip_layers)} "
             f"CLIP layers ({clip.name}); concepts {captions.names}; fit on {self.fit_split!r}, "
-            f"score {self.score_splits}; verdict {self.verdict}"
+            f"score {self.score_splits}"
         )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero and getattr(logger, "mode", "") != "disabled":
                 logger.experiment.define_metric("epoch")
-                logger.experiment.define_metric("probe/*", step_metric="epoch")
+                logger.experiment.define_metric("surgery/*", step_metric="epoch")
 
     def _check_enough_images(self, dm) -> None:
         """An interval needs images: refuse a scoring set below ``MIN_SCORED`` before training starts."""
-        datasets = getattr(dm, "datasets", None) or {}
+        datasets = dm.datasets or {}
         sizes = [len(datasets[s]) for s in self.score_splits if isinstance(s, str) and s in datasets]
         if len(sizes) != len(self.score_splits):
             return  # sizes unknown before the loaders exist: nothing to check here
@@ -320,7 +304,7 @@ class SurgeryProbe(Callback):
         return lambda t: trainer.strategy.reduce(t, reduce_op=torch.distributed.ReduceOp.MAX)
 
     def _image_size(self, trainer: L.Trainer) -> int:
-        return int(getattr(trainer.datamodule, "image_size", self.pipe.clip.image_size))
+        return int(trainer.datamodule.image_size)
 
     def _fit_images(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[torch.Tensor]:
         """This rank's fit images, as the validation pass saw them."""
@@ -370,10 +354,10 @@ class SurgeryProbe(Callback):
         )
         if float(skip) > 0:
             rank_zero_warn(
-                f"SurgeryProbe: epoch {trainer.current_epoch} verdict skipped: "
+                f"SurgeryProbe: epoch {trainer.current_epoch} skipped: "
                 f"{self._skip_reason or 'non-finite activations on another rank'}"
             )
-            pl_module.log("probe/skipped", 1.0)
+            pl_module.log("surgery/skipped", 1.0)
         return float(skip) > 0
 
     @override
@@ -396,33 +380,31 @@ class SurgeryProbe(Callback):
             t_score = time.perf_counter()
             for images, targets, index in self._score_triples(trainer, pl_module):
                 self.pipe.score_batch(images, targets, index=index if self.pipe.reference is not None else None)
-            summary = self.pipe.score_finish(
-                self._sum(trainer), self._max(trainer), self.verdict, self.bootstrap, self.min_effect
-            )
+            summary = self.pipe.score_finish(self._sum(trainer), self._max(trainer), self.bootstrap)
         t_end = time.perf_counter()
         timings = {
-            "probe/fit_seconds": self._fit_seconds + t_match - t0,
-            "probe/score_seconds": t_end - t_score,
-            "probe/seconds": self._fit_seconds + (t_match - t0) + (t_end - t_score),
+            "surgery/fit_seconds": self._fit_seconds + t_match - t0,
+            "surgery/score_seconds": t_end - t_score,
+            "surgery/seconds": self._fit_seconds + (t_match - t0) + (t_end - t_score),
         }
         if reference_seconds:
-            timings["probe/reference_seconds"] = reference_seconds  # once per run, reported apart
+            timings["surgery/reference_seconds"] = reference_seconds  # once per run, reported apart
         metrics = self._metrics(summary, plan, timings)
         log_reduced(pl_module, metrics)
         self.last_summary = summary
-        self.history.append({"epoch": trainer.current_epoch, "outcome": summary.outcome.text(), **metrics})
+        self.history.append({"epoch": trainer.current_epoch, **metrics})
         out_dir = self._out_dir(trainer)  # trainer.log_dir broadcasts: every rank must ask
         if trainer.is_global_zero:
             self._report(trainer, summary, plan, metrics, out_dir)
 
     @staticmethod
-    def _metrics(summary: ProbeSummary, plan, timings: Mapping[str, float]) -> dict[str, float]:
-        metrics = {f"probe/{k}": float(v) for k, v in summary.metrics.items()}
-        metrics["probe/match/coverage"] = float(plan.extras["coverage"])
+    def _metrics(summary: SurgerySummary, plan, timings: Mapping[str, float]) -> dict[str, float]:
+        metrics = {f"surgery/{k}": float(v) for k, v in summary.metrics.items()}
+        metrics["surgery/match/coverage"] = float(plan.extras["coverage"])
         for layer, s in plan.summaries().items():
-            metrics[f"probe/match/score_mean/{layer}"] = float(s["score_mean"])
-        metrics["probe/images"] = float(summary.images)
-        metrics["probe/skipped"] = 0.0
+            metrics[f"surgery/match/score_mean/{layer}"] = float(s["score_mean"])
+        metrics["surgery/images"] = float(summary.images)
+        metrics["surgery/skipped"] = 0.0
         metrics.update({k: float(v) for k, v in timings.items()})
         return metrics
 
@@ -461,9 +443,9 @@ class SurgeryProbe(Callback):
             )
         start = None
         if self._start_state is not None:
-            start = _rebuild(pl_module, allow_copy=True)
+            start = rebuild(pl_module, allow_copy=True)
             start.load_state_dict(self._start_state)
-        models = reference_models(lambda: _rebuild(pl_module), seeds, start)
+        models = reference_models(lambda: rebuild(pl_module), seeds, start)
         parts = ["the weights at fit start"] if start is not None else ["no fit start (validate)"]
         if seeds:
             parts.append(f"{len(seeds)} re-initialisations by {type(pl_module).__name__}'s constructor (seeds {seeds})")
@@ -471,9 +453,9 @@ class SurgeryProbe(Callback):
 
     # ---- rank-0 outputs ---------------------------------------------------------------------------
     def _out_dir(self, trainer: L.Trainer) -> str:
-        return self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "probe")
+        return self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "surgery")
 
-    def _report(self, trainer: L.Trainer, summary: ProbeSummary, plan, metrics: dict[str, float], out: str) -> None:
+    def _report(self, trainer: L.Trainer, summary: SurgerySummary, plan, metrics: dict[str, float], out: str) -> None:
         epoch = trainer.current_epoch
         # its own lines, never glued to a progress bar
         rank_zero_info("\n" + "\n".join(probe_outputs.summary_lines(summary, metrics, epoch)))
@@ -528,45 +510,3 @@ class SurgeryProbe(Callback):
         self.history = list(state_dict.get("history", []))
         self._restored_reference = state_dict.get("reference")
         self._start_state = state_dict.get("start")
-
-
-def _rebuild(module: L.LightningModule, allow_copy: bool = False) -> torch.nn.Module:
-    """A new instance of ``module``'s class from its saved hyper-parameters (its own constructor and
-    initialisation), checked to have the same parameters and shapes. With ``allow_copy`` a module that cannot
-    be rebuilt is deep-copied instead (its weights are about to be overwritten)."""
-    # LightningCLI adds private entries (``_class_path``, ``_instantiator``) that are no constructor arguments
-    hparams = {k: v for k, v in dict(getattr(module, "hparams", {}) or {}).items() if not k.startswith("_")}
-    try:
-        other = type(module)(**hparams)
-    except TypeError as err:
-        if allow_copy:
-            return _detached_copy(module)
-        raise ValueError(
-            f"SurgeryProbe: cannot rebuild {type(module).__name__} from its hyper-parameters ({err}); call "
-            "self.save_hyperparameters() in its __init__, or set reference_reinits: 0"
-        ) from err
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in other.state_dict().items()}
-    if want != got:
-        if allow_copy:
-            return _detached_copy(module)
-        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
-        raise ValueError(
-            f"SurgeryProbe: {type(module).__name__}(**hparams) builds another architecture than the model "
-            f"(differs at {diff}); save every constructor argument with self.save_hyperparameters(), or set "
-            "reference_reinits: 0"
-        )
-    return other.to(next(module.parameters()).device)
-
-
-def _detached_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of a module in the middle of training: its trainer is not copied, and tensors that are
-    outputs of a graph (e.g. a cached loss) are copied detached."""
-    memo: dict[int, object] = {}
-    for m in module.modules():
-        for name, value in vars(m).items():
-            if name == "_trainer" and value is not None:
-                memo[id(value)] = None
-            elif isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(module, memo)

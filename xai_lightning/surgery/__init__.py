@@ -3,7 +3,8 @@
 Layer discovery and hooks (``layers``), exact single-pass matching statistics (``moments``), matching
 (``matching``), the activation transplant (``transplant``), concepts/captions (``concepts``), caption
 scoring with a null control and reference networks (``scoring``) and the end-to-end ``SurgeryPipeline``.
-The verdict built on top lives in ``xai_lightning.verdict``.
+Its effects describe what the features carry; the verdict (what the decisions follow) is
+``xai_lightning.verdict`` and knows no surgery.
 """
 
 from xai_lightning.captions import DEFAULT_CONCEPTS
@@ -19,7 +20,7 @@ from xai_lightning.surgery.pipeline import (
     check_options,
     reference_models,
 )
-from xai_lightning.surgery.scoring import METRICS, VIEWS, ProbeCounts, image_outcomes
+from xai_lightning.surgery.scoring import METRICS, VIEWS, ProbeCounts, SurgerySummary, image_outcomes
 from xai_lightning.surgery.transplant import (
     StandardizedMaps,
     SurgeryPlan,
@@ -28,7 +29,6 @@ from xai_lightning.surgery.transplant import (
     select_swaps,
     transplant,
 )
-from xai_lightning.verdict import VERDICTS, ProbeSummary
 
 __all__ = [
     "DEFAULT_CONCEPTS",
@@ -54,10 +54,9 @@ __all__ = [
     "check_options",
     "reference_models",
     "METRICS",
-    "VERDICTS",
     "VIEWS",
     "ProbeCounts",
-    "ProbeSummary",
+    "SurgerySummary",
     "image_outcomes",
     "StandardizedMaps",
     "SurgeryPlan",

@@ -7,12 +7,12 @@
     pipe.compute_references(reference_models(build_cnn, [0, 1, 2], start=cnn0), fit_images, scored)  # once
     for images, targets, index in scored:
         pipe.score_batch(images, targets, index=index)  # targets [n_concepts, B] value indices
-    summary = pipe.score_finish()                 # effects, the verdict's outcome
+    summary = pipe.score_finish()                 # metrics and effects (what the features carry)
 
-``score_batch`` also records the model's predictions, so the decision-level verdict (``reliance``: how much
-the predictions depend on each concept) needs nothing else. The ``*_vs_init`` verdicts compare the
-surgery with the same surgery on reference networks (``compute_references``, once per run: the weights
-the run started from and re-initialisations of the architecture), paired per image by ``index``.
+The ``*_vs_init`` effects compare the surgery with the same surgery on reference networks
+(``compute_references``, once per run: the weights the run started from and re-initialisations of the
+architecture), paired per image by ``index``. None of this decides a verdict: what the model's decisions
+follow is ``xai_lightning.verdict``'s, which needs no surgery.
 
 The ``SurgeryProbe`` callback drives exactly these calls from Lightning hooks (and passes DDP
 reductions as ``sum_fn``), so the callback adds no math of its own.
@@ -32,7 +32,7 @@ from xai_lightning.surgery.concepts import CaptionSet
 from xai_lightning.surgery.layers import capture, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
-from xai_lightning.surgery.scoring import METRICS, ProbeCounts, image_outcomes
+from xai_lightning.surgery.scoring import METRICS, ProbeCounts, SurgerySummary, image_outcomes
 from xai_lightning.surgery.transplant import (
     INTERPOLATIONS,
     StandardizedMaps,
@@ -41,7 +41,6 @@ from xai_lightning.surgery.transplant import (
     transplant,
     transplant_maps,
 )
-from xai_lightning.verdict import VERDICTS, DecisionTable, ProbeSummary
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]
 Images = Callable[[], Iterable[torch.Tensor]] | Sequence[torch.Tensor]
@@ -59,15 +58,12 @@ class ClipLike(Protocol):
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor: ...  # [K, D]
 
 
-def check_options(
-    score: str, matching: str, swap_fraction: float, interpolation: str, null_draws: int, verdict: str
-) -> None:
+def check_options(score: str, matching: str, swap_fraction: float, interpolation: str, null_draws: int) -> None:
     """Validates surgery options; errors name the allowed values."""
     for name, value, allowed in (
         ("score", score, SCORES),
         ("matching", matching, METHODS),
         ("interpolation", interpolation, INTERPOLATIONS),
-        ("verdict", verdict, VERDICTS),
     ):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
@@ -96,7 +92,7 @@ def _images(source: Images) -> Iterable[torch.Tensor]:
 
 
 class SurgeryPipeline:
-    """Fit (statistics + matching) and score (captions, null control, decisions) network surgery.
+    """Fit (statistics + matching) and score (captions, null control, references) network surgery.
 
     Args:
         standalone: the model to explain (eval mode is the caller's business).
@@ -127,7 +123,7 @@ class SurgeryPipeline:
         null_draws: int = 8,
         seed: int = 0,
     ) -> None:
-        check_options(score, matching, swap_fraction, interpolation, null_draws, "reliance")
+        check_options(score, matching, swap_fraction, interpolation, null_draws)
         self.standalone, self.clip, self.captions = standalone, clip, captions
         self.standalone_layers = resolve_layers(standalone, standalone_layers)
         self.clip_layers = resolve_layers(clip.model, clip_layers)
@@ -141,7 +137,6 @@ class SurgeryPipeline:
         self.plan: SurgeryPlan | None = None
         self.null_matchings: list[Matching] = []
         self.counts: ProbeCounts | None = None
-        self.decisions: DecisionTable | None = None
         self.reference: ReferenceOutcomes | None = None
 
     @property
@@ -184,7 +179,7 @@ class SurgeryPipeline:
         plan = self.fit_plan(sum_fn)
         gen = torch.Generator().manual_seed(self.seed)
         self.null_matchings = [random_matching(plan.s_valid, plan.c_valid, gen) for _ in range(self.null_draws)]
-        self.counts, self.decisions = None, None
+        self.counts = None
         return plan
 
     def _new_counts(self) -> ProbeCounts:
@@ -249,19 +244,17 @@ class SurgeryPipeline:
         targets: torch.Tensor,
         standalone_maps: Mapping[str, torch.Tensor] | None = None,
         index: torch.Tensor | None = None,
-        logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores a batch and records the model's predictions. ``targets`` [n_concepts, B]: each image's value
-        index per concept (-1 unknown). ``index`` [B]: the images' ids, needed once references exist (pairs
-        each image with its reference outcomes). Pass ``standalone_maps`` and ``logits`` together to reuse a
-        forward. Returns the per-image outcomes [len(METRICS), n_concepts, B]."""
+        """Scores a batch. ``targets`` [n_concepts, B]: each image's value index per concept (-1 unknown).
+        ``index`` [B]: the images' ids, needed once references exist (pairs each image with its reference
+        outcomes). ``standalone_maps`` reuses a forward. Returns the per-image outcomes
+        [len(METRICS), n_concepts, B]."""
         if self.plan is None:
             raise RuntimeError("call fit_finish() before scoring")
         if self.counts is None:
             self.counts = self._new_counts()
         if standalone_maps is None:
-            standalone_maps, logits = self.forward(images)
-        self._record_decisions(logits, targets)
+            standalone_maps = self.standalone_maps(images)
         sims, null = self.similarities(images, standalone_maps)
         ref = None
         if self.reference is not None:
@@ -269,14 +262,6 @@ class SurgeryPipeline:
                 raise ValueError("references were computed: score_batch needs the images' index to pair them")
             ref = self.reference.lookup(index)
         return self.counts.update(sims, null, targets.to(sims.device), ref)
-
-    def _record_decisions(self, logits: object, targets: torch.Tensor) -> None:
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            return  # no class scores: the decision-level verdict is unavailable (score_finish says so)
-        if self.decisions is None:
-            cards = [len(v) for v in self.captions.values]
-            self.decisions = DecisionTable(cards, logits.shape[1], self.text_features.device)
-        self.decisions.update(logits.argmax(dim=1).to(self.decisions.counts.device), targets.to(logits.device))
 
     # ---- references ---------------------------------------------------------------------------
     def compute_references(
@@ -328,7 +313,7 @@ class SurgeryPipeline:
         other = copy.copy(self)
         other.standalone = model
         other.moments = CrossMoments(self.score)
-        other.plan, other.null_matchings, other.counts, other.decisions, other.reference = None, [], None, None, None
+        other.plan, other.null_matchings, other.counts, other.reference = None, [], None, None
         return other
 
     @torch.no_grad()
@@ -343,34 +328,17 @@ class SurgeryPipeline:
         return s_acts, {k: v[:0] for k, v in c_acts.items()}
 
     # ---- summary ------------------------------------------------------------------------------
-    def _reduce_decisions(self, sum_fn: SumFn | None, max_fn: SumFn | None) -> None:
-        if sum_fn is None:
-            return
-        width = torch.tensor([float(self.decisions.classes if self.decisions else 0)], device=self.text_features.device)
-        width = int((max_fn(width) if max_fn is not None else width).item())
-        if self.decisions is None and width:  # this rank scored nothing: join with zero counts
-            self.decisions = DecisionTable([len(v) for v in self.captions.values], width, self.text_features.device)
-        if self.decisions is not None:
-            self.decisions.all_reduce(sum_fn)
-
     def score_finish(
-        self,
-        sum_fn: SumFn | None = None,
-        max_fn: SumFn | None = None,
-        verdict: str = "reliance",
-        bootstrap: int = 2000,
-        min_effect: float | None = None,
-    ) -> ProbeSummary:
-        """Reduces every count across ranks and summarizes the epoch: all verdict metrics side by side, the
-        chosen one's outcome (``min_effect``: None = the verdict's default)."""
+        self, sum_fn: SumFn | None = None, max_fn: SumFn | None = None, bootstrap: int = 2000
+    ) -> SurgerySummary:
+        """Reduces every count across ranks and summarizes the epoch (metrics and effects with intervals)."""
         if self.plan is None:
             raise RuntimeError("call fit_finish() and score_batch() first")
         if self.counts is None:  # nothing scored (on this rank): join the reductions with zero counts
             self.counts = self._new_counts()
         if sum_fn is not None:
             self.counts.all_reduce(sum_fn, max_fn)
-        self._reduce_decisions(sum_fn, max_fn)
-        return self.counts.summary(verdict, bootstrap, self.seed, min_effect, self.decisions)
+        return self.counts.summary(bootstrap, self.seed)
 
     def to(self, device: torch.device | str) -> SurgeryPipeline:
         """Moves the CLIP and the text embeddings (the standalone model is the caller's)."""
@@ -382,7 +350,7 @@ class SurgeryPipeline:
         """Forget this epoch's sums (the next probed epoch fits afresh; buffers are reused; the references,
         which do not change with training, are kept)."""
         self.moments.reset()
-        self.plan, self.null_matchings, self.counts, self.decisions = None, [], None, None
+        self.plan, self.null_matchings, self.counts = None, [], None
 
 
 class ReferenceOutcomes:

@@ -12,7 +12,8 @@ swapped) and the null control's level-L similarities under random matchings:
 * ``separation`` = a continuous retention: CLIP's similarity to the right caption of a concept minus the
   best wrong one of the same concept, after surgery; its unit is plain CLIP's mean |separation|.
 
-Effects (each with a 95% interval; ``xai_lightning.verdict`` turns one of them into the outcome):
+Effects (each with a 95% interval; diagnostics of what the features carry, not a verdict: the verdict is
+about decisions, ``xai_lightning.verdict``):
 
 * ``share`` / ``retention``: minus the null control (the same surgery under random matchings), per
   image; bootstrap over images from histograms of per-image effects (the paper's reference).
@@ -29,31 +30,34 @@ give the same numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from xai_lightning.surgery.concepts import CaptionSet
-from xai_lightning.verdict import (
-    DecisionTable,
-    Effect,
-    EffectFamily,
-    ProbeSummary,
-    RelianceEffects,
-    bootstrap_effect,
-    paired_effect,
-    summarize,
-)
+from xai_lightning.verdict.effects import Effect, bootstrap_effect, paired_effect
 
 VIEWS = ("clip", "surgery", "influence")
-METRICS = ("share", "retention", "separation")  # per-image outcomes behind the feature-level verdicts
-COUNTED = ("share", "retention")  # 0/1 outcomes with a bootstrap against the null control
+METRICS = ("share", "retention", "separation")  # per-image outcomes behind the surgery's effects
 SumFn = Callable[[torch.Tensor], torch.Tensor]
+Effects = dict[str, Effect]  # concept -> effect
 
 
-def concept_pairs(n: int) -> list[tuple[int, int]]:
-    """All (a, b) with a < b: the order of every per-pair state."""
-    return [(a, b) for a in range(n) for b in range(a + 1, n)]
+@dataclass
+class SurgerySummary:
+    """One probed epoch of the surgery: its descriptive metrics, its effects per family and concept, and the
+    caption table's similarities."""
+
+    concepts: list[str]
+    captions: list[str]
+    keys: list[str]
+    images: int
+    metrics: dict[str, float]  # flat, logged as surgery/<name>
+    effects: dict[str, Effects]  # family (share, retention, *_vs_init) -> concept -> effect
+    sim_mean: np.ndarray  # [L + 1, K] mean similarity per level and caption
+    null_sim_mean: np.ndarray  # [K]
+    sim_range: tuple[float, float]  # min / max cosine at level 0
 
 
 class _Sums:
@@ -130,10 +134,8 @@ class ShareCounts(_Sums):
         self.add_state("wrong", len(VIEWS), nc)
         self.add_state("null_share", nc)  # summed over draws
         self.add_state("hist", nc, self.bins)
-        self.add_state("pair", max(len(concept_pairs(nc)), 1), self.bins**2)
 
-    def update(self, sims: torch.Tensor, null_sims: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
-        """Returns each concept's per-image histogram bin [B]."""
+    def update(self, sims: torch.Tensor, null_sims: torch.Tensor, targets: torch.Tensor) -> None:
         concept_of = self.captions.concept_of.to(sims.device)
         value_of = self.captions.value_of.to(sims.device)
         defined = targets >= 0
@@ -147,7 +149,6 @@ class ShareCounts(_Sums):
                 self.share[v, c] += hit.sum()
                 self.correct[v, c] += (hit & defined[c] & (v_top == targets[c])).sum()
                 self.wrong[v, c] += (hit & defined[c] & (v_top != targets[c])).sum()
-        bins = []
         null_top = [concept_of[(null_sims[j] - sims[0]).argmax(dim=1)] for j in range(self.draws)]
         for c in range(len(self.captions.names)):
             hit = concept_of[views[2].argmax(dim=1)] == c
@@ -155,9 +156,6 @@ class ShareCounts(_Sums):
             self.null_share[c] += null_k.sum()
             b = hit.long() * (self.draws + 1) + null_k
             self.hist[c] += torch.bincount(b, minlength=self.bins).double()
-            bins.append(b)
-        _add_pairs(self.pair, bins, self.bins)
-        return bins
 
     def metrics(self) -> dict[str, float]:
         n = max(float(self.images), 1.0)
@@ -170,8 +168,8 @@ class ShareCounts(_Sums):
             out[f"null_share/{name}"] = float(self.null_share[c]) / (n * max(self.draws, 1))
         return out
 
-    def family(self, draws: int, seed: int) -> EffectFamily:
-        return _null_family(self.captions.names, self.hist, self.pair, self.draws, draws, seed, metric=0)
+    def family(self, draws: int, seed: int) -> Effects:
+        return _null_family(self.captions.names, self.hist, self.draws, draws, seed, metric=0)
 
 
 class RetentionCounts(_Sums):
@@ -186,10 +184,8 @@ class RetentionCounts(_Sums):
         self.add_state("retention", nc)
         self.add_state("null_retention", nc)  # summed over draws
         self.add_state("hist", nc, self.bins)
-        self.add_state("pair", max(len(concept_pairs(nc)), 1), self.bins**2)
 
     def update(self, sims: torch.Tensor, null_sims: torch.Tensor, targets: torch.Tensor) -> None:
-        bins = []
         for c in range(len(self.captions.names)):
             ok = targets[c] >= 0
             self.defined[c] += ok.sum()
@@ -200,10 +196,8 @@ class RetentionCounts(_Sums):
             for j in range(self.draws):
                 null_k += ((within(self.captions, null_sims[j], c) == targets[c]) & ok).long()
             self.null_retention[c] += null_k.sum()
-            b = torch.where(ok, kept.long() * (self.draws + 1) + null_k, -1)
+            b = kept.long() * (self.draws + 1) + null_k
             self.hist[c] += torch.bincount(b[ok], minlength=self.bins).double()
-            bins.append(b)
-        _add_pairs(self.pair, bins, self.bins)
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -214,8 +208,8 @@ class RetentionCounts(_Sums):
             out[f"null_retention/{name}"] = float(self.null_retention[c]) / (defined * max(self.draws, 1))
         return out
 
-    def family(self, draws: int, seed: int) -> EffectFamily:
-        return _null_family(self.captions.names, self.hist, self.pair, self.draws, draws, seed, metric=1)
+    def family(self, draws: int, seed: int) -> Effects:
+        return _null_family(self.captions.names, self.hist, self.draws, draws, seed, metric=1)
 
 
 class SeparationSums(_Sums):
@@ -251,20 +245,15 @@ class SeparationSums(_Sums):
 
 class ReferencePairing(_Sums):
     """Every per-image outcome paired with the same image's outcomes on ``refs`` reference networks: moments
-    of the difference to their mean, per concept and per concept pair, and each reference's own sums (the
-    between-network spread)."""
+    of the difference to their mean per concept, and each reference's own sums (the between-network spread)."""
 
     def __init__(self, captions: CaptionSet, refs: int, device) -> None:
         super().__init__(device)
         nc, self.captions, self.refs = len(captions.names), captions, refs
-        p = max(len(concept_pairs(nc)), 1)
         m = len(METRICS)
         for name in ("n", "s1", "s2"):  # per metric and concept: count, sum and sum of squares of d
             self.add_state(name, m, nc)
         self.add_state("ref", refs, m, nc)  # each reference's sum of its own outcome over the same images
-        for name in ("pn", "pa", "pb", "paa", "pbb", "pab"):  # per metric and pair a < b (both defined)
-            self.add_state(name, m, p)
-        self.add_state("pref", refs, m, p, 2)  # each reference's sums of a and b over those images
 
     def update(self, outcome: torch.Tensor, reference: torch.Tensor) -> None:
         """``outcome`` [M, nc, B] this model's; ``reference`` [R, M, nc, B] the references' (NaN undefined)."""
@@ -279,17 +268,6 @@ class ReferencePairing(_Sums):
         self.s1 += d.sum(-1)
         self.s2 += (d * d).sum(-1)
         self.ref += ref.sum(-1)
-        for p, (a, b) in enumerate(concept_pairs(len(self.captions.names))):
-            both = ok[:, a] & ok[:, b]  # [M, B]
-            da, db = torch.where(both, d[:, a], 0.0), torch.where(both, d[:, b], 0.0)
-            self.pn[:, p] += both.sum(-1)
-            self.pa[:, p] += da.sum(-1)
-            self.pb[:, p] += db.sum(-1)
-            self.paa[:, p] += (da * da).sum(-1)
-            self.pbb[:, p] += (db * db).sum(-1)
-            self.pab[:, p] += (da * db).sum(-1)
-            self.pref[:, :, p, 0] += torch.where(both, ref[:, :, a], 0.0).sum(-1)
-            self.pref[:, :, p, 1] += torch.where(both, ref[:, :, b], 0.0).sum(-1)
 
     def reference_means(self) -> dict[str, float]:
         """The references' mean outcome (over networks and images): ``init_<metric>/<c>``."""
@@ -301,32 +279,13 @@ class ReferencePairing(_Sums):
                 out[f"init_{metric}/{name}"] = float(ref[m, c] / n[m, c]) if n[m, c] else float("nan")
         return out
 
-    def family(self, metric: int, units: np.ndarray) -> EffectFamily:
-        names = self.captions.names
+    def family(self, metric: int, units: np.ndarray) -> Effects:
         n, s1, s2 = (getattr(self, k)[metric].cpu().numpy() for k in ("n", "s1", "s2"))
         ref = self.ref[:, metric].cpu().numpy()  # [R, nc]
-        effects = {
+        return {
             name: paired_effect(n[c], s1[c], s2[c], ref[:, c] / max(n[c], 1.0), units[c])
-            for c, name in enumerate(names)
+            for c, name in enumerate(self.captions.names)
         }
-        pairs = concept_pairs(len(names))
-        st = {k: getattr(self, k)[metric].cpu().numpy() for k in ("pn", "pa", "pb", "paa", "pbb", "pab")}
-        pref = self.pref[:, metric].cpu().numpy()  # [R, P, 2]
-
-        def margin(x: str, y: str) -> Effect:
-            a, b = sorted((names.index(x), names.index(y)))
-            p = pairs.index((a, b))
-            ua, ub, k = units[a], units[b], st["pn"][p]
-            # e_i = d_a / ua - d_b / ub; its moments from the pair sums, its reference means likewise
-            s1e = st["pa"][p] / ua - st["pb"][p] / ub
-            s2e = st["paa"][p] / ua**2 + st["pbb"][p] / ub**2 - 2 * st["pab"][p] / (ua * ub)
-            ref_e = (pref[:, p, 0] / ua - pref[:, p, 1] / ub) / max(k, 1.0)
-            e = paired_effect(k, s1e, s2e, ref_e)
-            if names[a] == x:
-                return e
-            return Effect(-e.point, -e.hi, -e.lo, e.covers)
-
-        return EffectFamily(effects, margin)
 
 
 class SimilaritySums(_Sums):
@@ -348,30 +307,13 @@ class SimilaritySums(_Sums):
         self.sim_max = max(self.sim_max, float(sims[0].max()))
 
 
-def _add_pairs(pair: torch.Tensor, bins: list[torch.Tensor], nb: int) -> None:
-    """Joint histogram of two concepts' per-image bins (images where both are defined, bin >= 0)."""
-    for p, (a, b) in enumerate(concept_pairs(len(bins))):
-        both = (bins[a] >= 0) & (bins[b] >= 0)
-        pair[p] += torch.bincount((bins[a] * nb + bins[b])[both], minlength=nb * nb).double()
-
-
-def _null_family(names, hist, pair, null_draws: int, draws: int, seed: int, metric: int) -> EffectFamily:
+def _null_family(names, hist, null_draws: int, draws: int, seed: int, metric: int) -> Effects:
     """Effects against the null control from per-image effect histograms: bin I * (D + 1) + k has value
-    I - k / D. Own RNG stream per (metric, concept) and per pair, so an interval does not depend on what else
-    is computed."""
+    I - k / D. Own RNG stream per (metric, concept), so an interval does not depend on what else is computed."""
     d = null_draws
     values = np.concatenate([np.zeros(d + 1), np.ones(d + 1)]) - np.tile(np.arange(d + 1) / max(d, 1), 2)
-    hist, pair = hist.cpu().numpy(), pair.cpu().numpy()
-    effects = {name: bootstrap_effect(hist[c], values, draws, [seed, metric, c])[0] for c, name in enumerate(names)}
-    pairs = concept_pairs(len(names))
-    diff = (values[:, None] - values[None, :]).reshape(-1)  # effect_a - effect_b per joint bin
-
-    def margin(x: str, y: str) -> Effect:
-        a, b = sorted((names.index(x), names.index(y)))
-        e, _ = bootstrap_effect(pair[pairs.index((a, b))], diff, draws, [seed, 100 + metric, a, b])
-        return e if names[a] == x else Effect(-e.point, -e.hi, -e.lo, e.covers)
-
-    return EffectFamily(effects, margin)
+    hist = hist.cpu().numpy()
+    return {name: bootstrap_effect(hist[c], values, draws, [seed, metric, c])[0] for c, name in enumerate(names)}
 
 
 class ProbeCounts:
@@ -453,8 +395,8 @@ class ProbeCounts:
             out[f"delta/{key}"] = float(self.similarities.sim[-1, k] - self.similarities.sim[0, k]) / n
         return out
 
-    def families_of_effects(self, draws: int = 2000, seed: int = 0) -> dict[str, EffectFamily]:
-        """Every feature-level verdict metric's effects (``*_vs_init`` only with references)."""
+    def families_of_effects(self, draws: int = 2000, seed: int = 0) -> dict[str, Effects]:
+        """Every surgery effect family (``*_vs_init`` only with references)."""
         out = {"share": self.shares.family(draws, seed), "retention": self.retention.family(draws, seed)}
         if self.paired is not None and float(self.paired.n.sum()) > 0:
             units = {"share": np.ones(len(self.captions.names)), "retention": np.ones(len(self.captions.names))}
@@ -463,52 +405,25 @@ class ProbeCounts:
                 out[f"{metric}_vs_init"] = self.paired.family(m, units[metric])
         return out
 
-    def summary(
-        self,
-        verdict: str = "reliance",
-        bootstrap: int = 2000,
-        seed: int = 0,
-        min_effect: float | None = None,
-        decisions: DecisionTable | None = None,
-    ) -> ProbeSummary:
-        """The epoch's summary: every metric, every verdict metric's effects side by side (``reliance`` from
-        the ``decisions`` table, when given), and the chosen verdict's outcome."""
-        names = list(self.captions.names)
+    def summary(self, bootstrap: int = 2000, seed: int = 0) -> SurgerySummary:
+        """The epoch's summary: every descriptive metric and every effect family with its intervals."""
         metrics = self.metrics()
         families = self.families_of_effects(bootstrap, seed)
-        if decisions is not None:
-            rel = RelianceEffects(decisions, names, bootstrap, seed)
-            families["reliance"] = EffectFamily({n: rel.effect(n) for n in names}, rel.margin)
-            metrics["reliance_images"] = float(rel.images)
-        if verdict not in families:
-            raise ValueError(_missing_verdict(verdict))
-        verdict_metrics, outcome = summarize(names, families, verdict, min_effect)
-        metrics.update(verdict_metrics)
+        for family, effects in families.items():
+            for concept, e in effects.items():
+                metrics[f"effect_{family}/{concept}"] = e.point
+                metrics[f"effect_{family}_lo/{concept}"] = e.lo
+                metrics[f"effect_{family}_hi/{concept}"] = e.hi
         sim = self.similarities
         n = max(float(sim.images), 1.0)
-        return ProbeSummary(
-            concepts=names,
+        return SurgerySummary(
+            concepts=list(self.captions.names),
             captions=list(self.captions.captions),
             keys=list(self.captions.keys),
-            verdict=verdict,
             images=int(sim.images),
             metrics={k: float(v) for k, v in metrics.items()},
-            outcome=outcome,
+            effects=families,
             sim_mean=(sim.sim / n).cpu().numpy(),
             null_sim_mean=(sim.null_sim / n).cpu().numpy(),
             sim_range=(sim.sim_min, sim.sim_max),
         )
-
-
-def _missing_verdict(verdict: str) -> str:
-    if verdict.endswith("_vs_init"):
-        return (
-            f"verdict {verdict!r} compares with reference networks, and none were computed "
-            "(SurgeryPipeline.compute_references; in the callback: reference='start')"
-        )
-    if verdict == "reliance":
-        return (
-            "verdict 'reliance' needs the model's predictions: its forward must return class scores [B, classes] "
-            "(or pass logits= to score_batch)"
-        )
-    return f"verdict {verdict!r} was not computed"

@@ -1,45 +1,52 @@
-"""The verdict (pure numpy / PyTorch, no Lightning): effects with intervals, decision reliance, outcomes.
+"""The verdict (pure numpy / PyTorch, no Lightning): which concept a model's decisions follow.
 
-``effects``: ``Effect`` (point + 95% interval) and the paired comparison with reference networks;
-``reliance``: how much the model's predictions depend on each concept on the probe set; ``outcome``: the
-three outcomes (a concept, ``none``, ``undecided``); ``summary``: every metric side by side and the chosen
-verdict's outcome.
+``discover(model, images, labels, targets)`` runs a model on a probe set and returns a ``Verdict``;
+``assess(pred, values, value_names, targets)`` does the same from predictions. Inside: ``following`` (the
+share of predictions that follow a concept: cross-fitted, stratum-matched total variation, its bootstrap
+interval and within-strata permutation null), ``strata`` (what each concept is matched on), ``outcome`` (the
+one rule that decides: which concepts count, the outcome, the reason), ``simulate`` (hand-built models of
+exactly known reliance), ``truth`` (the counterfactual ground truth in one word), ``effects`` (intervals the
+surgery's diagnostics use).
 """
 
+from xai_lightning.verdict.assess import ConceptEffect, Verdict, assess
+from xai_lightning.verdict.discover import discover, encode, predict
 from xai_lightning.verdict.effects import Effect, bootstrap_effect, paired_effect, t_quantile
-from xai_lightning.verdict.outcome import NONE, RESERVED, UNDECIDED, Outcome, decide
-from xai_lightning.verdict.reliance import DecisionTable, RelianceEffects, reliance
-from xai_lightning.verdict.summary import (
+from xai_lightning.verdict.outcome import (
+    ALPHA,
     MIN_EFFECT,
-    VERDICTS,
-    EffectFamily,
-    ProbeSummary,
-    default_min_effect,
-    outcome_from_metrics,
-    summarize,
+    NONE,
+    REASON_KEYS,
+    REASONS,
+    RESERVED,
+    UNDECIDED,
+    ConceptEvidence,
+    Outcome,
+    decide,
 )
 from xai_lightning.verdict.truth import CLEAR, MIXED, counterfactual_truth, rates_of, truth_from_rates
 
 __all__ = [
+    "ConceptEffect",
+    "Verdict",
+    "assess",
+    "discover",
+    "encode",
+    "predict",
     "Effect",
     "bootstrap_effect",
     "paired_effect",
     "t_quantile",
+    "ALPHA",
+    "MIN_EFFECT",
     "NONE",
+    "REASON_KEYS",
+    "REASONS",
     "RESERVED",
     "UNDECIDED",
+    "ConceptEvidence",
     "Outcome",
     "decide",
-    "DecisionTable",
-    "RelianceEffects",
-    "reliance",
-    "MIN_EFFECT",
-    "VERDICTS",
-    "EffectFamily",
-    "ProbeSummary",
-    "default_min_effect",
-    "outcome_from_metrics",
-    "summarize",
     "CLEAR",
     "MIXED",
     "counterfactual_truth",

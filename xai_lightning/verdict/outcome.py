@@ -1,57 +1,127 @@
-"""The three outcomes of a verdict: a concept, ``none`` or ``undecided``.
+"""The one place that decides a verdict: which concepts count, the outcome, and why it is undecided.
 
-With every concept's effect and its 95% interval, and ``min_effect`` (how large an effect must be to count
-as reliance; 0 for effects without a natural scale):
+Per concept the verdict has an effect (the share of predictions that follow it) with a 95% interval, a
+within-strata permutation p-value (Holm-adjusted over the concepts: the family-wise error is controlled) and
+whether its cells were too thin for the interval to hold. With ``min_effect`` δ:
 
-* ``<concept>``: the concept with the largest effect has its interval above ``min_effect`` **and** its
-  margin over the runner-up has an interval above 0;
-* ``none``: no concept's interval lies above ``min_effect`` (the model relies on none of them);
-* ``undecided``: otherwise (some concept counts, but which one dominates is not decided), and whenever a
-  concept's effect cannot be measured (no interval at all: ``none`` would be a claim about it).
+* a concept **counts** (``relies``) when its adjusted p-value is at most ``alpha`` **and** its interval lies
+  above δ: the predictions depend on it (the null is rejected) and by enough to matter;
+* the **outcome** names the concept with the largest effect when it counts, decides most predictions (its
+  interval lies above ``MAJORITY``), its margin over the runner-up has an interval above 0, and every
+  concept could be measured on cells that are not too thin (a thin concept's effect is conservative and its
+  interval may not hold: it cannot be ranked). "The model decides by shape" must not be said of a model
+  whose predictions follow shape one time in five: observationally, a model that follows a listed concept
+  for a few images and something else for the rest cannot be told from one whose other predictions follow
+  that concept in both directions at once (a non-monotone effect, which moves no class's share);
+* ``none`` when every concept's interval lies below δ (the upper bound too: "relies on nothing" is claimed
+  only where it was measured) and no concept's cells were too thin;
+* else ``undecided``, with the first reason that applies: ``confounded probe set`` (a concept never varies
+  alone, so it could not be measured), ``too few images per cell`` (thin cells: effects that cannot be
+  ranked, intervals that may not hold), ``two concepts count`` (the leader is not separated from another
+  concept that counts or may count), ``no concept decides most predictions`` (concepts count, none for a
+  majority), ``not enough evidence`` (an interval straddles δ).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xai_lightning.verdict.effects import Effect
 
 NONE, UNDECIDED = "none", "undecided"
 RESERVED = (NONE, UNDECIDED)
+MIN_EFFECT = 0.1  # a concept counts when at least this share of the predictions follows it (interval above)
+MAJORITY = 0.5  # the outcome names a concept only when it decides more than this share (interval above)
+ALPHA = 0.05  # family-wise error of "the predictions depend on the concept", over the concepts
+CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, NO_EVIDENCE = (
+    "confounded probe set",
+    "two concepts count",
+    "no concept decides most predictions",
+    "too few images per cell",
+    "not enough evidence",
+)
+REASONS = (CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, NO_EVIDENCE)
+REASON_KEYS = {  # the reasons in logged names: probe/undecided/<key>
+    CONFOUNDED: "confounded",
+    TWO_COUNT: "two_concepts_count",
+    NO_MAJORITY: "no_majority",
+    TOO_FEW: "too_few_images",
+    NO_EVIDENCE: "not_enough_evidence",
+}
+
+
+@dataclass(frozen=True)
+class ConceptEvidence:
+    """What the verdict knows of one concept."""
+
+    effect: Effect
+    p_value: float = float("nan")  # Holm-adjusted within-strata permutation p-value
+    thin: bool = False  # too few images per cell for the interval to hold
+
+    @property
+    def measured(self) -> bool:
+        return self.effect.finite()
 
 
 @dataclass(frozen=True)
 class Outcome:
     name: str  # a concept, "none" or "undecided"
-    leaning: str | None  # the concept with the largest effect (None when no effect is finite)
-    runner_up: str | None
-    margin: Effect | None  # leaning minus runner-up
+    reason: str | None = None  # why undecided (one of REASONS)
+    relies: tuple[str, ...] = ()  # every concept that counts, largest effect first
+    leaning: str | None = None  # the concept with the largest effect (None when none was measured)
+    runner_up: str | None = None
+    margin: Effect | None = None  # leaning minus runner-up
+    notes: dict[str, str] = field(default_factory=dict)  # concept -> what limited it (thin, unmeasured)
 
     @property
     def decided(self) -> bool:
         return self.name not in RESERVED
 
     def text(self) -> str:
-        """One phrase for consoles and reports: ``color``, ``none`` or ``undecided (leaning shape)``."""
-        if self.name == UNDECIDED and self.leaning is not None:
-            return f"{UNDECIDED} (leaning {self.leaning})"
-        return self.name
+        """One phrase for consoles and reports: ``color``, ``none``, ``undecided: two concepts count (leaning
+        shape)``."""
+        if self.name != UNDECIDED:
+            return self.name
+        lean = f" (leaning {self.leaning})" if self.leaning is not None else ""
+        return f"{UNDECIDED}: {self.reason}{lean}"
 
 
-def decide(effects: Mapping[str, Effect], margin: Callable[[str, str], Effect], min_effect: float = 0.0) -> Outcome:
-    """The outcome from per-concept effects and a function giving the margin (effect a - effect b) of two
-    concepts with its interval."""
-    finite = {c: e for c, e in effects.items() if e.finite()}
-    if not finite:  # nothing measurable (e.g. a confounded probe set: no pair differs in one concept alone)
-        return Outcome(UNDECIDED, None, None, None)
-    ranked = sorted(finite, key=lambda c: finite[c].point, reverse=True)
-    top = ranked[0]
+def counts(e: ConceptEvidence, min_effect: float, alpha: float) -> bool:
+    return e.measured and e.p_value <= alpha and e.effect.lo > min_effect
+
+
+def _undecided_reason(evidence: Mapping[str, ConceptEvidence], relies: list[str], separated: bool) -> str:
+    if any(not e.measured for e in evidence.values()):
+        return CONFOUNDED
+    if any(e.thin for e in evidence.values()):
+        return TOO_FEW
+    if relies:
+        return NO_MAJORITY if separated else TWO_COUNT
+    return NO_EVIDENCE
+
+
+def decide(
+    evidence: Mapping[str, ConceptEvidence],
+    margin: Callable[[str, str], Effect],
+    min_effect: float = MIN_EFFECT,
+    alpha: float = ALPHA,
+) -> Outcome:
+    """The outcome (module docstring). ``margin(a, b)``: effect a minus effect b with its interval."""
+    measured = {c: e for c, e in evidence.items() if e.measured}
+    ranked = sorted(measured, key=lambda c: measured[c].effect.point, reverse=True)
+    relies = [c for c in ranked if counts(measured[c], min_effect, alpha)]
+    top = ranked[0] if ranked else None
     runner = ranked[1] if len(ranked) > 1 else None
     gap = margin(top, runner) if runner is not None else None
-    if not any(e.lo > min_effect for e in finite.values()):
-        # "none" is a claim about every concept: an unmeasurable one leaves it open
-        return Outcome(NONE if len(finite) == len(effects) else UNDECIDED, top, runner, gap)
-    if finite[top].lo > min_effect and (gap is None or gap.lo > 0):
-        return Outcome(top, top, runner, gap)
-    return Outcome(UNDECIDED, top, runner, gap)
+    notes = {c: "too few images per cell" for c, e in evidence.items() if e.thin}
+    notes.update({c: "not measured: it never varies alone" for c, e in evidence.items() if not e.measured})
+    common = dict(relies=tuple(relies), leaning=top, runner_up=runner, margin=gap, notes=notes)
+    complete = len(measured) == len(evidence)
+    thin = any(e.thin for e in evidence.values())  # magnitudes that cannot be ranked or bounded
+    separated = top in relies and (gap is None or gap.lo > 0)
+    if complete and not thin and separated and measured[top].effect.lo > MAJORITY:
+        return Outcome(top, **common)
+    if complete and not relies and not thin and all(e.effect.hi < min_effect for e in measured.values()):
+        return Outcome(NONE, **common)
+    return Outcome(UNDECIDED, _undecided_reason(evidence, relies, separated), **common)

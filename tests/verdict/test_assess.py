@@ -1,0 +1,118 @@
+"""The verdict on hand-built models whose reliance is known exactly (xai_lightning.verdict.simulate)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xai_lightning.verdict.assess import assess
+from xai_lightning.verdict.simulate import HandBuilt, ProbeDesign
+
+
+def _verdict(design, model, seed, concepts=("shape", "color"), targets=True, **kw):
+    v = design.draw(np.random.default_rng(seed))
+    pred = model.predict(v, design.classes)
+    values = {c: v[f"observed_{c}"] for c in concepts}
+    names = {c: [f"{c}{i}" for i in range(design.cards[c])] for c in concepts}
+    tgt = v["observed_shape"] if targets else None
+    kw.setdefault("draws", 200)
+    kw.setdefault("permutations", 200)
+    return assess(pred, values, names, targets=tgt, classes=design.classes, seed=seed, **kw), model.flip_rates(
+        v, design
+    )
+
+
+def test_a_partial_shortcut_reads_its_share_of_predictions_not_its_square():
+    """38% of the predictions follow colour: the effect is ~0.36 (0.38 x 0.95 noise-free), and colour counts."""
+    design = ProbeDesign(images=500)
+    verdict, truth = _verdict(design, HandBuilt("mixture", strength=0.38), seed=0)
+    color = verdict.effects["color"]
+    assert color.value == pytest.approx(truth["color"], abs=0.05)
+    assert color.lo < truth["color"] < color.hi
+    assert "color" in verdict.relies
+
+
+def test_a_random_predictor_with_ten_classes_is_never_decided():
+    design = ProbeDesign(images=250, classes=10, colors=10)
+    for seed in range(5):
+        verdict, _ = _verdict(design, HandBuilt("random"), seed=seed)
+        assert not verdict.relies and verdict.outcome != "color" and verdict.outcome != "shape"
+
+
+def test_twenty_images_do_not_claim_none():
+    """A 77% partial shortcut on 20 images: the interval reaches above δ, so the answer is not `none`."""
+    design = ProbeDesign(images=20)
+    verdict, _ = _verdict(design, HandBuilt("mixture", strength=0.8), seed=1)
+    assert verdict.outcome != "none"
+    assert verdict.effects["color"].hi > 0.1
+
+
+def test_a_shape_model_on_a_correlated_probe_set_is_not_named_colour_when_colour_is_listed_alone():
+    """90% of the digits in their own colour, only colour listed, the class labels given: matched on the class."""
+    design = ProbeDesign(images=1000, classes=2, colors=2, layout="correlated")
+    verdict, truth = _verdict(design, HandBuilt("shape"), seed=2, concepts=("color",))
+    assert truth["color"] == 0.0
+    assert verdict.effects["color"].matched_on == ("class",)
+    assert "color" not in verdict.relies and verdict.outcome != "color"
+    unmatched, _ = _verdict(design, HandBuilt("shape"), seed=2, concepts=("color",), targets=False)
+    assert unmatched.effects["color"].value > 0.5  # what matching on the class prevents
+
+
+def test_a_secondary_shortcut_counts_although_the_digit_leads():
+    """Every red digit goes to class 0, the rest follow the digit: shape leads, colour counts too."""
+    design = ProbeDesign(images=2000, classes=10, colors=10)
+    verdict, truth = _verdict(design, HandBuilt("secondary"), seed=3)
+    assert verdict.outcome == "shape"
+    assert verdict.relies == ("shape", "color")
+    assert verdict.effects["color"].value == pytest.approx(truth["color"], abs=0.05)
+    assert verdict.effects["color"].value_classes["color0"] == "0"
+
+
+def test_a_model_that_follows_nothing_reads_none_and_one_that_follows_colour_reads_colour():
+    design = ProbeDesign(images=600)
+    constant, _ = _verdict(design, HandBuilt("constant"), seed=4)
+    assert constant.outcome == "none" and constant.effects["color"].hi < 0.1
+    colour, _ = _verdict(design, HandBuilt("mixture", strength=1.0, noise=0.0), seed=4)
+    assert colour.outcome == "color" and colour.effects["color"].value == pytest.approx(1.0)
+    assert colour.effects["shape"].value == pytest.approx(0.0, abs=0.02)
+
+
+def test_missing_labels_and_class_imbalance_leave_the_effect_on_target():
+    for layout in ("missing", "imbalanced"):
+        design = ProbeDesign(images=1500, classes=4, colors=4, layout=layout)
+        verdict, truth = _verdict(design, HandBuilt("mixture", strength=0.5), seed=5)
+        assert verdict.effects["color"].value == pytest.approx(truth["color"], abs=0.05), layout
+        assert verdict.outcome == "shape" or "color" in verdict.relies
+
+
+def test_a_concept_that_never_varies_alone_makes_the_outcome_undecided():
+    """Every red digit is a 5 (a confounded split): colour cannot be measured apart from shape."""
+    digit = np.repeat([0, 1], 50)
+    verdict = assess(
+        digit.copy(),
+        {"shape": digit, "color": digit},
+        {"shape": ["5", "8"], "color": ["r", "g"]},
+        targets=digit,
+        draws=50,
+        permutations=50,
+    )
+    assert verdict.outcome == "undecided" and verdict.reason == "confounded probe set"
+
+
+def test_interval_covers_the_flip_rate_of_a_partial_shortcut():
+    """Coverage over 60 probe sets of 400 images (a simulation; the full grid is experiments/validate_verdict.py)."""
+    design, model = ProbeDesign(images=400, classes=4, colors=4), HandBuilt("mixture", strength=0.3)
+    big = design.__class__(images=200_000, classes=4, colors=4).draw(np.random.default_rng(99))
+    truth = model.flip_rates(big, design)["color"]
+    hits = []
+    for seed in range(60):
+        verdict, _ = _verdict(design, model, seed=100 + seed, draws=150, permutations=20)
+        e = verdict.effects["color"]
+        hits.append(e.lo <= truth <= e.hi)
+    assert 0.85 <= np.mean(hits) <= 1.0
+
+
+@pytest.mark.parametrize("bad", [{"color": np.array([0, 2, 1])}, {"color": np.array([0, -2, 1])}])
+def test_values_outside_their_names_are_one_line_errors(bad):
+    with pytest.raises(ValueError, match="outside"):
+        assess(np.array([0, 1, 0]), bad, {"color": ["red", "green"]})

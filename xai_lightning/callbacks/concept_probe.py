@@ -1,0 +1,269 @@
+"""ConceptProbe: which concept the model's decisions follow, every validation epoch, for any classifier.
+
+During validation it records, for every image of the probe split, the model's prediction (the class scores
+``validation_step`` returned, else one forward of the batch), each concept's value from the data module's
+labels and the image's class. At epoch end the records of every rank are gathered and the verdict
+(``xai_lightning.verdict.assess``) decides: the share of predictions that follow each concept with a 95%
+interval, which concepts count, the outcome and, when undecided, why. No CLIP, no hooks, no reference
+networks: the cost is the verdict's arithmetic on top of the validation pass.
+
+Logged (``xai_lightning.names``): ``probe/outcome/<c|none|undecided>``, ``probe/decided``,
+``probe/undecided/<reason>``, ``probe/effect[_lo|_hi]/<c>``, ``probe/relies/<c>`` (what ``ConceptAlarm``
+reads), ``probe/margin[_lo|_hi]``, ``probe/images``, ``probe/seconds``; with ``log="all"`` also
+``probe/p_value/<c>``, ``probe/cell_median/<c>``, ``probe/thin/<c>``. With W&B the run summary holds the
+outcome as the console prints it (``probe/verdict``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from xai_lightning import names
+from xai_lightning.callbacks.common import log_reduced, owned, predictions, split_index
+from xai_lightning.callbacks.records import ProbeRecords
+from xai_lightning.data.protocol import require
+from xai_lightning.errors import ConfigError
+from xai_lightning.verdict import ALPHA, MIN_EFFECT, NONE, REASON_KEYS, RESERVED, UNDECIDED, Verdict, assess
+
+log = logging.getLogger(__name__)
+LOG_LEVELS = ("default", "all")
+
+
+class ConceptProbe(Callback):
+    """The verdict every probed validation epoch.
+
+    Args:
+        concepts: concept name -> the data module's attribute it reads (``{shape: digit, color: color}``), or a
+            list of attributes (each its own name). Default: every attribute of the data module.
+        split: the validation dataloader of the probe set (name in ``val_split_names``, or index).
+        use_targets: match effects on the images' class labels (``batch["label"]``); turn off when labels are
+            random or not the model's classes.
+        min_effect: δ, the share of predictions a concept must move (its interval above) to count.
+        alpha: family-wise error of "the predictions depend on the concept" over the concepts.
+        draws: bootstrap resamples. permutations: of the within-strata null.
+        every_n_epochs: probe every n-th epoch (always under ``validate``).
+        seed: folds, resamples and permutations (the verdict never touches the training RNG).
+        log: ``default`` (what a user acts on) or ``all``.
+    """
+
+    def __init__(
+        self,
+        concepts: Mapping[str, str] | Sequence[str] | None = None,
+        split: str | int = "probe_set",
+        use_targets: bool = True,
+        min_effect: float = MIN_EFFECT,
+        alpha: float = ALPHA,
+        draws: int = 400,
+        permutations: int = 500,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        log: str = "default",
+    ) -> None:
+        super().__init__()
+        if log not in LOG_LEVELS:
+            raise ValueError(f"unknown log {log!r}; allowed: {', '.join(LOG_LEVELS)}")
+        for name, value, low in (
+            ("draws", draws, 2),
+            ("permutations", permutations, 1),
+            ("every_n_epochs", every_n_epochs, 1),
+        ):
+            if int(value) < low:
+                raise ValueError(f"{name}={value} must be >= {low}")
+        if not 0.0 <= float(min_effect) < 1.0 or not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"min_effect={min_effect} must lie in [0, 1) and alpha={alpha} in (0, 1)")
+        if isinstance(concepts, Mapping):
+            self.concept_map = {str(k): str(v) for k, v in concepts.items()}
+        else:
+            self.concept_map = {str(a): str(a) for a in concepts} if concepts is not None else None
+        reserved = [c for c in self.concept_map or {} if c in RESERVED]
+        if reserved:
+            raise ValueError(f"concept name {reserved[0]!r} is reserved (an outcome); choose another name")
+        self.split, self.use_targets = split, bool(use_targets)
+        self.min_effect, self.alpha = float(min_effect), float(alpha)
+        self.draws, self.permutations = int(draws), int(permutations)
+        self.every_n_epochs, self.seed, self.log_level = int(every_n_epochs), int(seed), log
+        self.history: list[dict[str, Any]] = []
+        self.last: Verdict | None = None
+        self.probed_epoch: int | None = None  # the epoch of the last verdict (ConceptAlarm reads it)
+        self._records: ProbeRecords | None = None
+        self._active = self._ready = False
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.concept_map or [])
+
+    # ---- setup --------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage not in ("fit", "validate"):
+            return
+        try:
+            self._setup(trainer)
+        except ValueError as err:
+            raise ConfigError(str(err) if str(err).startswith("ConceptProbe") else f"ConceptProbe: {err}") from err
+
+    def _setup(self, trainer: L.Trainer) -> None:
+        if self._ready:
+            return
+        dm = require(trainer.datamodule, "ConceptProbe")
+        attributes = dict(dm.attributes)
+        if self.concept_map is None:
+            self.concept_map = {a: a for a in attributes}
+        unknown = sorted(set(self.concept_map.values()) - set(attributes))
+        if unknown:
+            raise ValueError(f"unknown attribute {unknown[0]!r}; the data module has: {', '.join(attributes)}")
+        self.value_names = {c: list(attributes[a]) for c, a in self.concept_map.items()}
+        self.batch_keys = {c: dm.attribute_keys[a] for c, a in self.concept_map.items()}
+        self.class_names = list(dm.class_names)
+        self.index = split_index(trainer, self.split, "ConceptProbe")
+        rank_zero_info(
+            f"ConceptProbe: concepts {self.concepts} on split {dm.val_split_names[self.index]!r} "
+            f"(δ = {self.min_effect:g}, family-wise α = {self.alpha:g})"
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero and getattr(logger, "mode", "") != "disabled":
+                logger.experiment.define_metric("epoch")
+                logger.experiment.define_metric("probe/*", step_metric="epoch")
+        self._ready = True
+
+    def _probing(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking or self.concept_map is None:
+            return False
+        return trainer.state.fn == "validate" or (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ---- validation: record the probe split --------------------------------------------------------------
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._active = self._probing(trainer)
+        if self._active:
+            self._records = ProbeRecords(len(self.concepts)).to(pl_module.device)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active or dataloader_idx != self.index:
+            return
+        pred = predictions(outputs, batch, pl_module)
+        index = batch.get("index")
+        if index is None:
+            if trainer.world_size > 1:
+                raise ValueError("ConceptProbe under DDP needs batch['index'] (the image's position in its split)")
+            start = int(sum(len(i) for i in self._records.index))
+            index = torch.arange(start, start + len(pred), device=pred.device)
+        mine = owned(trainer, self.index, index).to(pred.device)
+        values = torch.stack([batch[self.batch_keys[c]].to(pred.device) for c in self.concepts], dim=1)
+        target = batch["label"].to(pred.device) if self.use_targets else torch.full_like(pred, -1)
+        self._records.update(index[mine], pred[mine], target[mine], values[mine])
+
+    # ---- epoch end: gather, decide, log -------------------------------------------------------------------
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        t0 = time.perf_counter()
+        rows = self._records.rows()  # every rank's, each image once: every rank decides the same verdict
+        values = {c: rows["values"][:, i] for i, c in enumerate(self.concepts)}
+        targets = rows["target"] if self.use_targets and (rows["target"] >= 0).any() else None
+        verdict = assess(
+            rows["pred"],
+            values,
+            self.value_names,
+            targets=targets,
+            classes=self.class_names,
+            draws=self.draws,
+            permutations=self.permutations,
+            min_effect=self.min_effect,
+            alpha=self.alpha,
+            seed=self.seed,
+        )
+        metrics = verdict_metrics(verdict, self.concepts, self.log_level == "all")
+        metrics[names.SECONDS] = time.perf_counter() - t0
+        log_reduced(pl_module, metrics)
+        self.last, self.probed_epoch = verdict, trainer.current_epoch
+        self.history.append({"epoch": trainer.current_epoch, "outcome": verdict.text(), **metrics})
+        if trainer.is_global_zero:
+            rank_zero_info("\n" + "\n".join(console_lines(verdict, trainer.current_epoch, metrics[names.SECONDS])))
+            _wandb_summary(trainer, verdict)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+def verdict_metrics(verdict: Verdict, concepts: Sequence[str], log_all: bool = False) -> dict[str, float]:
+    """The logged numbers of one verdict (names from ``xai_lightning.names``)."""
+    out: dict[str, float] = {}
+    for c in concepts:
+        e = verdict.effects[c]
+        out[names.EFFECT.format(c=c)], out[names.EFFECT_LO.format(c=c)], out[names.EFFECT_HI.format(c=c)] = (
+            e.value,
+            e.lo,
+            e.hi,
+        )
+        out[names.RELIES.format(c=c)] = float(e.relies)
+        if log_all:
+            out[names.P_VALUE.format(c=c)] = e.p_value
+            out[names.CELL_MEDIAN.format(c=c)] = e.cell_median
+            out[names.THIN.format(c=c)] = float(e.thin)
+    for name in [*concepts, NONE, UNDECIDED]:
+        out[names.OUTCOME.format(c=name)] = float(verdict.outcome == name)
+    out[names.DECIDED] = float(verdict.decided)
+    for reason, key in REASON_KEYS.items():
+        out[names.UNDECIDED.format(r=key)] = float(verdict.reason == reason)
+    margin = verdict.decision.margin
+    if len(concepts) > 1:
+        nan = float("nan")
+        out[names.MARGIN], out[names.MARGIN_LO], out[names.MARGIN_HI] = (
+            (margin.point, margin.lo, margin.hi) if margin is not None else (nan, nan, nan)
+        )
+    out[names.IMAGES] = float(verdict.images)
+    return out
+
+
+def console_lines(verdict: Verdict, epoch: int, seconds: float) -> list[str]:
+    """The console summary: the outcome, then one line per concept, largest effect first."""
+    lines = [f"ConceptProbe epoch {epoch}: {verdict.text()} ({verdict.images} images, {seconds:.1f}s)"]
+    for c in sorted(verdict.effects, key=lambda c: -_finite(verdict.effects[c].value)):
+        e = verdict.effects[c]
+        counts = "counts" if e.relies else "      "
+        pushes = f"  ({'; '.join(f'{v} -> {k}' for v, k in e.value_classes.items())})" if e.value_classes else ""
+        thin = "  thin cells" if e.thin else ""
+        lines.append(f"  {c:>12}: follows {e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]  {counts}{pushes}{thin}")
+    return lines
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -9.0
+
+
+def _wandb_summary(trainer: L.Trainer, verdict: Verdict) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "mode", "") != "disabled":
+            key = names.SUMMARY[0]
+            if hasattr(logger, "guard"):
+                logger.guard("ConceptProbe summary", logger.experiment.summary.__setitem__, key, verdict.text())
+            else:
+                logger.experiment.summary[key] = verdict.text()

@@ -1,0 +1,286 @@
+"""The verdict from a probe set's predictions and concept values (pure numpy): ``assess``.
+
+    verdict = assess(pred, {"shape": digit, "color": colour}, {"shape": digit_names, "color": colour_names},
+                     targets=labels)
+    verdict.outcome, verdict.reason, verdict.relies, verdict.effects["color"].value / .lo / .hi
+
+Per concept: the share of predictions that follow it (``following``), matched on the class and on the
+concepts associated with it (``strata``), its bootstrap interval, a within-strata permutation p-value (Holm
+over the concepts), and the outcome (``outcome.decide``). docs/verdict.md says why and how it was validated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xai_lightning.verdict.effects import Effect
+from xai_lightning.verdict.following import (
+    Z95,
+    ConceptView,
+    bootstrap_draws,
+    holm,
+    permutation_pvalue,
+    point_estimate,
+)
+from xai_lightning.verdict.outcome import ALPHA, MIN_EFFECT, ConceptEvidence, Outcome, decide
+from xai_lightning.verdict.strata import CLASS, matched_on, stratum_ids, weighted_pair_median
+
+MIN_CELL = 5  # images on the smaller side of a typical comparison below which the interval is not trusted
+MAX_UNMEASURED_DRAWS = 0.1  # resampled probe sets where the effect is undefined, beyond which it is "thin"
+COVERS = "images, fold assignment"  # what the interval covers: what a rerun of the probe changes
+
+
+@dataclass(frozen=True)
+class ConceptEffect:
+    """One concept's effect: the share of predictions that follow it, with its 95% interval."""
+
+    value: float
+    lo: float
+    hi: float
+    p_value: float  # Holm-adjusted within-strata permutation p-value
+    relies: bool  # counts: p_value <= alpha and lo > min_effect
+    matched_on: tuple[str, ...]  # the strata
+    images: int  # images with the concept and its strata known
+    cell_median: float  # images on the smaller side of a typical comparison (strata.pair_cell)
+    thin: bool  # cells too thin (or too many resamples unmeasurable) for the interval to hold
+    value_classes: dict[str, str] = field(default_factory=dict)  # value -> the class it pushes predictions to
+
+    @property
+    def effect(self) -> Effect:
+        return Effect(self.value, self.lo, self.hi, COVERS)
+
+
+@dataclass
+class Verdict:
+    """What the predictions on the probe set follow."""
+
+    outcome: str  # a concept, "none" or "undecided"
+    reason: str | None  # why undecided
+    relies: tuple[str, ...]  # every concept that counts, largest effect first
+    effects: dict[str, ConceptEffect]
+    decision: Outcome
+    images: int
+    classes: int
+    min_effect: float
+
+    @property
+    def decided(self) -> bool:
+        return self.decision.decided
+
+    def text(self) -> str:
+        return self.decision.text()
+
+    def table(self) -> str:
+        """A plain-text table: one row per concept, largest effect first."""
+        rows = [f"outcome: {self.text()}   ({self.images} images, {self.classes} classes, δ = {self.min_effect:g})"]
+        rows.append(f"{'concept':<14} {'follows':>8} {'95% interval':>18} {'p (Holm)':>9}  counts  matched on")
+        for name in sorted(self.effects, key=lambda c: -np.nan_to_num(self.effects[c].value, nan=-9)):
+            e = self.effects[name]
+            note = "  (thin cells)" if e.thin else ""
+            rows.append(
+                f"{name:<14} {e.value:>+8.3f} [{e.lo:>+7.3f}, {e.hi:>+7.3f}] {e.p_value:>9.3f}  "
+                f"{'yes' if e.relies else 'no':<6}  {', '.join(e.matched_on) or '-'}{note}"
+            )
+            if e.relies and e.value_classes:
+                rows.append("    " + "; ".join(f"{v} -> {k}" for v, k in e.value_classes.items()))
+        return "\n".join(rows)
+
+
+def _column(values: Mapping[str, np.ndarray], targets: np.ndarray | None, name: str) -> np.ndarray:
+    return targets if name == CLASS else values[name]
+
+
+def concept_view(
+    name: str,
+    pred: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    cards: Mapping[str, int],
+    targets: np.ndarray | None,
+    classes: int,
+) -> ConceptView:
+    """The images usable for ``name`` (its value and every matched variable known), with their strata."""
+    on = matched_on(name, values, targets)
+    sid, known = stratum_ids([_column(values, targets, v) for v in on], len(pred))
+    known &= values[name] >= 0
+    rows = np.flatnonzero(known)
+    stratum = np.unique(sid[rows], return_inverse=True)[1] if len(rows) else sid[rows]
+    return ConceptView(
+        name=name,
+        value=values[name][rows].astype(np.int64),
+        stratum=stratum.astype(np.int64),
+        pred=pred[rows].astype(np.int64),
+        rows=rows,
+        values=int(cards[name]),
+        strata=int(stratum.max()) + 1 if len(rows) else 1,
+        classes=int(classes),
+        matched_on=tuple(on),
+    )
+
+
+def comparable_images(view: ConceptView) -> int:
+    """Images in cells that can be cross-fitted against another value of their stratum (two images or more on
+    both sides): what the effect is actually read from."""
+    sizes = view.cell_sizes()
+    usable = sizes >= 2
+    return int((sizes * (usable & (usable.sum(1, keepdims=True) >= 2))).sum())
+
+
+def cell_median(view: ConceptView) -> float:
+    """The typical smaller side of the concept's comparisons (``strata.pair_cell``): images of the rarer value
+    of a pair, in its stratum."""
+    return weighted_pair_median(view.cell_sizes())
+
+
+def value_classes(view: ConceptView, value_names: Sequence[str], class_names: Sequence[str]) -> dict[str, str]:
+    """Each value's class: the class whose share of predictions rises most with the value, stratum-matched
+    (the value's cells against the other values' cells of the same strata)."""
+    sizes = view.cell_sizes()  # [S, V]
+    counts = np.bincount(view.cell * view.classes + view.pred, minlength=sizes.size * view.classes)
+    counts = counts.reshape(view.strata, view.values, view.classes).astype(np.float64)
+    out = {}
+    for a in range(view.values):
+        rest = counts.sum(1) - counts[:, a]
+        ok = (sizes[:, a] > 0) & (sizes.sum(1) - sizes[:, a] > 0)
+        if not ok.any():
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lift = counts[ok, a] / sizes[ok, a, None] - rest[ok] / (sizes[ok].sum(1) - sizes[ok, a])[:, None]
+        out[str(value_names[a])] = str(class_names[int(np.argmax(lift.mean(0)))])
+    return out
+
+
+def wilson(p: float, n: float) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion ``p`` observed on ``n`` trials."""
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return centre - half, centre + half
+
+
+def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, float, float]:
+    """(lo, hi, share of unmeasurable draws): ``point`` +- 1.96 bootstrap standard deviations; in the upper half
+    a Wilson score interval instead, on the effective number of images the bootstrap variance implies (at most
+    half the images: a comparison of two groups). Near 1 a share behaves like a proportion: a probe set where
+    every prediction happened to follow the concept has a bootstrap variance of 0, yet the truth may be 0.95."""
+    finite = draws[np.isfinite(draws)]
+    missing = 1.0 - len(finite) / max(len(draws), 1)
+    if not np.isfinite(point) or len(finite) < 2:
+        return float("nan"), float("nan"), missing
+    sd = float(np.std(finite, ddof=1))
+    if point <= 0.5 or images < 2:
+        return point - Z95 * sd, point + Z95 * sd, missing
+    p = min(point, 1.0)
+    n_eff = p * (1 - p) / sd**2 if sd > 0 and p < 1 else np.inf
+    lo, hi = wilson(p, min(n_eff, images / 2))
+    return float(lo), float(hi), missing
+
+
+def assess(
+    pred: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    value_names: Mapping[str, Sequence[str]],
+    targets: np.ndarray | None = None,
+    classes: int | Sequence[str] | None = None,
+    draws: int = 400,
+    permutations: int = 500,
+    min_effect: float = MIN_EFFECT,
+    alpha: float = ALPHA,
+    seed: int = 0,
+) -> Verdict:
+    """The verdict on a probe set.
+
+    Args:
+        pred: [n] predicted class of every probe image.
+        values: concept -> [n] value index (-1 unknown).
+        value_names: concept -> its values' names (their number is the concept's cardinality).
+        targets: [n] the images' class labels (-1 unknown) when known: effects are then matched on the class.
+        classes: the number of classes, or their names (default: max prediction + 1).
+        draws: bootstrap resamples of the interval. permutations: of the within-strata null.
+        min_effect: δ, the share of predictions a concept must move (interval above it) to count.
+        alpha: family-wise error of the permutation tests over the concepts.
+        seed: folds, resamples and permutations.
+    """
+    pred = np.asarray(pred, dtype=np.int64)
+    values = {c: np.asarray(v, dtype=np.int64) for c, v in values.items()}
+    targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+    _check(pred, values, value_names, targets)
+    class_names = _class_names(classes, pred)
+    cards = {c: len(value_names[c]) for c in values}
+    views = {c: concept_view(c, pred, values, cards, targets, len(class_names)) for c in values}
+    evidence, boots = _evidence(views, len(pred), draws, permutations, seed)
+    decision = decide(evidence, lambda a, b: _margin(evidence, boots, a, b), min_effect, alpha)
+    effects = {}
+    for c, view in views.items():
+        e, relies = evidence[c], c in decision.relies
+        effects[c] = ConceptEffect(
+            value=e.effect.point,
+            lo=e.effect.lo,
+            hi=e.effect.hi,
+            p_value=e.p_value,
+            relies=relies,
+            matched_on=view.matched_on,
+            images=view.images,
+            cell_median=cell_median(view),
+            thin=e.thin,
+            value_classes=value_classes(view, value_names[c], class_names) if relies else {},
+        )
+    return Verdict(
+        decision.name, decision.reason, decision.relies, effects, decision, len(pred), len(class_names), min_effect
+    )
+
+
+def _class_names(classes: int | Sequence[str] | None, pred: np.ndarray) -> list[str]:
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
+        return [str(c) for c in classes]
+    k = int(classes) if classes else int(pred.max(initial=-1)) + 1
+    return [str(i) for i in range(k)]
+
+
+def _evidence(
+    views: Mapping[str, ConceptView], n: int, draws: int, permutations: int, seed: int
+) -> tuple[dict[str, ConceptEvidence], dict[str, np.ndarray]]:
+    """Per concept: the effect with its interval, the Holm-adjusted p-value, thinness; and the bootstrap draws
+    (the same resampled probe sets for every concept, so margins can be read off them)."""
+    weights = np.random.default_rng([seed, 1]).multinomial(n, np.full(n, 1.0 / max(n, 1)), size=draws)
+    points, boots, raw_p = {}, {}, []
+    for i, (c, view) in enumerate(views.items()):
+        rng = np.random.default_rng([seed, 2, i])  # one stream per concept: its numbers do not depend on others
+        points[c] = point_estimate(view, rng)
+        boots[c] = bootstrap_draws(view, weights, rng)
+        raw_p.append(permutation_pvalue(view, rng, permutations))
+    evidence = {}
+    for (c, view), p in zip(views.items(), holm(raw_p)):
+        lo, hi, missing = _interval(points[c], boots[c], comparable_images(view))
+        thin = cell_median(view) < MIN_CELL or missing > MAX_UNMEASURED_DRAWS
+        evidence[c] = ConceptEvidence(Effect(points[c], lo, hi, COVERS), float(p), thin)
+    return evidence, boots
+
+
+def _margin(evidence: Mapping[str, ConceptEvidence], boots: Mapping[str, np.ndarray], a: str, b: str) -> Effect:
+    point = evidence[a].effect.point - evidence[b].effect.point
+    lo, hi, _ = _interval(point, boots[a] - boots[b])
+    return Effect(point, lo, hi, COVERS)
+
+
+def _check(pred: np.ndarray, values: Mapping[str, np.ndarray], value_names, targets) -> None:
+    """One-line errors for inputs that would silently land in the wrong cell."""
+    if pred.ndim != 1:
+        raise ValueError(f"pred must be one predicted class per image, got shape {tuple(pred.shape)}")
+    if len(pred) and pred.min() < 0:
+        raise ValueError(f"predicted classes must be >= 0, got {int(pred.min())}")
+    if not values:
+        raise ValueError("no concepts: give at least one concept's values per image")
+    for c, v in values.items():
+        if c not in value_names:
+            raise ValueError(f"concept {c!r} has values but no value names")
+        if v.shape != pred.shape:
+            raise ValueError(f"concept {c!r}: {v.shape[0] if v.ndim else 0} values for {len(pred)} images")
+        card = len(value_names[c])
+        bad = v[(v < -1) | (v >= card)]
+        if len(bad):
+            raise ValueError(f"concept {c!r}: value index {int(bad[0])} outside [0, {card}) (-1 = unknown)")
+    if targets is not None and np.asarray(targets).shape != pred.shape:
+        raise ValueError(f"targets: {np.asarray(targets).shape} for {len(pred)} images")

@@ -1,0 +1,122 @@
+"""``discover``: which concept a model's decisions follow, in a notebook (plain PyTorch, no Lightning).
+
+    from xai_lightning import discover
+    v = discover(model, images, labels={"color": colours, "shape": digits}, targets=digits)
+    print(v.table()); v.outcome, v.reason, v.relies, v.effects["color"].value
+
+``images``: a tensor [N, 3, H, W] (what the model's forward takes) or an iterable of such batches;
+``labels``: concept -> one value per image (names or integers; ``None``, ``""`` or NaN = unknown);
+``targets``: the images' class labels, when known (effects are then matched on the class: a probe set
+whose attribute goes with the class cannot fake a shortcut). The ``ConceptProbe`` callback runs the same
+``assess`` on the predictions it gathers during validation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xai_lightning.verdict.assess import Verdict, assess
+
+
+def _unknown(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
+
+
+def encode(column: Sequence[Any], names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(value index per image, -1 unknown; value names) of one concept's labels. Integers index ``names``
+    when given (else they are their own names); anything else is a name (sorted, as strings)."""
+    items = list(column.tolist() if hasattr(column, "tolist") else column)
+    if names is not None:
+        names = [str(n) for n in names]
+        lookup = {n: i for i, n in enumerate(names)}
+        out = []
+        for v in items:
+            if _unknown(v) or (isinstance(v, (int, np.integer)) and v < 0):
+                out.append(-1)
+            elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                if v >= len(names):
+                    raise ValueError(f"value index {v} outside the {len(names)} names {names}")
+                out.append(int(v))
+            elif str(v) in lookup:
+                out.append(lookup[str(v)])
+            else:
+                raise ValueError(f"value {v!r} is not one of {names}")
+        return np.asarray(out, dtype=np.int64), names
+    known = sorted({str(v) for v in items if not _unknown(v) and not (isinstance(v, (int, np.integer)) and v < 0)})
+    lookup = {n: i for i, n in enumerate(known)}
+    index = [-1 if _unknown(v) or (isinstance(v, (int, np.integer)) and v < 0) else lookup[str(v)] for v in items]
+    return np.asarray(index, dtype=np.int64), known
+
+
+def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        yield from images.split(batch_size)
+        return
+    for batch in images:
+        yield batch["image"] if isinstance(batch, Mapping) else batch
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256
+) -> tuple[np.ndarray, int]:
+    """(predicted class [N]: the argmax of the forward's class scores, in eval mode; the number of classes).
+    The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        preds, width = [], 0
+        for x in _batches(images, batch_size):
+            scores = model(x.to(device))
+            if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+                raise ValueError(
+                    f"the model's forward must return class scores [batch, classes], got "
+                    f"{type(scores).__name__}{'' if not isinstance(scores, torch.Tensor) else tuple(scores.shape)}"
+                )
+            preds.append(scores.argmax(-1).cpu())
+            width = scores.shape[1]
+    finally:
+        model.train(was_training)
+    return (torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)), width
+
+
+def discover(
+    model: nn.Module,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    labels: Mapping[str, Sequence[Any]],
+    targets: Sequence[Any] | None = None,
+    value_names: Mapping[str, Sequence[str]] | None = None,
+    classes: int | Sequence[str] | None = None,
+    batch_size: int = 256,
+    **options: Any,
+) -> Verdict:
+    """Which of the labelled concepts the model's predictions follow on these images (module docstring).
+
+    Args:
+        model: any classifier whose forward returns class scores [batch, classes].
+        images: [N, 3, H, W] or an iterable of batches (tensors, or dicts with ``image``), in a fixed order.
+        labels: concept -> one value per image (in the same order).
+        targets: the images' class labels (class indices), when known.
+        value_names: concept -> names of its values, when ``labels`` holds integer indices.
+        classes: number of classes or their names (default: the model's output width).
+        options: ``assess``'s (``draws``, ``permutations``, ``min_effect``, ``alpha``, ``seed``).
+    """
+    if not labels:
+        raise ValueError("labels is empty: give at least one concept's value per image (e.g. {'color': [...]})")
+    pred, width = predict(model, images, batch_size)
+    values, names = {}, {}
+    for concept, column in labels.items():
+        values[concept], names[concept] = encode(column, (value_names or {}).get(concept))
+        if len(values[concept]) != len(pred):
+            raise ValueError(f"labels[{concept!r}] has {len(values[concept])} values for {len(pred)} images")
+    target = None
+    if targets is not None:
+        target = np.asarray([-1 if _unknown(t) else int(t) for t in targets], dtype=np.int64)
+    return assess(pred, values, names, targets=target, classes=classes or width, **options)
