@@ -10,11 +10,13 @@ the surgery under several settings with the shipped probe CLIP:
 * ``paper, probe set``: the same, but on the probe set (colour independent of the digit), in-sample.
 * ``ours``: probe set, fit and score on disjoint halves; the surgery against reference networks (here 3
   re-initialisations of the architecture by its constructor: a checkpoint does not hold the run's starting
-  weights) and the decision-level reliance (the default verdict).
+  weights).
 * single changes from ``ours``: swap fraction, model layers, score, matching.
 
-For each model and setting: the colour and shape effects of every verdict metric and the concept each
-names; the counterfactual ground truth is colour for the biased model and shape for the debiased one.
+For each model and setting: the colour and shape effects of every surgery metric, and which concept each
+separates (the larger effect's interval above the other's), beside the verdict on the scored images
+(``xai_lightning.verdict.assess``: it needs no surgery, so it is the same whatever the setting); the
+counterfactual ground truth is colour for the biased model and shape for the debiased one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from xai_lightning.models import ClassifierModule
 from xai_lightning.report import load_run
 from xai_lightning.surgery import SurgeryPipeline, reference_models, resolve_concepts
 from xai_lightning.surgery.holdout import holdout_mask
+from xai_lightning.verdict import assess
 
 SETTINGS = [  # name, fit split, score split, holdout, pipeline kwargs
     ("paper: test split, in-sample", "test", "test", False, {}),
@@ -63,7 +66,7 @@ def halves(index: torch.Tensor, fit: bool) -> torch.Tensor:
     return holdout_mask(index, fit)
 
 
-METRICS = ("reliance", "share", "retention", "retention_vs_init", "separation_vs_init")
+METRICS = ("share", "retention", "retention_vs_init", "separation_vs_init")
 
 
 @torch.no_grad()
@@ -94,15 +97,33 @@ def run_setting(
             scored += int(keep.sum())
     refs = reference_models(lambda: ClassifierModule(**model_args), [10_000, 10_001, 10_002])
     pipe.compute_references([r.to(device) for r in refs], fit_images, triples)
+    preds, values = [], []
     for images, targets, index in triples:
         pipe.score_batch(images, targets, index=index)
-    out = {"images": pipe.score_finish(verdict="reliance", bootstrap=1000).images}
-    for metric in METRICS:  # each metric's own outcome (the sums are reduced once; summaries only read them)
-        summary = pipe.counts.summary(metric, 1000, pipe.seed, None, pipe.decisions)
-        out.update({k: v for k, v in summary.metrics.items() if k.startswith(f"effect_{metric}")})
-        out[f"outcome_{metric}"] = summary.outcome.text()
-        out[f"name_{metric}"] = summary.outcome.name
+        preds.append(model(images).argmax(-1).cpu())
+        values.append(targets.cpu())
+    summary = pipe.score_finish(bootstrap=1000)
+    values = torch.cat(values, dim=1).numpy()
+    verdict = assess(
+        torch.cat(preds).numpy(),
+        {"shape": values[0], "color": values[1]},
+        {"shape": dm.class_names, "color": dm.color_names},
+        targets=values[0],
+        seed=0,
+    )
+    out = {"images": summary.images, "verdict": verdict.text(), "verdict_name": verdict.outcome}
+    out.update({f"verdict/{c}": verdict.effects[c].value for c in ("color", "shape")})
+    for metric in METRICS:
+        out[metric] = summary.effects.get(metric, {})
     return out
+
+
+def separates(effects: dict) -> str:
+    """The concept whose effect's interval lies above the other's, else ``·``."""
+    if not effects:
+        return "·"
+    top, other = sorted(effects, key=lambda c: effects[c].point, reverse=True)
+    return top if effects[top].lo > effects[other].hi else "·"
 
 
 def main() -> None:
@@ -121,12 +142,12 @@ def main() -> None:
     lines = [
         "# Probe settings: which ones tell the biased from the debiased model?",
         "",
-        "Effects colour / shape, then the metric's outcome: decision reliance (the default verdict), the surgery "
-        "against random matching (null) or against 3 re-initialisations of the architecture (− init). ✓ = the "
-        "outcome names the counterfactual ground truth (biased: colour, debiased: shape), ✗ = it names the other "
-        "concept, · = none or undecided.",
+        "The verdict (share of predictions following colour / shape, outcome; it needs no surgery), then the "
+        "surgery's effects colour / shape against random matching (null) or against 3 re-initialisations of the "
+        "architecture (− init) and the concept whose interval lies above the other's. ✓ = it names the "
+        "counterfactual ground truth (biased: colour, debiased: shape), ✗ = the other concept, · = neither.",
         "",
-        "| setting | model | reliance (default) | share − null (paper) | retention − null | retention − init | "
+        "| setting | model | verdict | share − null (paper) | retention − null | retention − init | "
         "separation − init |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -135,14 +156,18 @@ def main() -> None:
             r = run_setting(
                 model, dm, probe_cfg, model_args, clip, fit_split, score_split, holdout, kwargs, device=args.device
             )
-            cells = []
+
+            def mark(named: str, want: str = truth[model_name]) -> str:
+                return "✓" if named == want else ("·" if named in ("·", "none", "undecided") else "✗")
+
+            cells = [f"{r['verdict/color']:+.3f} / {r['verdict/shape']:+.3f} {r['verdict']} {mark(r['verdict_name'])}"]
             for metric in METRICS:
-                named = r[f"name_{metric}"]
-                mark = "✓" if named == truth[model_name] else ("·" if named in ("none", "undecided") else "✗")
-                cells.append(
-                    f"{r[f'effect_{metric}/color']:+.3f} / {r[f'effect_{metric}/shape']:+.3f} "
-                    f"{r[f'outcome_{metric}']} {mark}"
-                )
+                e = r[metric]
+                if not e:
+                    cells.append("–")
+                    continue
+                named = separates(e)
+                cells.append(f"{e['color'].point:+.3f} / {e['shape'].point:+.3f} {named} {mark(named)}")
             lines.append(f"| {name} | {model_name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     lines += [

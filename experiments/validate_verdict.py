@@ -1,433 +1,401 @@
-"""Validation suite: is the probe's outcome right, epoch by epoch, on cases it was not tuned on?
+"""Validation of the verdict where users live (targets fixed before the runs: docs/verdict.md).
 
-    python experiments/validate_verdict.py OUT [--mode small|full] [--seed-offset N] [--families F ...]
-        [--mnist PATH] [-- FIT_ARGS...]
+    python experiments/validate_verdict.py OUT [--part handbuilt trained] [--reps 6] [--trained-reps 4]
+        [--seed-offset 1000] [--mnist PATH] [--workers 2] [--quick]
 
-Trains every scenario with ``python -m xai_lightning fit --config configs/quickstart.yaml`` plus overrides
-(runs that finished are reused: an interrupted suite resumes), then scores every probed epoch's outcome,
-for every verdict metric side by side, against the counterfactual ground truth *at that epoch*
-(``cf/color_flip_rate`` vs ``cf/shape_flip_rate``, and ``cf/background_flip_rate`` for scenes: clear when one
-leads every other by >= 0.2, else mixed).
+Two parts, each a grid of probe designs: 2, 4 and 10 classes; 100, 250, 1,000 and 5,000 probe images;
+balanced, 90/10 correlated (colour goes with the class), class-imbalanced (half class 0) and 10% missing
+labels; concepts shape, colour and background.
 
-Families (``--families``): ``graded`` (planted colour reliance in steps: the exact fraction of training
-digits whose colour conflicts with their class, 7 levels x 3 seeds), ``arch`` (ResNet-18, a plain CNN,
-EfficientNet-B0; biased and debiased), ``finetune`` (pretrained on grayscale digits of all ten classes,
-then fine-tuned on the biased pair: the reference is the pretrained weights), ``real`` (MNIST digits 3/7
-from ``--mnist``), ``palette`` (digits 2/6 in blue/yellow), ``long`` (25 epochs on 80 training digits per
-class, real MNIST 4/9), ``null`` (random labels), ``scenes`` (the background shortcut,
-``configs/scenes/biased.yaml``: biased backgrounds, and random ones; the truth then compares the
-background's flip rate too). ``--mode full`` uses the quickstart's sizes and ResNet-50
-(meant for a GPU: add ``-- --trainer.accelerator gpu``). ``--seed-offset`` shifts every seed (a fresh
-replication).
+* ``handbuilt``: models whose reliance is known exactly (``xai_lightning.verdict.simulate``): partial colour
+  shortcuts (0.05 to 1.0 of the predictions), a background shortcut, a secondary shortcut (red -> class 0),
+  an AND of colour and shape, a shape reader, a constant, a non-monotone two-way colour effect, and a
+  background shortcut the user did not list.
+* ``trained``: ResNet-18s trained on coloured digits and digits over textures with graded shortcuts (2, 4
+  and 10 classes; ``--mnist`` for real handwriting in the 10-class family), probed on designs drawn from a
+  large probe split; the truth is each model's counterfactual flip rate per concept (every other value of
+  the concept, per image), averaged as the design draws its images.
 
-Writes OUT/validation.json (every run, every probed epoch) and OUT/validation.md (targets, tables).
+Every verdict is computed exactly as the ConceptProbe does (its defaults, the class labels given).
+Writes OUT/handbuilt.jsonl and OUT/trained.jsonl (one line per verdict, resumable) and OUT/validation.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
+import functools
+import itertools
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from multiprocessing import Pool
 
 import numpy as np
 
-from xai_lightning.io import atomic_write_text
-from xai_lightning.report import load_run
-from xai_lightning.verdict import MIXED, VERDICTS, outcome_from_metrics, rates_of, truth_from_rates
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from verdict_lab import (  # noqa: E402 - the helpers beside this script
+    SIZES,
+    TrainSpec,
+    draw_design,
+    flips,
+    layout_weights,
+    read_jsonl,
+    records,
+    train,
+    verdict_of,
+    write_jsonl,
+)
 
-CONCEPTS = ["shape", "color"]
-ALL_CONCEPTS = [*CONCEPTS, "background"]  # the scenes family's probe adds the background
-CONFLICTS = (0.001, 0.004, 0.008, 0.012, 0.016, 0.024, 0.05)
-FAMILIES = ("graded", "arch", "finetune", "real", "palette", "long", "null", "scenes")
-DEBIASED = ["--model.init_args.input_transform", "grayscale"]
+from xai_lightning.io import atomic_write_text  # noqa: E402
+from xai_lightning.verdict import MIN_EFFECT  # noqa: E402
+from xai_lightning.verdict.simulate import LAYOUTS, HandBuilt, ProbeDesign  # noqa: E402
 
-
-@dataclass
-class Scenario:
-    name: str
-    family: str
-    args: list[str]
-    seed: int
-    pretrain: bool = False  # trains a start for other runs (no probe, not scored)
-    needs: str | None = None  # the pretraining run whose last checkpoint starts this one
-    meta: dict = field(default_factory=dict)
-    config: str = "configs/quickstart.yaml"  # the scenes family trains configs/scenes/biased.yaml
-
-
-def _sizes(mode: str, train: int = 1000, probe: int = 250, epochs: int = 3) -> list[str]:
-    if mode == "full":
-        return []  # the quickstart's sizes, ResNet-50
-    return [
-        "--model.init_args.backbone",
-        "resnet18",
-        "--data.init_args.train_per_class",
-        str(train),
-        "--data.init_args.test_per_class",
-        "100",
-        "--data.init_args.real_world_per_class",
-        "100",
-        "--data.init_args.probe_per_class",
-        str(probe),
-        "--trainer.max_epochs",
-        str(epochs),
-    ]
+SHAPES = ((2, 2, 2), (4, 4, 3), (10, 10, 4))  # classes, colours, backgrounds
+MONOTONE = [HandBuilt("mixture", "color", p) for p in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)] + [
+    HandBuilt("mixture", "background", 0.4),
+    HandBuilt("secondary", "color", 1.0),
+    HandBuilt("and", "color", 1.0),
+    HandBuilt("shape"),
+    HandBuilt("constant"),
+]
+OTHER = [HandBuilt("two_way", "color", 0.8)]  # not monotone: the effect is only a lower bound
+UNLISTED = HandBuilt("mixture", "background", 0.5)  # its concept is not listed
+CONCEPTS = ("shape", "color", "background")
+CLEAR = 0.2
 
 
-def _graded(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
+def model_name(m: HandBuilt) -> str:
+    return f"{m.kind}:{m.concept}:{m.strength:g}"
+
+
+# ---- part A: hand-built models ------------------------------------------------------------------------------
+@functools.cache
+def _truth(classes: int, colors: int, backgrounds: int, layout: str, model: HandBuilt) -> dict[str, float]:
+    """Population flip rates: 200,000 images of the design (they do not depend on its size)."""
+    big = ProbeDesign(200_000, classes, colors, backgrounds, layout)
+    return model.flip_rates(big.draw(np.random.default_rng(7)), big)
+
+
+def _handbuilt_job(job: tuple) -> list[dict]:
+    design, model, listed, reps, seed0, truth = job
     out = []
-    for c in CONFLICTS:
-        for s in range(3):
-            args = _sizes(mode) + ["--data.init_args.conflict_fraction", str(c)]
-            out.append(Scenario(f"graded_c{c:g}_s{s + offset}", "graded", args, s + offset, meta={"conflict": c}))
-    return out
-
-
-def _arch(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    out = []
-    for arch in ("resnet18", "simple_cnn", "efficientnet_b0"):
-        args = _sizes(mode) + ["--model.init_args.backbone", arch]
-        out.append(Scenario(f"arch_{arch}_biased", "arch", args, offset))
-        out.append(Scenario(f"arch_{arch}_debiased", "arch", args + DEBIASED, offset))
-    return out
-
-
-def _finetune(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    base = _sizes(mode)
-    ten = ["--data.init_args.digits", "[0,1,2,3,4,5,6,7,8,9]", "--data.init_args.color_mode", "grayscale"]
-    pre = base + ten + ["--data.init_args.train_per_class", "400", "--trainer.callbacks", "null"]
-    return [
-        Scenario("finetune_pretrain", "finetune", pre, offset, pretrain=True),
-        Scenario("finetune_biased", "finetune", base, offset, needs="finetune_pretrain"),
-        Scenario("finetune_debiased", "finetune", base + DEBIASED, offset, needs="finetune_pretrain"),
-    ]
-
-
-def _real(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    if not mnist:
-        return []
-    real = _sizes(mode, train=500) + ["--data.init_args.source", mnist, "--data.init_args.digits", "[3,7]"]
-    return [
-        Scenario("real_37_biased", "real", real, offset),
-        Scenario("real_37_debiased", "real", real + DEBIASED, offset),
-    ]
-
-
-def _palette(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    pal = _sizes(mode) + ["--data.init_args.digits", "[2,6]", "--data.init_args.colors", "[blue,yellow]"]
-    return [
-        Scenario("palette_26_biased", "palette", pal, offset),
-        Scenario("palette_26_debiased", "palette", pal + DEBIASED, offset),
-    ]
-
-
-def _long(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    """The quickstart's ResNet-50 for 25 epochs on 80 training digits per class of real handwriting."""
-    if not mnist:
-        return []
-    args = ["--data.init_args.source", mnist, "--data.init_args.digits", "[4,9]"]
-    args += ["--data.init_args.train_per_class", "100", "--data.init_args.test_per_class", "50"]
-    args += ["--data.init_args.real_world_per_class", "100", "--data.init_args.probe_per_class", "250"]
-    return [Scenario("long_mnist49_biased", "long", args + ["--trainer.max_epochs", "25"], offset)]
-
-
-def _null(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    args = _sizes(mode) + ["--data.init_args.label_mode", "random"]
-    return [Scenario(f"null_random_labels_s{s + offset}", "null", args, s + offset) for s in range(2)]
-
-
-def _scenes(mode: str, offset: int, mnist: str | None) -> list[Scenario]:
-    """The background shortcut (configs/scenes/): biased backgrounds, and random ones (debiased)."""
-    args = _sizes(mode)
-    scenes = "configs/scenes/biased.yaml"
-    return [
-        Scenario("scenes_biased", "scenes", args, offset, config=scenes),
-        Scenario(
-            "scenes_debiased", "scenes", args + ["--data.init_args.background_mode", "random"], offset, config=scenes
-        ),
-    ]
-
-
-BUILDERS = {
-    "graded": _graded,
-    "arch": _arch,
-    "finetune": _finetune,
-    "real": _real,
-    "palette": _palette,
-    "long": _long,
-    "null": _null,
-    "scenes": _scenes,
-}
-
-
-def scenarios(mode: str, offset: int, mnist: str | None, families: list[str]) -> list[Scenario]:
-    """Every scenario of the chosen families, in the suite's order (a pretraining run before its users)."""
-    return [sc for family in FAMILIES if family in families for sc in BUILDERS[family](mode, offset, mnist)]
-
-
-def run_one(out: str, sc: Scenario, extra: list[str], done: dict[str, str]) -> str:
-    """Trains one scenario (reused when its DONE file exists); returns its run directory."""
-    run_dir = os.path.join(out, sc.name)
-    if os.path.isfile(os.path.join(run_dir, "DONE")):
-        print(f"[suite] reuse {sc.name}", flush=True)
-        return run_dir
-    if os.path.exists(run_dir):  # interrupted: start it again
-        shutil.rmtree(run_dir)
-    args = list(sc.args)
-    if sc.needs:
-        ckpts = sorted(glob.glob(os.path.join(done[sc.needs], "**", "*.ckpt"), recursive=True))
-        if not ckpts:
-            raise FileNotFoundError(f"{sc.needs} left no checkpoint for {sc.name}")
-        args += ["--model.init_args.init_checkpoint", ckpts[-1]]
-    env = dict(os.environ, XAI_RUN_DIR=run_dir, WANDB_MODE="disabled", XAI_GROUP=f"suite-{os.path.basename(out)}")
-    cmd = [sys.executable, "-m", "xai_lightning", "fit", "--config", sc.config]
-    cmd += ["--data.init_args.data_dir", os.path.join(out, "data"), "--data.init_args.seed", str(sc.seed)]
-    cmd += ["--seed_everything", str(sc.seed), *args, *extra]
-    print(f"[suite] {sc.name}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(out, f"{sc.name}.log"), "w") as log:
-        subprocess.run(cmd, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
-    atomic_write_text(os.path.join(run_dir, "DONE"), f"{time.time() - t0:.1f}\n")
-    return run_dir
-
-
-# ---- scoring (pure: the unit tests drive these on fixtures) ------------------------------------------
-def epoch_rows(name: str, family: str, epochs: dict[int, dict[str, float]], meta: dict | None = None) -> list[dict]:
-    """One row per probed epoch: ground truth, and every verdict metric's outcome and effects."""
-    rows = []
-    for epoch in sorted(epochs):
-        m = epochs[epoch]
-        if "cf/color_flip_rate" not in m or "probe/images" not in m:
-            continue
-        flips = rates_of(m)  # colour and shape; scenes add background
+    names = {c: [f"{c}{i}" for i in range(design.cards[c])] for c in listed}
+    for rep in range(reps):
+        seed = seed0 + rep
+        v = design.draw(np.random.default_rng(seed))
+        pred = model.predict(v, design.classes)
+        t0 = time.perf_counter()
+        verdict = verdict_of(
+            {"pred": pred, "target": v["observed_shape"], **{c: v[f"observed_{c}"] for c in listed}},
+            names,
+            design.classes,
+            seed,
+        )
         row = {
-            "run": name,
-            "family": family,
-            "epoch": epoch,
-            **{f"cf_{c}": r for c, r in flips.items()},
-            "truth": truth_from_rates(flips),
-            "real_world_acc": m.get("real_world/acc", float("nan")),
-            **(meta or {}),
+            "part": "handbuilt",
+            "cell": f"K{design.classes}/n{design.images}/{design.layout}",
+            "classes": design.classes,
+            "images": design.images,
+            "layout": design.layout,
+            "model": model_name(model),
+            "monotone": model.kind not in ("two_way",) and listed == CONCEPTS,
+            "listed": list(listed),
+            "seed": seed,
+            "seconds": time.perf_counter() - t0,
         }
-        for v in VERDICTS:
-            if f"probe/effect_{v}/shape" not in m:
-                continue
-            concepts = [c for c in ALL_CONCEPTS if f"probe/effect_{v}/{c}" in m]
-            row[f"outcome/{v}"] = outcome_from_metrics(m, concepts, v, prefix="probe/")
-            for c in concepts:
-                for k in ("", "_lo", "_hi"):
-                    row[f"{v}{k}/{c}"] = m[f"probe/effect_{v}{k}/{c}"]
-        rows.append(row)
+        row.update(_verdict_row(verdict, truth, listed))
+        out.append(row)
+    return out
+
+
+def _verdict_row(verdict, truth: dict[str, float], listed) -> dict:
+    row = {"outcome": verdict.outcome, "reason": verdict.reason, "relies": list(verdict.relies)}
+    for c in CONCEPTS:
+        row[f"flip/{c}"] = truth[c]
+    for c in listed:
+        e = verdict.effects[c]
+        row.update({f"effect/{c}": e.value, f"lo/{c}": e.lo, f"hi/{c}": e.hi, f"p/{c}": e.p_value})
+        row.update({f"relies/{c}": e.relies, f"thin/{c}": e.thin, f"cells/{c}": e.cell_median})
+    return row
+
+
+def handbuilt_jobs(reps: int, offset: int, quick: bool) -> list[tuple]:
+    jobs = []
+    sizes = (100, 1000) if quick else SIZES
+    for (k, vc, vb), n, layout in itertools.product(SHAPES, sizes, LAYOUTS):
+        design = ProbeDesign(n, k, vc, vb, layout)
+        models = [(m, CONCEPTS) for m in MONOTONE + OTHER] + [(UNLISTED, ("shape", "color"))]
+        for j, (model, listed) in enumerate(models):
+            seed0 = offset + 100_000 * SHAPES.index((k, vc, vb)) + 10_000 * SIZES.index(n) + 1_000 * j
+            seed0 += 100 * LAYOUTS.index(layout)
+            jobs.append((design, model, listed, reps, seed0, _truth(k, vc, vb, layout, model)))
+    return jobs
+
+
+# ---- part B: trained models ----------------------------------------------------------------------------------
+def trained_specs(quick: bool) -> list[TrainSpec]:
+    two, four = ["red", "green"], ["red", "green", "blue", "yellow"]
+    ten = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white", "purple", "pink"]
+    specs = [
+        TrainSpec(f"k2_c{c:g}", [5, 8], two, {"conflict_fraction": c}, train_per_class=1000)
+        for c in (0.0, 0.005, 0.02, 0.05, 0.2)
+    ]
+    specs.append(TrainSpec("k2_random", [5, 8], two, {"color_mode": "random"}, train_per_class=1000))
+    specs += [TrainSpec(f"k4_c{c:g}", [1, 4, 7, 9], four, {"conflict_fraction": c}) for c in (0.0, 0.02, 0.1)]
+    specs.append(TrainSpec("k4_random", [1, 4, 7, 9], four, {"color_mode": "random"}))
+    specs += [
+        TrainSpec(f"k10_c{c:g}", list(range(10)), ten, {"conflict_fraction": c}, train_per_class=300)
+        for c in (0.0, 0.05)
+    ]
+    specs.append(TrainSpec("k10_random", list(range(10)), ten, {"color_mode": "random"}, train_per_class=300))
+    scenes = {"color_mode": "random"}
+    specs += [
+        TrainSpec(f"scenes_c{c:g}", [5, 8], two, {**scenes, "background_conflict_fraction": c}, scenes=True)
+        for c in (0.0, 0.05)
+    ]
+    specs.append(TrainSpec("scenes_random", [5, 8], two, {**scenes, "background_mode": "random"}, scenes=True))
+    return specs[:2] + specs[6:7] if quick else specs
+
+
+def trained_rows(spec: TrainSpec, out: str, seed: int, reps: int, mnist: str | None, quick: bool) -> list[dict]:
+    source = mnist if (mnist and spec.name.startswith("k10")) else "synthetic"
+    model, dm = train(spec, out, seed, source)
+    data = dm.datasets["probe_set"]
+    cards = {"shape": len(spec.digits), "color": len(spec.colors)}
+    attrs = {"shape": "digit_index", "color": "color"}
+    if spec.scenes:
+        cards["background"], attrs["background"] = len(dm.background_names), "background"
+    per_image = flips(model, data, cards)
+    rec = records(model, data, attrs)
+    names = {c: [str(i) for i in range(cards[c])] for c in cards}
+    rows = []
+    sizes = (100, 1000) if quick else SIZES
+    for n, layout in itertools.product(sizes, LAYOUTS):
+        w = layout_weights(layout, rec["shape"], rec["color"], cards["color"])
+        truth = {c: float(np.sum(w * f)) for c, f in per_image.items()}
+        truth.update({c: float("nan") for c in CONCEPTS if c not in truth})
+        for rep in range(reps):
+            rng = np.random.default_rng([seed, n, LAYOUTS.index(layout), rep])
+            design = draw_design(rng, rec, n, layout, cards["color"], list(cards))
+            verdict = verdict_of(design, names, len(spec.digits), seed + rep)
+            row = {"part": "trained", "cell": f"n{n}/{layout}", "model": spec.name, "classes": len(spec.digits)}
+            row.update({"images": n, "layout": layout, "seed": seed, "rep": rep, "monotone": True})
+            row.update(_verdict_row(verdict, truth, list(cards)))
+            rows.append(row)
     return rows
 
 
-def _spearman(x: list[float], y: list[float]) -> float:
+# ---- scoring -------------------------------------------------------------------------------------------------
+def _pairs(rows: list[dict], monotone_only: bool = True):
+    """(row, concept, effect, lo, hi, flip, relies, thin) for every listed concept with a finite truth."""
+    for r in rows:
+        if monotone_only and not r["monotone"]:
+            continue
+        for c in CONCEPTS:
+            if f"effect/{c}" in r and math.isfinite(r[f"flip/{c}"]):
+                yield (
+                    r,
+                    c,
+                    r[f"effect/{c}"],
+                    r[f"lo/{c}"],
+                    r[f"hi/{c}"],
+                    r[f"flip/{c}"],
+                    r[f"relies/{c}"],
+                    r[f"thin/{c}"],
+                )
+
+
+def wrong_outcome(r: dict) -> bool:
+    """A named concept that moves fewer than δ of the predictions, or that another listed concept's flip rate
+    exceeds by ``CLEAR`` or more."""
+    c = r["outcome"]
+    if c in ("none", "undecided"):
+        return False
+    others = [r[f"flip/{o}"] for o in CONCEPTS if o != c and f"effect/{o}" in r and math.isfinite(r[f"flip/{o}"])]
+    return r[f"flip/{c}"] < MIN_EFFECT or any(o - r[f"flip/{c}"] >= CLEAR for o in others)
+
+
+def score(rows: list[dict]) -> dict:
+    """Every target's numbers over a part's rows (docs/verdict.md)."""
     from scipy.stats import spearmanr
 
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
-
-
-def _rate(hits: int, n: int) -> dict:
-    return {"hits": hits, "n": n, "rate": hits / n if n else float("nan")}
-
-
-def score(rows: list[dict], verdict: str) -> dict:
-    """The issue's targets for one verdict metric over epoch rows (final epoch = a run's last row)."""
-    key = f"outcome/{verdict}"
-    rows = [r for r in rows if key in r]
-    finals = {}
-    for r in rows:
-        finals[r["run"]] = r  # rows come in epoch order
-    final = list(finals.values())
-    clear_final = [r for r in final if r["truth"] != MIXED]
-    clear_epochs = [r for r in rows if r["truth"] != MIXED]
-    mixed_epochs = [r for r in rows if r["truth"] == MIXED]
-
-    def named(r):
-        return r[key] in ALL_CONCEPTS
-
-    def overlapping(r):  # both named with overlapping intervals: counts as not-decided for mixed truth
-        return (
-            r[f"{verdict}_lo/color"] <= r[f"{verdict}_hi/shape"]
-            and r[f"{verdict}_lo/shape"] <= r[f"{verdict}_hi/color"]
-        )
-
-    graded = [r for r in final if r["family"] == "graded"]
-    contrast = [r[f"{verdict}/color"] - r[f"{verdict}/shape"] for r in graded]
-    truth_contrast = [r["cf_color"] - r["cf_shape"] for r in graded]
+    pairs = list(_pairs(rows))
+    by_cell = defaultdict(list)
+    for p in pairs:
+        by_cell[p[0]["cell"]].append(p)
+    errors = defaultdict(list)
+    for r, c, eff, *_rest in pairs:
+        errors[(r["cell"], r["model"], c)].append(eff - r[f"flip/{c}"])
+    thin_combo = {(r["cell"], r["model"], c) for r, c, *_x, thin in pairs if thin}
+    accurate = {k: _unbiased(v) for k, v in errors.items() if np.isfinite(v).all()}
+    detect = [relies for _r, _c, _e, _l, _h, flip, relies, _t in pairs if flip >= 0.3]
+    finite = [(e, f) for _r, _c, e, _l, _h, f, _x, _t in pairs if math.isfinite(e)]
     return {
-        "wrong_runs": _rate(sum(named(r) and r[key] != r["truth"] for r in clear_final), len(clear_final)),
-        "detection": _rate(sum(r[key] == r["truth"] for r in clear_final), len(clear_final)),
-        "epoch_agreement": _rate(sum(r[key] == r["truth"] for r in clear_epochs), len(clear_epochs)),
-        "wrong_epochs": _rate(sum(named(r) and r[key] != r["truth"] for r in clear_epochs), len(clear_epochs)),
-        "named_on_mixed_epochs": _rate(sum(named(r) for r in mixed_epochs), len(mixed_epochs)),
-        "mixed_runs_ok": _rate(
-            sum((not named(r)) or overlapping(r) for r in final if r["truth"] == MIXED),
-            sum(r["truth"] == MIXED for r in final),
-        ),
-        "spearman_graded": _spearman(contrast, truth_contrast),
-        "graded_runs": len(graded),
+        "verdicts": len(rows),
+        "accuracy": {
+            "met": sum(v for k, v in accurate.items() if k not in thin_combo),
+            "of": sum(1 for k in accurate if k not in thin_combo),
+            "met_thin": sum(v for k, v in accurate.items() if k in thin_combo),
+            "of_thin": sum(1 for k in accurate if k in thin_combo),
+            "misses": sorted(
+                f"{k[0]} {k[1]} {k[2]}: {np.median(errors[k]):+.3f}" for k, v in accurate.items() if not v
+            ),
+        },
+        "spearman": float(spearmanr(*zip(*finite))[0]) if len(finite) > 2 else float("nan"),
+        "detection": (sum(detect), len(detect)),
+        "coverage": {cell: _coverage(ps) for cell, ps in sorted(by_cell.items())},
+        "wrong": [r for r in rows if wrong_outcome(r)],
+        "outcomes": _outcome_counts(rows),
     }
 
 
-TARGETS = (  # (key, label, test on the value)
-    ("wrong_runs", "no wrong decided outcome (runs, final epoch, clear truth)", lambda s: s["hits"] == 0),
-    ("detection", "detection >= 90% (runs, final epoch, clear truth)", lambda s: s["rate"] >= 0.9),
-    ("epoch_agreement", "per-epoch agreement >= 95% (epochs with clear truth)", lambda s: s["rate"] >= 0.95),
-    ("wrong_epochs", "no epoch decided wrong (clear truth)", lambda s: s["hits"] == 0),
-    ("spearman_graded", "Spearman(colour - shape effect, cf colour - shape) >= 0.8 (graded)", lambda s: s >= 0.8),
-    ("mixed_runs_ok", "mixed truth: undecided/none or both with overlapping intervals", lambda s: s["rate"] == 1.0),
-)
+def _unbiased(errors: list[float], bound: float = 0.05) -> bool:
+    """The median error lies within ±``bound``, up to its sampling noise (2 standard errors of a median:
+    1.2533 sd / sqrt(reps)): a bias beyond ``bound`` is what fails, not the noise of a few small probe sets."""
+    e = np.asarray(errors)
+    se = 1.2533 * e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else 0.0
+    return bool(abs(float(np.median(e))) <= bound + 2 * se)
 
 
-def _cell(value) -> str:
-    if isinstance(value, dict):
-        return f"{value['hits']}/{value['n']}" + (f" ({value['rate']:.2f})" if value["n"] else " (no such case)")
-    return f"{value:+.3f}" if isinstance(value, float) and math.isfinite(value) else "–"
+def _coverage(pairs) -> tuple[int, int, int, int]:
+    """(intervals not flagged thin that cover the flip rate, such intervals, thin ones covering, thin ones) in one
+    grid cell."""
+    fin = [(lo <= f <= hi, thin) for _r, _c, _e, lo, hi, f, _x, thin in pairs if math.isfinite(lo)]
+    held = [hit for hit, thin in fin if not thin]
+    thin = [hit for hit, thin in fin if thin]
+    return sum(held), len(held), sum(thin), len(thin)
 
 
-def markdown(rows: list[dict], scores: dict[str, dict], header: list[str]) -> str:
-    lines = [*header, "", "## Targets, per verdict metric", ""]
-    verdicts = list(scores)
-    lines += ["| target | " + " | ".join(verdicts) + " |", "|---|" + "---|" * len(verdicts)]
-    for key, label, ok in TARGETS:
-        cells = []
-        for v in verdicts:
-            value = scores[v][key]
-            if isinstance(value, dict) and not value["n"]:
-                cells.append(_cell(value))  # nothing to judge
-                continue
-            passed = ok(value) if (not isinstance(value, float) or math.isfinite(value)) else False
-            cells.append(f"{_cell(value)} {'✓' if passed else '✗'}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    mixed = " | ".join(_cell(scores[v]["named_on_mixed_epochs"]) for v in verdicts)
-    lines.append(f"| named a concept on an epoch with mixed truth (reported, not a target) | {mixed} |")
-    lines += ["", "## Every run, final epoch", ""]
-    lines += [
-        "| run | epochs | cf colour / shape (/ background) | truth | real_world/acc | "
-        + " | ".join(verdicts)
-        + " | reliance colour [95% CI] | reliance shape [95% CI] |",
-        "|---|---|---|---|---|" + "---|" * len(verdicts) + "---|---|",
-    ]
-    finals: dict[str, dict] = {}
-    counts: dict[str, int] = {}
+def _outcome_counts(rows: list[dict]) -> dict:
+    out = defaultdict(lambda: defaultdict(int))
     for r in rows:
-        finals[r["run"]] = r
-        counts[r["run"]] = counts.get(r["run"], 0) + 1
-    for name, r in finals.items():
-        marks = []
-        for v in verdicts:
-            o = r.get(f"outcome/{v}", "–")
-            mark = "" if r["truth"] == MIXED or o not in ALL_CONCEPTS else (" ✓" if o == r["truth"] else " ✗")
-            marks.append(f"{o}{mark}")
-        rel = (
-            f"{r['reliance/color']:+.3f} [{r['reliance_lo/color']:+.3f}, {r['reliance_hi/color']:+.3f}] | "
-            f"{r['reliance/shape']:+.3f} [{r['reliance_lo/shape']:+.3f}, {r['reliance_hi/shape']:+.3f}]"
-            if "reliance/color" in r
-            else "– | –"
-        )
-        cf = f"{r['cf_color']:.3f} / {r['cf_shape']:.3f}" + (
-            f" / {r['cf_background']:.3f}" if "cf_background" in r else ""
-        )
-        lines.append(
-            f"| {name} | {counts[name]} | {cf} | {r['truth']} | "
-            f"{r['real_world_acc']:.3f} | " + " | ".join(marks) + f" | {rel} |"
-        )
-    lines += ["", "## Per-epoch outcomes of the default verdict (reliance), against the truth at that epoch", ""]
-    for name in finals:
-        seq = [r for r in rows if r["run"] == name]
-        text = ", ".join(
-            f"{r['epoch']}: {r.get('outcome/reliance', '–')}" + ("" if r["truth"] == MIXED else f" ({r['truth']})")
-            for r in seq
-        )
-        lines.append(f"- `{name}`: {text}")
+        key = r["outcome"] if r["outcome"] != "undecided" else f"undecided: {r['reason']}"
+        out[r["model"]][key] += 1
+    return {m: dict(v) for m, v in out.items()}
+
+
+# ---- the report --------------------------------------------------------------------------------------------
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _coverage_lines(s: dict) -> list[str]:
+    lines = [
+        "| cell | covered / intervals (not thin) | coverage | in [0.90, 0.98] | thin: covered / intervals |",
+        "|---|---|---|---|---|",
+    ]
+    for cell, (hit, n, thin_hit, thin_n) in s["coverage"].items():
+        cov = hit / n if n else float("nan")
+        ok = _mark(0.90 <= cov <= 0.98) if n else "– (all thin)"
+        lines.append(f"| {cell} | {hit}/{n} | {cov:.3f} | {ok} | {thin_hit}/{thin_n} |")
+    return lines
+
+
+def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
+    lines = list(header)
+    for part, rows in parts.items():
+        if not rows:
+            continue
+        s = score(rows)
+        acc, (det, det_n) = s["accuracy"], s["detection"]
+        judged = [(h, n) for h, n, _th, _tn in s["coverage"].values() if n]
+        cov_ok = sum(0.90 <= h / n <= 0.98 for h, n in judged)
+        lines += [
+            f"## {part} ({s['verdicts']} verdicts)",
+            "",
+            "| target (fixed before the runs) | result |",
+            "|---|---|",
+            f"| effect within ±0.05 of the flip rate (median per cell, model, concept, up to 2 SE; not thin) | "
+            f"{acc['met']}/{acc['of']} {_mark(acc['met'] == acc['of'])} "
+            f"(thin cells: {acc['met_thin']}/{acc['of_thin']}) |",
+            f"| Spearman(effect, flip rate) >= 0.9 (monotone) | {s['spearman']:+.3f} {_mark(s['spearman'] >= 0.9)} |",
+            f"| detection >= 90% of concepts with flip rate >= 0.3 | {det}/{det_n} = {det / max(det_n, 1):.3f} "
+            f"{_mark(det >= 0.9 * det_n)} |",
+            f"| coverage in [0.90, 0.98] in every cell (intervals not flagged thin) | {cov_ok}/{len(judged)} cells "
+            f"{_mark(cov_ok == len(judged))} |",
+            f"| 0 wrong decided outcomes | {len(s['wrong'])} {_mark(not s['wrong'])} |",
+            "",
+            "Effect misses (median effect − flip rate beyond ±0.05 + 2 SE): "
+            + ("; ".join(acc["misses"][:60]) or "none")
+            + ("; ..." if len(acc["misses"]) > 60 else ""),
+            "",
+            *_coverage_lines(s),
+            "",
+            "Outcomes per model:",
+            "",
+            *[
+                f"- `{m}`: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                for m, c in sorted(s["outcomes"].items())
+            ],
+            "",
+        ]
+        for r in s["wrong"][:20]:
+            lines.append(
+                f"- WRONG: {r['cell']} {r['model']} seed {r['seed']}: {r['outcome']} (flips "
+                + ", ".join(f"{c} {r[f'flip/{c}']:.2f}" for c in CONCEPTS)
+                + ")"
+            )
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: str, verdicts: tuple[str, ...] = ("reliance", "separation_vs_init")) -> None:
-    """Final epoch of every run: the verdict's colour - shape effect against the counterfactual's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finals = {r["run"]: r for r in rows}
-    families = sorted({r["family"] for r in finals.values()})
-    fig, axes = plt.subplots(1, len(verdicts), figsize=(4.6 * len(verdicts), 4.0), squeeze=False)
-    for ax, v in zip(axes[0], verdicts):
-        for fam in families:
-            pts = [r for r in finals.values() if r["family"] == fam and f"{v}/color" in r]
-            ax.scatter(
-                [r["cf_color"] - r["cf_shape"] for r in pts],
-                [r[f"{v}/color"] - r[f"{v}/shape"] for r in pts],
-                label=fam,
-                s=28,
-            )
-        ax.axhline(0, color="k", lw=0.8)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("counterfactual: colour flip − shape flip")
-        ax.set_ylabel(f"{v}: colour − shape effect")
-        ax.set_title(v, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _run_handbuilt(out: str, reps: int, offset: int, workers: int, quick: bool) -> None:
+    path = os.path.join(out, "handbuilt.jsonl")
+    done = {(r["cell"], r["model"], tuple(r["listed"])) for r in read_jsonl(path)}
+    jobs = [
+        j
+        for j in handbuilt_jobs(reps, offset, quick)
+        if (f"K{j[0].classes}/n{j[0].images}/{j[0].layout}", model_name(j[1]), tuple(j[2])) not in done
+    ]
+    print(f"[validate] hand-built: {len(jobs)} cells x models to run ({reps} reps each)", flush=True)
+    with Pool(workers) as pool:
+        for i, rows in enumerate(pool.imap_unordered(_handbuilt_job, jobs)):
+            write_jsonl(path, rows)
+            if i % 20 == 0:
+                print(f"[validate] {i + 1}/{len(jobs)} {rows[0]['cell']} {rows[0]['model']}", flush=True)
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    extra: list[str] = []
-    if "--" in argv:
-        extra, argv = argv[argv.index("--") + 1 :], argv[: argv.index("--")]
+def _run_trained(out: str, reps: int, offset: int, mnist: str | None, quick: bool) -> None:
+    path = os.path.join(out, "trained.jsonl")
+    done = {r["model"] for r in read_jsonl(path)}
+    for spec in trained_specs(quick):
+        if spec.name in done:
+            continue
+        t0 = time.time()
+        rows = trained_rows(spec, out, offset, reps, mnist, quick)
+        write_jsonl(path, rows)
+        print(f"[validate] trained {spec.name}: {len(rows)} verdicts, {time.time() - t0:.0f}s", flush=True)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
-    ap.add_argument("--mode", choices=("small", "full"), default="small")
-    ap.add_argument("--seed-offset", type=int, default=0)
-    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    ap.add_argument("--mnist", default=None, help=".npz of real digits (images, labels) for the real/long families")
+    ap.add_argument("--part", nargs="+", default=["handbuilt", "trained"], choices=["handbuilt", "trained"])
+    ap.add_argument("--reps", type=int, default=6, help="hand-built probe sets per cell and model")
+    ap.add_argument("--trained-reps", type=int, default=4, help="probe sets per trained model and cell")
+    ap.add_argument("--seed-offset", type=int, default=1000, help="validation seeds (development used < 1000)")
+    ap.add_argument("--mnist", default=None, help=".npz of real digits (images, labels) for the 10-class family")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a few cells only (a smoke test)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    todo = scenarios(args.mode, args.seed_offset, args.mnist, args.families)
-    done: dict[str, str] = {}
-    rows: list[dict] = []
-    seconds = {}
-    for sc in todo:
-        done[sc.name] = run_one(args.out, sc, extra, done)
-        seconds[sc.name] = float(open(os.path.join(done[sc.name], "DONE")).read())
-        if not sc.pretrain:
-            run = load_run(os.path.join(done[sc.name], "biased"))
-            rows += epoch_rows(sc.name, sc.family, run.epochs, sc.meta)
-    scores = {v: score(rows, v) for v in VERDICTS if any(f"outcome/{v}" in r for r in rows)}
-    wall = time.time() - t0
-    result = {"mode": args.mode, "seed_offset": args.seed_offset, "seconds": wall, "run_seconds": seconds}
-    result.update({"scores": scores, "rows": rows})
-    atomic_write_text(os.path.join(args.out, "validation.json"), json.dumps(result, indent=1) + "\n")
+    if "handbuilt" in args.part:
+        _run_handbuilt(args.out, args.reps, args.seed_offset, args.workers, args.quick)
+    if "trained" in args.part:
+        _run_trained(args.out, args.trained_reps, args.seed_offset, args.mnist, args.quick)
+    parts = {p: read_jsonl(os.path.join(args.out, f"{p}.jsonl")) for p in ("handbuilt", "trained")}
     header = [
-        "# Verdict validation suite",
+        "# Verdict validation",
         "",
-        f"`python experiments/validate_verdict.py {' '.join(sys.argv[1:])}` — mode {args.mode}, seed offset "
-        f"{args.seed_offset}, {len([s for s in todo if not s.pretrain])} scored runs, {len(rows)} probed epochs; "
-        f"the runs took {sum(seconds.values()):.0f} s in all ({min(seconds.values()):.0f}–"
-        f"{max(seconds.values()):.0f} s each, pretraining included; each run's own time, also when reused).",
+        f"`python experiments/validate_verdict.py {' '.join(argv or sys.argv[1:])}` "
+        f"({time.time() - t0:.0f} s this call)",
         "",
-        "Ground truth per probed epoch: the counterfactual flip rates at that epoch (clear when colour and shape "
-        "differ by >= 0.2, else mixed). ✓/✗: a named concept equal / not equal to a clear truth.",
     ]
-    plot(rows, os.path.join(args.out, "validation.png"))
-    header += ["", "![final epoch of every run](validation.png)"]
-    atomic_write_text(os.path.join(args.out, "validation.md"), markdown(rows, scores, header))
-    print(open(os.path.join(args.out, "validation.md")).read().split("## Every run")[0])
+    text = markdown(parts, header)
+    atomic_write_text(os.path.join(args.out, "validation.md"), text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,63 +1,117 @@
-"""The validation suite's scoring and table writer on a two-run fixture (no training)."""
+"""The experiment scripts: the validation's scoring on fixtures, a tiny run of each part, and every script's
+``--help`` (so none can rot unseen)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 
-def _suite():
-    spec = importlib.util.spec_from_file_location(
-        "validate_verdict", os.path.join(ROOT, "experiments", "validate_verdict.py")
-    )
+def _module(name: str):
+    sys.path.insert(0, EXPERIMENTS)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    sys.modules["validate_verdict"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-def _epoch(cf_color, cf_shape, color, shape, decided, margin_lo=0.5):
-    """Logged names of one probed epoch: reliance effects (point, lo, hi) per concept and whether it decided."""
-    m = {"cf/color_flip_rate": cf_color, "cf/shape_flip_rate": cf_shape, "probe/images": 100.0, "real_world/acc": 0.5}
-    for c, (p, lo, hi) in (("color", color), ("shape", shape)):
-        m[f"probe/effect_reliance/{c}"], m[f"probe/effect_reliance_lo/{c}"] = p, lo
-        m[f"probe/effect_reliance_hi/{c}"] = hi
-    m["probe/decided_reliance"] = float(decided)
-    m["probe/margin_reliance_lo"] = margin_lo
-    return m
+def _row(cell, model, outcome, effects, flips, relies=(), thin=False, monotone=True):
+    r = {"cell": cell, "model": model, "outcome": outcome, "reason": None, "relies": list(relies), "seed": 0}
+    r["monotone"] = monotone
+    for c in ("shape", "color", "background"):
+        r[f"flip/{c}"] = flips.get(c, float("nan"))
+    for c, (e, lo, hi) in effects.items():
+        r.update({f"effect/{c}": e, f"lo/{c}": lo, f"hi/{c}": hi, f"relies/{c}": c in relies, f"thin/{c}": thin})
+    return r
 
 
-def test_suite_scores_every_epoch_against_the_truth_at_that_epoch_and_writes_the_table():
-    suite = _suite()
-    biased = {
-        0: _epoch(0.05, 0.02, (0.02, 0.0, 0.05), (0.0, 0.0, 0.0), False),  # mixed truth: none
-        1: _epoch(1.0, 0.0, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), True),  # color, right
-        2: _epoch(0.9, 0.1, (0.2, 0.15, 0.3), (0.5, 0.4, 0.6), True),  # names shape: wrong
-    }
-    mixed = {0: _epoch(0.5, 0.45, (0.3, 0.2, 0.4), (0.25, 0.15, 0.35), False)}  # both above 0.1: undecided
-    rows = suite.epoch_rows("biased", "graded", biased, {"conflict": 0.001})
-    rows += suite.epoch_rows("mixed", "graded", mixed, {"conflict": 0.01})
-    assert [r["outcome/reliance"] for r in rows] == ["none", "color", "shape", "undecided"]
-    assert [r["truth"] for r in rows] == ["mixed", "color", "color", "mixed"]
-    s = suite.score(rows, "reliance")
-    assert s["epoch_agreement"] == {"hits": 1, "n": 2, "rate": 0.5}
-    assert s["wrong_epochs"] == {"hits": 1, "n": 2, "rate": 0.5}
-    assert s["wrong_runs"] == {"hits": 1, "n": 1, "rate": 1.0}  # the biased run's final epoch
-    assert s["detection"]["hits"] == 0 and s["mixed_runs_ok"] == {"hits": 1, "n": 1, "rate": 1.0}
-    assert s["named_on_mixed_epochs"]["hits"] == 0
-    text = suite.markdown(rows, {"reliance": s}, ["# fixture"])
-    assert "| biased | 3 | 0.900 / 0.100 | color | 0.500 | shape ✗ |" in text
-    assert "| no epoch decided wrong (clear truth) | 1/2 (0.50) ✗ |" in text
-    assert "- `biased`: 0: none, 1: color (color), 2: shape (color)" in text
+def test_scoring_counts_wrong_outcomes_detection_coverage_and_accuracy():
+    v = _module("validate_verdict")
+    rows = [
+        _row(
+            "a",
+            "m",
+            "color",
+            {"color": (1.0, 0.9, 1.0), "shape": (0.0, -0.1, 0.1)},
+            {"color": 1.0, "shape": 0.0},
+            ["color"],
+        ),
+        # named shape, but colour's flip rate leads by >= 0.2: wrong
+        _row(
+            "a",
+            "m",
+            "shape",
+            {"color": (0.2, 0.1, 0.3), "shape": (0.4, 0.3, 0.5)},
+            {"color": 0.7, "shape": 0.4},
+            ["shape"],
+        ),
+        # undecided is never wrong; colour 0.35 missed by the interval and not counted
+        _row(
+            "b",
+            "m",
+            "undecided",
+            {"color": (0.1, 0.05, 0.15), "shape": (0.0, -0.1, 0.1)},
+            {"color": 0.35, "shape": 0.0},
+        ),
+    ]
+    s = v.score(rows)
+    assert [r["outcome"] for r in s["wrong"]] == ["shape"]
+    assert s["detection"] == (2, 4)  # flips >= 0.3: colour 1.0 (counted), 0.7 (not), 0.35 (not), shape 0.4 (counted)
+    assert s["coverage"]["a"] == (3, 4, 0, 0) and s["coverage"]["b"] == (1, 2, 0, 0)
+    assert v._unbiased([0.2, 0.21, 0.19, 0.2]) is False and v._unbiased([0.0, 0.01, -0.01]) is True
+    assert v._unbiased([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
 
 
-@pytest.mark.parametrize("family", ["graded", "arch", "finetune", "real", "palette", "long", "null"])
-def test_every_family_builds_its_scenarios(family):
-    scenarios = _suite().scenarios("small", 100, "/data/digits.npz", [family])
-    assert scenarios and all(s.seed >= 100 for s in scenarios)  # --seed-offset reaches every seed
-    assert len({s.name for s in scenarios}) == len(scenarios)
+def test_a_tiny_handbuilt_cell_runs_like_the_suite():
+    v = _module("validate_verdict")
+    from xai_lightning.verdict.simulate import HandBuilt, ProbeDesign
+
+    design, model = ProbeDesign(200, 2, 2, 2), HandBuilt("mixture", "color", 1.0, noise=0.0)
+    rows = v._handbuilt_job((design, model, v.CONCEPTS, 2, 5, v._truth(2, 2, 2, "balanced", model)))
+    assert len(rows) == 2 and all(r["outcome"] == "color" for r in rows)
+    assert rows[0]["flip/color"] == 1.0 and rows[0]["effect/color"] == pytest.approx(1.0)
+
+
+def test_trained_model_flips_are_the_counterfactual_per_image(tmp_path):
+    """A model that reads the red channel flips on every colour edit and on no shape edit."""
+    import torch
+
+    lab = _module("verdict_lab")
+    spec = lab.TrainSpec("t", [5, 8], ["red", "green"], {"color_mode": "random"}, train_per_class=10, probe_images=40)
+    dm = lab.datamodule(spec, str(tmp_path), seed=0)
+    dm.setup()
+
+    class Red(torch.nn.Module):
+        def forward(self, x):
+            red = x[:, 0].sum((1, 2)) - x[:, 1].sum((1, 2))
+            return torch.stack([red, -red], 1)
+
+    f = lab.flips(Red(), dm.datasets["probe_set"], {"shape": 2, "color": 2})
+    assert np.all(f["color"] == 1.0) and np.all(f["shape"] == 0.0)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "validate_verdict.py",
+        "calibration.py",
+        "bench_matching.py",
+        "probe_ablation.py",
+        "eval_probe_clip.py",
+        "probe_scaling.py",
+        "synthetic_realism.py",
+    ],
+)
+def test_every_experiment_script_answers_help(script):
+    done = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, script), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout
