@@ -39,8 +39,10 @@ from verdict_lab import (  # noqa: E402 - the helpers beside this script
     SIZES,
     TrainSpec,
     draw_design,
-    flips,
+    finite_tv,
+    flip_share,
     layout_weights,
+    potential_outcomes,
     read_jsonl,
     records,
     train,
@@ -167,8 +169,9 @@ def trained_rows(spec: TrainSpec, out: str, seed: int, reps: int, mnist: str | N
     attrs = {"shape": "digit_index", "color": "color"}
     if spec.scenes:
         cards["background"], attrs["background"] = len(dm.background_names), "background"
-    per_image = flips(model, data, cards)
+    tables = potential_outcomes(model, data, cards)
     rec = records(model, data, attrs)
+    per_image = {c: flip_share(t, rec[c]) for c, t in tables.items()}
     names = {c: [str(i) for i in range(cards[c])] for c in cards}
     rows = []
     sizes = (100, 1000) if quick else SIZES
@@ -176,6 +179,7 @@ def trained_rows(spec: TrainSpec, out: str, seed: int, reps: int, mnist: str | N
         w = layout_weights(layout, rec["shape"], rec["color"], cards["color"])
         truth = {c: float(np.sum(w * f)) for c, f in per_image.items()}
         truth.update({c: float("nan") for c in CONCEPTS if c not in truth})
+        tv = {c: finite_tv(t, _others(rec, c, cards), w) for c, t in tables.items()}
         for rep in range(reps):
             rng = np.random.default_rng([seed, n, LAYOUTS.index(layout), rep])
             design = draw_design(rng, rec, n, layout, cards["color"], list(cards))
@@ -183,28 +187,33 @@ def trained_rows(spec: TrainSpec, out: str, seed: int, reps: int, mnist: str | N
             row = {"part": "trained", "cell": f"n{n}/{layout}", "model": spec.name, "classes": len(spec.digits)}
             row.update({"images": n, "layout": layout, "seed": seed, "rep": rep, "monotone": True})
             row.update(_verdict_row(verdict, truth, list(cards)))
+            row.update({f"tv/{c}": v for c, v in tv.items()})
             rows.append(row)
     return rows
 
 
+def _others(rec: dict, concept: str, cards: dict[str, int]) -> np.ndarray:
+    """Stratum id of the other concepts' joint values (the most finely matched comparison)."""
+    key = np.zeros(len(rec["pred"]), dtype=np.int64)
+    for c in cards:
+        if c != concept:
+            key = key * (cards[c] + 1) + rec[c] + 1
+    return key
+
+
 # ---- scoring -------------------------------------------------------------------------------------------------
-def _pairs(rows: list[dict], monotone_only: bool = True):
-    """(row, concept, effect, lo, hi, flip, relies, thin) for every listed concept with a finite truth."""
+def _pairs(rows: list[dict], monotone_only: bool = True, estimand: bool = False):
+    """(row, concept, effect, lo, hi, truth, relies, thin) for every listed concept with a finite truth. The truth
+    is the counterfactual flip rate, or with ``estimand`` the one-way share where it was measured (trained
+    models: ``tv/<c>``; for a hand-built monotone model the two are equal)."""
     for r in rows:
         if monotone_only and not r["monotone"]:
             continue
         for c in CONCEPTS:
-            if f"effect/{c}" in r and math.isfinite(r[f"flip/{c}"]):
-                yield (
-                    r,
-                    c,
-                    r[f"effect/{c}"],
-                    r[f"lo/{c}"],
-                    r[f"hi/{c}"],
-                    r[f"flip/{c}"],
-                    r[f"relies/{c}"],
-                    r[f"thin/{c}"],
-                )
+            if f"effect/{c}" not in r or not math.isfinite(r[f"flip/{c}"]):
+                continue
+            truth = r.get(f"tv/{c}", r[f"flip/{c}"]) if estimand else r[f"flip/{c}"]
+            yield r, c, r[f"effect/{c}"], r[f"lo/{c}"], r[f"hi/{c}"], truth, r[f"relies/{c}"], r[f"thin/{c}"]
 
 
 def wrong_outcome(r: dict) -> bool:
@@ -222,9 +231,11 @@ def score(rows: list[dict]) -> dict:
     from scipy.stats import spearmanr
 
     pairs = list(_pairs(rows))
-    by_cell = defaultdict(list)
-    for p in pairs:
+    by_cell, by_cell_flip = defaultdict(list), defaultdict(list)
+    for p in _pairs(rows, estimand=True):
         by_cell[p[0]["cell"]].append(p)
+    for p in pairs:
+        by_cell_flip[p[0]["cell"]].append(p)
     errors = defaultdict(list)
     for r, c, eff, *_rest in pairs:
         errors[(r["cell"], r["model"], c)].append(eff - r[f"flip/{c}"])
@@ -246,6 +257,7 @@ def score(rows: list[dict]) -> dict:
         "spearman": float(spearmanr(*zip(*finite))[0]) if len(finite) > 2 else float("nan"),
         "detection": (sum(detect), len(detect)),
         "coverage": {cell: _coverage(ps) for cell, ps in sorted(by_cell.items())},
+        "coverage_of_flip": {cell: _coverage(ps) for cell, ps in sorted(by_cell_flip.items())},
         "wrong": [r for r in rows if wrong_outcome(r)],
         "outcomes": _outcome_counts(rows),
     }
@@ -283,13 +295,15 @@ def _mark(ok: bool) -> str:
 
 def _coverage_lines(s: dict) -> list[str]:
     lines = [
-        "| cell | covered / intervals (not thin) | coverage | in [0.90, 0.98] | thin: covered / intervals |",
-        "|---|---|---|---|---|",
+        "| cell | covered / intervals (not thin) | coverage | in [0.90, 0.98] | thin: covered / intervals | "
+        "coverage of the flip rate |",
+        "|---|---|---|---|---|---|",
     ]
     for cell, (hit, n, thin_hit, thin_n) in s["coverage"].items():
         cov = hit / n if n else float("nan")
         ok = _mark(0.90 <= cov <= 0.98) if n else "– (all thin)"
-        lines.append(f"| {cell} | {hit}/{n} | {cov:.3f} | {ok} | {thin_hit}/{thin_n} |")
+        fh, fn, _th, _tn = s["coverage_of_flip"][cell]
+        lines.append(f"| {cell} | {hit}/{n} | {cov:.3f} | {ok} | {thin_hit}/{thin_n} | {fh / max(fn, 1):.3f} |")
     return lines
 
 
@@ -331,6 +345,7 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
             ],
             "",
         ]
+        lines += _gap_lines(rows)
         for r in s["wrong"][:20]:
             lines.append(
                 f"- WRONG: {r['cell']} {r['model']} seed {r['seed']}: {r['outcome']} (flips "
@@ -338,6 +353,28 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
                 + ")"
             )
     return "\n".join(lines) + "\n"
+
+
+def _gap_lines(rows: list[dict]) -> list[str]:
+    """Trained models: the flip rate beside the split's own share that follows one way (balanced layout)."""
+    if not any("tv/color" in r for r in rows):
+        return []
+    lines = [
+        "Trained models, balanced layout: counterfactual flip rate vs the share that follows one way (the "
+        "effect's estimand, from every image's prediction under each value); their difference flips both ways "
+        "and is invisible to any verdict that does not edit images:",
+        "",
+        "| model | " + " | ".join(f"{c}: flip / one-way" for c in CONCEPTS) + " |",
+        "|---|" + "---|" * len(CONCEPTS),
+    ]
+    seen = set()
+    for r in rows:
+        if "tv/color" not in r or r["layout"] != "balanced" or r["model"] in seen:
+            continue
+        seen.add(r["model"])
+        cells = [f"{r[f'flip/{c}']:.3f} / {r[f'tv/{c}']:.3f}" if f"tv/{c}" in r else "–" for c in CONCEPTS]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _run_handbuilt(out: str, reps: int, offset: int, workers: int, quick: bool) -> None:

@@ -137,29 +137,68 @@ def _donors(digit: np.ndarray, value: int) -> np.ndarray:
     return have[at]
 
 
-def flips(model, data, concepts: dict[str, int]) -> dict[str, np.ndarray]:
-    """Per image and concept: the share of the concept's other values that change the prediction (every
-    other value once, everything else kept)."""
+def potential_outcomes(model, data, concepts: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per concept, every image's prediction under each value of the concept [N, values] (the image's own
+    value where it has one; everything else kept: other digits' strokes in its colour for shape)."""
     index = torch.arange(len(data))
     base = _predict(model, render(data, index))
     out = {}
     for concept, card in concepts.items():
-        changed = np.zeros(len(base))
-        for shift in range(1, card):
-            if concept == "shape":
-                digit = data.digit_index.numpy()
-                other = (digit + shift) % card
-                source = torch.as_tensor(np.choose(other, [_donors(digit, v) for v in range(card)]))
-                images = render(data, index, source=source)
-            elif concept == "color":
-                images = render(
-                    data, index, color=torch.where(data.color >= 0, (data.color + shift) % card, data.color)
-                )
-            else:
-                images = render(data, index, background=(data.background + shift) % card)
-            changed += _predict(model, images) != base
-        out[concept] = changed / max(card - 1, 1)
+        own = _own(data, concept)
+        table = np.empty((len(base), card), dtype=np.int64)
+        for value in range(card):
+            table[:, value] = _predict(model, _edited(data, index, concept, value, own))
+        table[own >= 0, own[own >= 0]] = base[own >= 0]
+        out[concept] = table
     return out
+
+
+def _own(data, concept: str) -> np.ndarray:
+    return {"shape": data.digit_index, "color": data.color, "background": getattr(data, "background", None)}[
+        concept
+    ].numpy()
+
+
+def _edited(data, index: torch.Tensor, concept: str, value: int, own: np.ndarray) -> torch.Tensor:
+    if concept == "shape":
+        return render(data, index, source=torch.as_tensor(_donors(own, value)))
+    values = torch.where(torch.as_tensor(own) >= 0, torch.tensor(value), torch.as_tensor(own))
+    return render(data, index, **{concept: values})
+
+
+def flips(model, data, concepts: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per image and concept: the share of the concept's other values that change the prediction (every
+    other value once, everything else kept)."""
+    return {c: flip_share(table, _own(data, c)) for c, table in potential_outcomes(model, data, concepts).items()}
+
+
+def flip_share(table: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """[N] share of the other values whose prediction differs from the image's own value's."""
+    card = table.shape[1]
+    known = own >= 0
+    base = np.where(known, table[np.arange(len(own)), np.maximum(own, 0)], 0)
+    changed = (table != base[:, None]).sum(1)
+    return np.where(known, changed / max(card - 1, 1), 0.0)
+
+
+def finite_tv(table: np.ndarray, strata: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The split's own share of predictions that follow a concept, from every image's prediction under each of
+    its values: per stratum and value pair, the total variation between the (weighted) predicted-class
+    distributions of the same images under value a and under value b, averaged like the verdict's effect.
+    It equals the flip rate where the concept moves predictions one way, and is below it by the share that
+    flips both ways (which no observational verdict can see)."""
+    w = np.ones(len(table)) if weights is None else weights
+    k, card = int(table.max()) + 1, table.shape[1]
+    num = den = 0.0
+    for s in np.unique(strata):
+        rows = strata == s
+        dist = np.stack([np.bincount(table[rows, v], weights=w[rows], minlength=k) for v in range(card)])
+        dist /= w[rows].sum()
+        for a in range(card):
+            for b in range(a + 1, card):
+                num += w[rows].sum() * 0.5 * np.abs(dist[a] - dist[b]).sum()
+                den += w[rows].sum()
+    return num / den
 
 
 def records(model, data, concepts: dict[str, str]) -> dict[str, np.ndarray]:
@@ -224,7 +263,10 @@ __all__ = [
     "asdict",
     "clopper_pearson",
     "draw_design",
+    "finite_tv",
+    "flip_share",
     "flips",
+    "potential_outcomes",
     "layout_weights",
     "non_degenerate",
     "rate",

@@ -175,7 +175,7 @@ def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, 
     p = min(point, 1.0)
     n_eff = p * (1 - p) / sd**2 if sd > 0 and p < 1 else np.inf
     lo, hi = wilson(p, min(n_eff, images / 2))
-    return float(lo), float(hi), missing
+    return float(min(lo, p)), float(max(hi, p)), missing  # exactly p where rounding would leave it outside
 
 
 def assess(
