@@ -29,7 +29,7 @@ import torch
 
 from xai_lightning.clip import load_clip
 from xai_lightning.data import ColorMNISTDataModule
-from xai_lightning.io import atomic_write_text
+from xai_lightning.io import atomic_write_text, load_file
 from xai_lightning.models import ClassifierModule
 from xai_lightning.report import load_run
 from xai_lightning.surgery import SurgeryPipeline, reference_models, resolve_concepts
@@ -53,7 +53,7 @@ def model_and_data(run_dir: str) -> tuple[ClassifierModule, ColorMNISTDataModule
     model_args = dict(cfg["model"]["init_args"])
     model_args.pop("init_checkpoint", None)
     model = ClassifierModule(**model_args)
-    ckpt = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = load_file(os.path.join(run_dir, "checkpoints", "last.ckpt"), "checkpoint")
     model.load_state_dict(ckpt["state_dict"])
     data_args = dict(cfg["data"]["init_args"])
     dm = ColorMNISTDataModule(**data_args)

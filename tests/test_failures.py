@@ -206,20 +206,25 @@ def test_resuming_with_another_model_is_refused(tmp_path, capsys):
     assert "holds a model with backbone='resnet50', the command asks for 'resnet18'" in msg
 
 
-def test_a_new_fit_into_a_folder_that_holds_a_run_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_second_fit_becomes_the_next_version_and_the_report_reads_the_newest(tmp_path, monkeypatch):
+    """Lightning's convention: a rerun into the same folder logs version_1 (checkpoints inside it), the report
+    reads the newest version and says which; --ckpt_path last resumes the newest version's last checkpoint."""
+    from xai_lightning.cli import main
+
     monkeypatch.setenv("XAI_RUN_DIR", str(tmp_path / "runs"))
-    old = tmp_path / "runs" / "biased" / "version_0"
-    old.mkdir(parents=True)
-    (old / "metrics.csv").write_text("epoch,val/acc\n0,0.5\n")
-    msg = _cli_error(
-        capsys,
-        "--data.init_args.data_dir",
-        str(tmp_path / "data"),
-        "--trainer.logger.save_dir",
-        str(tmp_path / "runs"),
-        *TINY,
-    )
-    assert "already holds a run (version_0); resume it with --ckpt_path last" in msg
+    args = ["fit", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"), "--data.init_args.data_dir"]
+    args += [str(tmp_path / "data"), *TINY, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    args += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir"]
+    args += [str(tmp_path / "runs"), "--trainer.logger.name", "biased"]
+    for _ in range(2):
+        main(args)
+    run = tmp_path / "runs" / "biased"
+    assert sorted(os.listdir(run)) == ["version_0", "version_1"]
+    assert os.path.isfile(run / "version_1" / "checkpoints" / "last.ckpt")
+    assert load_run(str(run)).versions == ["version_1"]
+    resumed = main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.ckpt_path == str(run / "version_1" / "checkpoints" / "last.ckpt")
+    assert load_run(str(run)).versions == ["version_1", "version_2"] and sorted(load_run(str(run)).epochs) == [0, 1]
 
 
 def test_a_full_disk_leaves_the_old_checkpoint_and_says_which_folder(tmp_path, monkeypatch):
@@ -265,5 +270,5 @@ def test_sigterm_exits_143_after_checkpointing_the_last_epoch(tmp_path):
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 143, done.stderr[-2000:]
     assert "terminated (SIGTERM)" in done.stderr
-    last = torch.load(tmp_path / "runs" / "biased" / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "runs" / "biased" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0  # the completed epoch before the signal

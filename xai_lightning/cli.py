@@ -92,26 +92,57 @@ class XAILightningCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
-        """Resuming restores the checkpoint's model: refuse a command that asks for another one."""
+        """``--ckpt_path last`` resumes the newest version's last checkpoint; resuming restores the checkpoint's
+        model, so a command that asks for another one is refused."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
+        if path == "last":
+            path = self._last_checkpoint()
+            self.config[sub]["ckpt_path"] = path
         if path and os.path.isfile(path):
-            hparams = dict(check_resumable(path).get("hyper_parameters", {}) or {})
-            given = self.config[sub].get("model")
-            given = dict(getattr(given, "init_args", {}) or {}) if given is not None else {}
-            clash = {
-                k: (v, given[k])
-                for k, v in hparams.items()
-                if not k.startswith("_") and k in given and given[k] != v and k != "num_classes"
-            }
-            if clash:
-                k, (saved, asked) = next(iter(clash.items()))
-                raise ConfigError(
-                    f"--ckpt_path {path} holds a model with {k}={saved!r}, the command asks for {asked!r}; resuming "
-                    f"restores the checkpoint's model: drop --model.init_args.{k}, or start a new run without "
-                    "--ckpt_path"
-                )
+            self._check_same_model(sub, path)
         super()._parse_ckpt_path()
+
+    def _last_checkpoint(self) -> str:
+        """The newest ``version_N/checkpoints/last.ckpt`` of this run's CSV log folder (Lightning's version
+        convention: every new fit, a resume included, logs into the next version)."""
+        roots = self._csv_roots()
+        found = [p for root in roots for p in glob.glob(os.path.join(root, "version_*", "checkpoints", "last.ckpt"))]
+        if not found:
+            where = ", ".join(os.path.join(r, "version_*", "checkpoints") for r in roots) or "the run directory"
+            raise ConfigError(f"--ckpt_path last: no last.ckpt under {where} to resume; start a new run without it")
+        return max(found, key=lambda p: int(os.path.basename(os.path.dirname(os.path.dirname(p)))[8:]))
+
+    def _csv_roots(self) -> list[str]:
+        """The run folders (``save_dir/name``) of the configured CSV loggers, read from the config (the trainer
+        does not exist yet when the checkpoint path is parsed)."""
+        trainer = self.config[self.config["subcommand"]]["trainer"]
+        loggers = trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        roots = []
+        for lg in loggers:
+            path = str(getattr(lg, "class_path", "") or "")
+            if path.endswith("CSVLogger"):
+                args = getattr(lg, "init_args", None) or {}
+                roots.append(os.path.join(str(args.get("save_dir")), str(args.get("name") or "lightning_logs")))
+        return roots
+
+    def _check_same_model(self, sub: str, path: str) -> None:
+        hparams = dict(check_resumable(path).get("hyper_parameters", {}) or {})
+        given = self.config[sub].get("model")
+        given = dict(getattr(given, "init_args", {}) or {}) if given is not None else {}
+        clash = {
+            k: (v, given[k])
+            for k, v in hparams.items()
+            if not k.startswith("_") and k in given and given[k] != v and k != "num_classes"
+        }
+        if clash:
+            k, (saved, asked) = next(iter(clash.items()))
+            raise ConfigError(
+                f"--ckpt_path {path} holds a model with {k}={saved!r}, the command asks for {asked!r}; resuming "
+                f"restores the checkpoint's model: drop --model.init_args.{k}, or start a new run without "
+                "--ckpt_path"
+            )
 
     @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
@@ -136,25 +167,17 @@ class XAILightningCLI(LightningCLI):
             for path in sorted(paths):
                 check_writable(path)
 
-    def _check_not_a_rerun(self) -> None:
-        """A new fit into a run directory that already holds a run would mix two runs (the report merges a
-        run's versions, which is right only for a resume): refuse, say how to resume or where to go."""
-        sub = self.config.get("subcommand")
-        if sub != "fit" or self.config[sub].get("ckpt_path"):
-            return
+    def _say_version(self) -> None:
+        """Which version this fit logs to (a new fit into a folder with runs becomes its next version)."""
         for logger in self.trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                root = os.path.join(logger.save_dir, logger.name or "")
-                old = sorted(glob.glob(os.path.join(root, "version_*", "metrics.csv")))
-                if old:
-                    raise ConfigError(
-                        f"{root} already holds a run ({os.path.basename(os.path.dirname(old[-1]))}); resume it with "
-                        "--ckpt_path last, or start a new run elsewhere (XAI_RUN_DIR=... or --trainer.default_root_dir)"
-                    )
+            if isinstance(logger, CSVLogger) and self.trainer.is_global_zero:
+                earlier = sorted(glob.glob(os.path.join(logger.save_dir, logger.name or "", "version_*")))
+                note = f" (earlier: {', '.join(os.path.basename(v) for v in earlier)})" if earlier else ""
+                logging.getLogger(__name__).info(f"this run logs to {logger.log_dir}{note}")
 
     def before_fit(self) -> None:
         self._check_outputs()
-        self._check_not_a_rerun()
+        self._say_version()
 
     def before_validate(self) -> None:
         self._check_outputs()

@@ -40,3 +40,36 @@ def check_writable(path: str, what: str = "output directory") -> None:
         raise PermissionError(
             f"cannot write to the {what} {path!r} ({type(err).__name__}: {err}); choose a writable location"
         ) from None
+
+
+TRUST_ENV = "XAI_TRUST_PICKLE"  # os.pathsep-separated files the user trusts to run code when loaded
+
+
+def trusted(path: str) -> bool:
+    """Whether the user listed ``path`` in ``XAI_TRUST_PICKLE`` (the one way to let a file unpickle)."""
+    listed = [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    return any(os.path.realpath(p) == os.path.realpath(path) for p in listed)
+
+
+def load_file(path: str, what: str):
+    """A file a user named (checkpoint, probe CLIP, surgery plan) as data: tensors, dicts, lists, strings and
+    numbers only (``torch.load(weights_only=True)``). A file that needs pickle could run its own code when
+    loaded, so it is refused with one line that names it and how to allow it, unless the user listed it in
+    ``XAI_TRUST_PICKLE``."""
+    import pickle
+
+    import torch
+
+    from xai_lightning.errors import CheckpointError
+
+    if trusted(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        needs = str(err).split("Unsupported global:")[-1].split(".")[0:3]
+        raise CheckpointError(
+            f"{what} {path!r} holds Python objects that only unpickling can rebuild ({'.'.join(needs).strip()}"
+            f"...), and unpickling a file can run code from it; refused. If you trust this file, allow it with "
+            f"{TRUST_ENV}={path}"
+        ) from None

@@ -2,8 +2,9 @@
 
     python -m xai_lightning.report RUN_DIR [RUN_DIR ...] --out DIR [--names biased debiased]
 
-A run directory is a CSV logger dir (``runs/quickstart/biased``: its ``version_N`` folders are merged, so
-a resumed run reads as one) or a single version dir (``metrics.csv`` + the CLI's ``config.yaml``). Writes
+A run directory is a CSV logger dir (``runs/quickstart/biased``: its newest ``version_N``, merged with the
+versions it resumes, so a resumed run reads as one and a rerun replaces an older one) or a single version dir
+(``metrics.csv`` + the CLI's ``config.yaml``). Writes
 ``DIR/report.md``, ``DIR/summary.json`` (``{run: {metric: final value, ..., "outcome": the verdict as the
 console prints it, "relies": the concepts that count, "leaning": the concept with the largest effect,
 "decided": bool, "cf_truth": ...}}``),
@@ -35,6 +36,7 @@ class Run:
     path: str
     epochs: dict[int, dict[str, float]]  # epoch -> metrics logged at that epoch
     config: dict = field(default_factory=dict)
+    versions: list[str] = field(default_factory=list)  # the version dirs read (newest last)
 
     def final(self) -> dict[str, float]:
         """Last value of every metric (the latest epoch that logged it)."""
@@ -89,8 +91,23 @@ class Run:
         return truth_from_rates(rates) if rates else None
 
 
+def _epochs_of(version: str) -> dict[int, dict[str, float]]:
+    epochs: dict[int, dict[str, float]] = {}
+    with open(os.path.join(version, "metrics.csv")) as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for k, v in row.items():
+                if k not in ("epoch", "step") and v not in ("", None):
+                    epochs.setdefault(epoch, {})[k] = float(v)
+    return epochs
+
+
 def _versions(path: str) -> list[str]:
-    """A version dir itself, or every ``version_N`` of a run dir in order (a resumed run logs a new version)."""
+    """A version dir itself; in a run dir, the newest ``version_N`` and the versions it resumes (Lightning's
+    convention: every fit logs a new version; a resumed fit's first epoch is not 0, so it continues the
+    version before it), oldest first."""
     if os.path.isfile(os.path.join(path, "metrics.csv")):
         return [path]
     found = [d for d in os.listdir(path) if d.startswith("version_") and d[8:].isdigit()] if os.path.isdir(path) else []
@@ -101,22 +118,20 @@ def _versions(path: str) -> list[str]:
             f"{path!r} is not a run directory: no metrics.csv in it or in version_N/ below it "
             f"(e.g. runs/quickstart/biased or runs/quickstart/biased/version_0)"
         )
-    return found
+    chain = [found.pop()]
+    while found and min(_epochs_of(chain[0]) or {0: {}}) > 0:
+        chain.insert(0, found.pop())
+    return chain
 
 
 def load_run(path: str, name: str | None = None) -> Run:
-    """Metrics per epoch from a run (all its versions merged; a later version wins for the same epoch)."""
+    """Metrics per epoch of a run's newest version (merged with the versions it resumes; a later version wins
+    for the same epoch); ``Run.versions`` says which were read."""
     versions = _versions(path)
     epochs: dict[int, dict[str, float]] = {}
     for version in versions:
-        with open(os.path.join(version, "metrics.csv")) as f:
-            for row in csv.DictReader(f):
-                if not row.get("epoch"):
-                    continue
-                epoch = int(float(row["epoch"]))
-                for k, v in row.items():
-                    if k not in ("epoch", "step") and v not in ("", None):
-                        epochs.setdefault(epoch, {})[k] = float(v)
+        for epoch, values in _epochs_of(version).items():
+            epochs.setdefault(epoch, {}).update(values)
     config = {}
     config_path = os.path.join(versions[-1], "config.yaml")
     if os.path.isfile(config_path):
@@ -126,7 +141,7 @@ def load_run(path: str, name: str | None = None) -> Run:
             config = yaml.safe_load(f) or {}
     if name is None:
         name = _job_type(config) or os.path.basename(os.path.dirname(os.path.abspath(versions[-1])))
-    return Run(name, path, epochs, config)
+    return Run(name, path, epochs, config, [os.path.basename(v) for v in versions])
 
 
 def _job_type(config: dict) -> str | None:
@@ -142,6 +157,7 @@ def summary(runs: Sequence[Run]) -> dict[str, dict]:
     for run in runs:
         entry = {k: v for k, v in run.final().items()}
         entry["outcome"] = run.verdict()
+        entry["versions"] = " + ".join(run.versions)
         entry["relies"] = run.relies()
         entry["leaning"] = run.leaning()
         entry["decided"] = run.decided()
@@ -281,7 +297,7 @@ def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     lines += [*_agreement_lines(runs), ""]
     lines += method_table(runs)
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
-    lines += ["", "Runs: " + ", ".join(f"`{r.name}` = `{r.path}`" for r in runs)]
+    lines += ["", "Runs: " + ", ".join(f"`{r.name}` = `{r.path}` ({' + '.join(r.versions)})" for r in runs)]
     return "\n".join(lines) + "\n"
 
 
@@ -492,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = write_report(args.runs, args.out, args.names)
     for name, entry in data.items():
         log.info(
-            f"{name}: outcome={entry['outcome']} val/acc={_fmt(entry.get('val/acc'))} "
+            f"{name} ({entry['versions']}): outcome={entry['outcome']} val/acc={_fmt(entry.get('val/acc'))} "
             f"real_world/acc={_fmt(entry.get('real_world/acc'))}"
         )
     log.info(f"wrote {os.path.join(args.out, 'report.md')}")

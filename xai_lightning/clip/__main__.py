@@ -7,10 +7,9 @@ import logging
 import os
 from collections.abc import Sequence
 
-import torch
-
 from xai_lightning.clip.files import load_probe_file, save_probe_clip
 from xai_lightning.clip.loading import cached_pretrained, load_clip
+from xai_lightning.io import load_file
 
 log = logging.getLogger("xai_lightning.clip")
 
@@ -62,7 +61,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         path, _, _ = cached_pretrained(args.model, args.pretrained, args.cache_dir)
         log.info(f"ok: {clip.name} cached at {path}")
         return
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_file(args.checkpoint, "CLIPModule checkpoint")
     clip = load_probe_file(args.checkpoint, os.path.basename(args.out))
     meta = {
         "source_checkpoint": os.path.basename(args.checkpoint),

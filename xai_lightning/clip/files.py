@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from xai_lightning.clip.model import ProbeCLIP, build_open_clip
-from xai_lightning.io import atomic_write
+from xai_lightning.io import atomic_write, load_file
 
 TOKENS = "token_embedding.weight"
 
@@ -47,7 +47,7 @@ def save_probe_clip(
 
 
 def load_probe_file(path: str, name: str) -> ProbeCLIP:
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = load_file(path, "probe CLIP")
     if data.get("format", "").startswith("xai_lightning.probe_clip"):
         model = build_open_clip(data["model_cfg"])
         state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}

@@ -15,6 +15,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from xai_lightning.io import load_file
 from xai_lightning.models.backbones import (
     INPUT_TRANSFORMS,
     build_backbone,
@@ -88,7 +89,7 @@ class ClassifierModule(L.LightningModule):
 
     def _load_init_checkpoint(self, path: str) -> None:
         """Loads every ``net.*`` weight; a head of another size (pretrained on other classes) stays fresh."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_file(path, "init_checkpoint")
         state = state.get("state_dict", state)
         net_state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
         if not net_state:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_lightning.io import atomic_write
+from xai_lightning.io import atomic_write, load_file
 from xai_lightning.resize import resize_antialiased
 from xai_lightning.surgery.layers import forward_hooks
 from xai_lightning.surgery.matching import Matching, layer_summaries, match
@@ -91,7 +91,7 @@ class SurgeryPlan:
 
     @classmethod
     def load(cls, path: str) -> SurgeryPlan:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = load_file(path, "surgery plan")
         data["matching"] = Matching(**data["matching"])
         return cls(**data)
 
