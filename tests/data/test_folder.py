@@ -116,3 +116,131 @@ def test_the_probe_names_the_place_a_model_decides_by(tmp_path):
     assert probe.last.outcome == "place" and probe.last.relies == ("place",)
     assert probe.last.effects["place"].value == pytest.approx(1.0)
     assert probe.last.effects["bird"].value == pytest.approx(0.0, abs=0.1)
+
+
+def _correlated_folder(root, n=400, conflict=0.05, seed=0) -> str:
+    """Birds on their usual place for 95% of the images, no split column; image i is drawn with seed i, so a
+    test can draw the same bird on the other place (the exact counterfactual)."""
+    rows = []
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    flip = np.random.default_rng(seed).random(n) < conflict
+    for i in range(n):
+        kind = ("landbird", "waterbird")[i % 2]
+        place = ("land", "water")[(i % 2) ^ int(flip[i])]
+        path = os.path.join("images", f"{i:04d}.png")
+        Image.fromarray(_bird(kind, place, np.random.default_rng(i))).save(os.path.join(root, path))
+        rows.append({"img_filename": path, "y": kind, "place": place})
+    with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(root)
+
+
+def test_a_balanced_probe_set_has_every_cell_and_blank_values_are_unknown(tmp_path, caplog):
+    import logging
+
+    root = _correlated_folder(tmp_path / "birds", n=200)
+    with open(os.path.join(root, "metadata.csv")) as f:
+        text = f.read().splitlines()
+    text[5] = text[5].rsplit(",", 1)[0] + ","  # one blank place
+    with open(os.path.join(root, "metadata.csv"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    with caplog.at_level(logging.INFO, logger="xai_lightning.data.folder"):
+        dm = _dm(root, split_column=None)
+    assert dm.attributes["place"] == ["land", "water"] and int(dm.attr_index["place"][4]) == -1
+    cell, _ = dm._cells()
+    probe = cell[dm.split == "probe_set"]
+    assert cell[4] == -1 and dm.split[4] != "probe_set"  # an unknown place is never probed
+    assert np.bincount(probe).tolist() == [np.bincount(probe)[0]] * 4  # every class x place cell alike
+    assert "probe_set cells (class x place): images" in caplog.text and "landbird / water:" in caplog.text
+    random = _dm(root, split_column=None, probe_set="random")
+    rcell = cell[random.split == "probe_set"]
+    assert np.bincount(rcell, minlength=4)[[1, 2]].sum() < 0.15 * len(rcell)  # the draw keeps the correlation
+
+
+def test_a_correlated_folder_run_from_a_config_gets_a_probe_set_that_answers(tmp_path, monkeypatch):
+    """The user's path: PNGs and a CSV (95% of birds on their usual place, no split column), a config, `fit`.
+    The balanced probe set's verdict against the exact counterfactual (each probe bird drawn on the other place
+    and as the other bird), and what a random draw of the probe set gives."""
+    import yaml
+
+    from xai_lightning import discover
+    from xai_lightning.cli import main
+
+    root = _correlated_folder(tmp_path / "birds", n=800)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "default_root_dir": str(tmp_path / "run"),
+            "max_epochs": 3,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "callbacks": [
+                {
+                    "class_path": "xai_lightning.callbacks.ConceptProbe",
+                    "init_args": {"concepts": {"bird": "label", "place": "place"}},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "xai_lightning.models.ClassifierModule",
+            "init_args": {"backbone": "simple_cnn", "lr": 0.003},
+        },
+        "data": {
+            "class_path": "xai_lightning.data.ImageFolderAttributesDataModule",
+            "init_args": {
+                "root": root,
+                "path_column": "img_filename",
+                "label_column": "y",
+                "attributes": ["place"],
+                "split_column": None,
+                "image_size": 32,
+                "batch_size": 16,
+            },
+        },
+    }
+    cfg = tmp_path / "birds.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cli = main(["fit", "--config", str(cfg)])
+    probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ConceptProbe")
+    dm, model = cli.datamodule, cli.model.eval()
+    rows = np.flatnonzero(dm.split == "probe_set")
+    flips = {}
+    for concept in ("place", "bird"):
+        pred, edited = [], []
+        for i in rows:
+            kind, place = ("landbird", "waterbird")[i % 2], dm.attributes["place"][int(dm.attr_index["place"][i])]
+            other = {
+                "place": (kind, "water" if place == "land" else "land"),
+                "bird": (("waterbird" if kind == "landbird" else "landbird"), place),
+            }
+            for out, (k, p) in ((pred, (kind, place)), (edited, other[concept])):
+                img = torch.from_numpy(_bird(k, p, np.random.default_rng(i))).permute(2, 0, 1).float()[None] / 255
+                out.append(img)
+        with torch.no_grad():
+            to32 = lambda x: torch.nn.functional.interpolate(torch.cat(x), size=32, mode="bilinear", antialias=True)  # noqa: E731
+            flips[concept] = float((model(to32(pred)).argmax(-1) != model(to32(edited)).argmax(-1)).float().mean())
+    verdict = probe.last
+    assert verdict.images == len(rows) and len(rows) >= 40
+    for concept, flip in flips.items():
+        e = verdict.effects[concept]
+        assert e.lo - 0.05 <= flip <= e.hi + 0.05, (concept, flip, e)
+    truth = max(flips, key=flips.get)
+    assert verdict.outcome == truth or (verdict.outcome == "undecided" and flips[truth] < 0.5)
+    # the old default: a random 20% of the images as the probe set keeps the 95/5 correlation
+    random = ImageFolderAttributesDataModule(**{**config["data"]["init_args"], "probe_set": "random"})
+    random.setup()
+    batches = list(random.dataloader("probe_set"))
+    old = discover(
+        model,
+        [b["image"] for b in batches],
+        {c: torch.cat([b[k] for b in batches]).tolist() for c, k in (("bird", "label"), ("place", "place"))},
+        targets=torch.cat([b["label"] for b in batches]).tolist(),
+        value_names={"bird": random.class_names, "place": random.attributes["place"]},
+    )
+    assert not old.decided and old.reason == "too few images per cell"
+    print(f"balanced ({verdict.images} images): {verdict.text()}; random draw ({old.images}): {old.text()}")
