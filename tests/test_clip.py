@@ -117,3 +117,16 @@ def test_missing_weights_offline_fail_fast_with_instructions(tmp_path, monkeypat
 def test_bad_specs(spec, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_clip(spec)
+
+
+@pytest.mark.parametrize("name", ["colordigits", "scenedigits"])
+def test_words_an_embedded_probe_never_learnt_are_an_error_naming_them(name):
+    """Untrained token rows embedded 'a photo of a bird on water.' and '... on land.' alike (cosine 1.000 for
+    the scenes CLIP): a caption with such words is refused, naming them."""
+    from xai_lightning.clip import load_clip
+
+    clip = load_clip({"embedded": name})
+    known = clip.encode_text(["a photo of a red digit.", "a photo of a digit with the value 5."])
+    assert known.shape[0] == 2
+    with pytest.raises(ValueError, match=r"never learnt the word\(s\) \['bird', 'land'"):
+        clip.encode_text(["a photo of a bird on land."])

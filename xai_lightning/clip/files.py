@@ -56,7 +56,10 @@ def load_probe_file(path: str, name: str) -> ProbeCLIP:
             full[data["token_rows"]] = state[TOKENS]
             state[TOKENS] = full
         model.load_state_dict(state)
-        return ProbeCLIP(model, data["image_size"], data["mean"], data["std"], data["context_length"], name=name)
+        rows = data.get("token_rows")
+        return ProbeCLIP(
+            model, data["image_size"], data["mean"], data["std"], data["context_length"], name=name, vocabulary=rows
+        )
     if "state_dict" in data and "hyper_parameters" in data and "model_cfg" in data["hyper_parameters"]:
         hp = data["hyper_parameters"]  # a CLIPModule Lightning checkpoint
         model = build_open_clip(hp["model_cfg"])

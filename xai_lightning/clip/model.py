@@ -30,11 +30,14 @@ class ProbeCLIP(nn.Module):
         std: Sequence[float] = OPENAI_STD,
         context_length: int = 77,
         name: str = "clip",
+        vocabulary: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         import open_clip
 
         self.model = model.eval()
+        # the token ids the text tower was trained on (None: the whole vocabulary, e.g. OpenAI/LAION weights)
+        self.vocabulary = None if vocabulary is None else frozenset(int(t) for t in vocabulary)
         self.image_size = int(image_size)
         self.name = name
         self.context_length = int(context_length)
@@ -56,8 +59,24 @@ class ProbeCLIP(nn.Module):
         return self.model.encode_image(x.to(dtype)).float()
 
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(captions)).to(self.mean.device)
-        return self.model.encode_text(tokens).float()
+        tokens = self.tokenizer(list(captions))
+        self.check_words(captions, tokens)
+        return self.model.encode_text(tokens.to(self.mean.device)).float()
+
+    def check_words(self, captions: Sequence[str], tokens: torch.Tensor | None = None) -> None:
+        """One-line error naming the words of ``captions`` the text tower never learnt (they would embed as
+        untrained rows: two captions differing in them alone would look alike, or meaningless)."""
+        if self.vocabulary is None:
+            return
+        tokens = self.tokenizer(list(captions)) if tokens is None else tokens
+        unknown = sorted({int(t) for t in tokens.flatten().tolist() if int(t) not in self.vocabulary and int(t) != 0})
+        if unknown:
+            words = sorted({self.tokenizer.decoder[t].replace("</w>", "") for t in unknown})
+            raise ValueError(
+                f"the probe CLIP {self.name!r} never learnt the word(s) {words} (its vocabulary: the "
+                f"{len(self.vocabulary)} tokens of the captions it was trained on); rephrase the captions with "
+                "words it knows, or use a CLIP trained on them (docs/probe_clip.md)"
+            )
 
     def tail(self, layer: str, x: torch.Tensor) -> torch.Tensor | None:
         """The image embedding from the output ``x`` of ``layer`` onward, when ``layer`` is the last stage of a
