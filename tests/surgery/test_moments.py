@@ -76,8 +76,9 @@ def test_folding_a_few_channels_at_a_time_gives_the_same_z(monkeypatch, score):
         m = CrossMoments(score)
         m.update(sb[0], cb[0])
         other = CrossMoments(score)
-        other.update(sb[1], cb[1])  # other shifts: merging re-shifts every stored block
-        assert torch.allclose(m.merge(other).scores().double(), expected, atol=1e-5, rtol=0)
+        other.update(sb[1], cb[1])  # other shifts: reducing re-shifts every stored block
+        reduce_two(m, other)
+        assert torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("score", ["reference", "pearson"])
@@ -113,15 +114,46 @@ def test_batching_does_not_change_z():
     assert torch.allclose(z1, z2, atol=1e-6, rtol=0)
 
 
-def test_merge_equals_single_pass_and_stats_are_population_moments():
+def reduce_two(a: CrossMoments, b: CrossMoments) -> None:
+    """``all_reduce`` of two sets of sums as two DDP ranks would run it: each in its own thread, every collective
+    a sum over both (barriers pair the calls)."""
+    import threading
+
+    slots, barrier, errors = [None, None], threading.Barrier(2), []
+
+    def rank(i: int, m: CrossMoments) -> None:
+        def sum_fn(t: torch.Tensor) -> torch.Tensor:
+            slots[i] = t.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+
+        try:
+            m.all_reduce(sum_fn)
+        except Exception as err:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(i, m)) for i, m in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_two_reduced_ranks_equal_a_single_pass_and_stats_are_population_moments():
     s, c = _activations(9, seed=2)
     sb, cb = _batches(s, c, [2, 5])
     a, b = CrossMoments(), CrossMoments()
     a.update(sb[0], cb[0])
     a.update(sb[1], cb[1])
     b.update(sb[2], cb[2])
-    merged = a.merge(b)
-    assert merged.count == 9
+    reduce_two(a, b)
+    merged = a
+    assert merged.count == 9 and b.count == 9
     assert torch.allclose(merged.scores().double(), reference_z(sb, cb), atol=1e-5, rtol=0)
     stats = merged.stats()["standalone"]
     mean = torch.cat([v.double().mean(dim=(0, 2, 3)) for v in s.values()])
@@ -152,7 +184,7 @@ def test_take_scores_consumes_explicitly_and_reset_recreates():
     expected = reference_z([s], [c])
     assert torch.allclose(m.take_scores().double(), expected, atol=1e-5, rtol=0)
     assert m.consumed
-    for call in (m.scores, lambda: m.update(s, c), lambda: CrossMoments().merge(m)):
+    for call in (m.scores, lambda: m.update(s, c), lambda: m.all_reduce(lambda t: t)):
         with pytest.raises(RuntimeError, match="consumed"):
             call()
     m.reset()
@@ -160,15 +192,15 @@ def test_take_scores_consumes_explicitly_and_reset_recreates():
     assert not m.consumed and torch.allclose(m.scores().double(), expected, atol=1e-5, rtol=0)
 
 
-def test_merge_into_empty_adopts_and_empty_other_changes_nothing():
+def test_a_rank_without_data_joins_the_reduction_and_gets_the_sums():
     s, c = _activations(6, seed=7)
     sb, cb = _batches(s, c, [2])
-    a = CrossMoments()
+    a, empty = CrossMoments(), CrossMoments()
     a.update(sb[0], cb[0])
-    empties = [CrossMoments(), CrossMoments()]
-    for e in empties:
-        e.init_layout(({k: v[:0] for k, v in s.items()}, {k: v[:0] for k, v in c.items()}))
-    assert empties[0].merge(a).count == 2 and a.merge(empties[1]).count == 2 and a.batches == 1
+    empty.init_layout(({k: v[:0] for k, v in s.items()}, {k: v[:0] for k, v in c.items()}))
+    reduce_two(empty, a)
+    assert a.count == empty.count == 2 and a.batches == empty.batches == 1
+    assert torch.allclose(empty.scores().double(), reference_z(sb[:1], cb[:1]), atol=1e-5, rtol=0)
     a.update(sb[1], cb[1])
     assert torch.allclose(a.scores().double(), reference_z(sb, cb), atol=1e-5, rtol=0)
 
@@ -229,7 +261,6 @@ def test_reduced_precision_matmul_settings_do_not_reach_the_sums():
         m = CrossMoments()
         for sa, ca in zip(sb, cb, strict=True):
             m.update(sa, ca)
-        m.merge(CrossMoments())
         z = m.take_scores()
         assert torch.get_float32_matmul_precision() == "medium"
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,11 @@ class SurgeryPlan:
     @property
     def n_standalone(self) -> int:
         return len(self.s_mean)
+
+    def with_swap_fraction(self, swap_fraction: float) -> SurgeryPlan:
+        """The same matching with another share of each CLIP layer swapped (no new scores)."""
+        swap = select_swaps(self.matching, self.clip, swap_fraction)
+        return dataclasses.replace(self, swap=swap, swap_fraction=float(swap_fraction))
 
     def clip_slices(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -119,7 +125,7 @@ def build_plan(moments: CrossMoments, matching: str = "argmax", swap_fraction: f
     """Scores, matching and swap selection from (already reduced) running sums."""
     stats = moments.stats()
     s, c = stats["standalone"], stats["clip"]
-    z = moments.scores()
+    z = moments.take_scores()  # in the cross sums' memory: the epoch's sums are not needed again
     m = match(z, s["valid"], c["valid"], matching)
     clip_layout = [(x.name, x.channels, x.size) for x in moments.clip_layout.layers]
     plan = SurgeryPlan(
