@@ -23,6 +23,9 @@ RELIES = "probe/relies/{c}"  # 1 when the concept counts (null rejected, interva
 MARGIN = "probe/margin"  # leading effect - runner-up, with its interval
 MARGIN_LO = "probe/margin_lo"
 MARGIN_HI = "probe/margin_hi"
+UNEXPLAINED = "probe/unexplained"  # same-class, same-counted-concepts image pairs predicted apart, with interval
+UNEXPLAINED_LO = "probe/unexplained_lo"
+UNEXPLAINED_HI = "probe/unexplained_hi"
 IMAGES = "probe/images"  # probe images behind the verdict
 SECONDS = "probe/seconds"
 # with ConceptProbe(log="all") also:
@@ -31,7 +34,17 @@ CELL_MEDIAN = "probe/cell_median/{c}"  # median images per (stratum, value) cell
 THIN = "probe/thin/{c}"  # 1 when the cells were too thin for the interval to hold
 
 PROBE_CONCEPT = (OUTCOME, EFFECT, EFFECT_LO, EFFECT_HI, RELIES)
-PROBE_SCALAR = ("probe/outcome/none", "probe/outcome/undecided", DECIDED, IMAGES, SECONDS)
+PROBE_SCALAR = (
+    "probe/outcome/none",
+    "probe/outcome/undecided",
+    DECIDED,
+    UNEXPLAINED,
+    UNEXPLAINED_LO,
+    UNEXPLAINED_HI,
+    IMAGES,
+    SECONDS,
+)
+ZEROSHOT = "probe/zeroshot_acc/{c}"  # concepts read from captions where labels exist: the probe CLIP's accuracy
 PROBE_REASON = (UNDECIDED,)
 PROBE_MARGIN = (MARGIN, MARGIN_LO, MARGIN_HI)  # when there are two concepts or more
 PROBE_ALL = (P_VALUE, CELL_MEDIAN, THIN)
@@ -73,6 +86,7 @@ SUMMARY = ("probe/verdict",)  # W&B run summary: the outcome as the console prin
 ALARM = ("alarm/{c}",)  # ConceptAlarm: the epoch it fired for a spurious concept
 FLIP_RATE = "cf/{c}_flip_rate"
 COUNTERFACTUAL = ("cf/color_flip_rate", "cf/shape_flip_rate", "cf/background_flip_rate")  # background: scenes
+CF_FAMILY = (FLIP_RATE,)  # any edit a data module offers (the digit world: every family)
 TIMER = ("time/train_epoch_seconds", "time/val_epoch_seconds")
 CLASSIFIER = (
     "train/loss",
@@ -130,8 +144,10 @@ ALL_PATTERNS = (
     + SURGERY_ONCE
     + SURGERY_MEDIA
     + SUMMARY
+    + (ZEROSHOT,)
     + ALARM
     + COUNTERFACTUAL
+    + CF_FAMILY
     + TIMER
     + CLASSIFIER
     + CLIP_TRAINER

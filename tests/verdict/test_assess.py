@@ -116,3 +116,24 @@ def test_interval_covers_the_flip_rate_of_a_partial_shortcut():
 def test_values_outside_their_names_are_one_line_errors(bad):
     with pytest.raises(ValueError, match="outside"):
         assess(np.array([0, 1, 0]), bad, {"color": ["red", "green"]})
+
+
+def test_a_shortcut_nobody_listed_is_flagged_not_read_as_none():
+    """Half the predictions follow the background, which is not listed: the listed concepts read ~0, yet images
+    that agree on them and on the class are predicted apart: 'something unlisted decides', not 'none'."""
+    design = ProbeDesign(images=1000)
+    hidden, _ = _verdict(design, HandBuilt("mixture", "background", 0.5), seed=7, concepts=("color",))
+    assert hidden.unexplained.lo > 0.2 and hidden.unlisted
+    assert hidden.outcome == "undecided" and hidden.reason == "something unlisted decides"
+    listed, _ = _verdict(design, HandBuilt("mixture", "color", 1.0), seed=7, concepts=("color",))
+    assert listed.outcome == "color" and listed.unexplained.hi < 0.2  # colour decides: its cells agree
+    # the same pairs counted by hand: same class (no listed concept counts), different predictions
+    v = design.draw(np.random.default_rng(7))
+    pred = HandBuilt("mixture", "background", 0.5).predict(v, 2)
+    num = den = 0
+    for cell in set(v["shape"].tolist()):
+        idx = [i for i in range(len(pred)) if v["shape"][i] == cell]
+        pairs = [(i, j) for a, i in enumerate(idx) for j in idx[a + 1 :]]
+        num += len(idx) * sum(pred[i] != pred[j] for i, j in pairs) / len(pairs)
+        den += len(idx)
+    assert hidden.unexplained.point == pytest.approx(num / den, abs=1e-9)

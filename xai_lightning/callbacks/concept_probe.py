@@ -9,9 +9,9 @@ networks: the cost is the verdict's arithmetic on top of the validation pass.
 
 Logged (``xai_lightning.names``): ``probe/outcome/<c|none|undecided>``, ``probe/decided``,
 ``probe/undecided/<reason>``, ``probe/effect[_lo|_hi]/<c>``, ``probe/relies/<c>`` (what ``ConceptAlarm``
-reads), ``probe/margin[_lo|_hi]``, ``probe/images``, ``probe/seconds``; with ``log="all"`` also
-``probe/p_value/<c>``, ``probe/cell_median/<c>``, ``probe/thin/<c>``. With W&B the run summary holds the
-outcome as the console prints it (``probe/verdict``).
+reads), ``probe/margin[_lo|_hi]``, ``probe/unexplained[_lo|_hi]``, ``probe/images``, ``probe/seconds``;
+with ``log="all"`` also ``probe/p_value/<c>``, ``probe/cell_median/<c>``, ``probe/thin/<c>``. With W&B the run
+summary holds the outcome as the console prints it (``probe/verdict``).
 """
 
 from __future__ import annotations
@@ -239,6 +239,8 @@ def verdict_metrics(verdict: Verdict, concepts: Sequence[str], log_all: bool = F
         out[names.MARGIN], out[names.MARGIN_LO], out[names.MARGIN_HI] = (
             (margin.point, margin.lo, margin.hi) if margin is not None else (nan, nan, nan)
         )
+    u = verdict.unexplained
+    out[names.UNEXPLAINED], out[names.UNEXPLAINED_LO], out[names.UNEXPLAINED_HI] = u.point, u.lo, u.hi
     out[names.IMAGES] = float(verdict.images)
     return out
 
@@ -252,6 +254,10 @@ def console_lines(verdict: Verdict, epoch: int, seconds: float) -> list[str]:
         pushes = f"  ({'; '.join(f'{v} -> {k}' for v, k in e.value_classes.items())})" if e.value_classes else ""
         thin = "  thin cells" if e.thin else ""
         lines.append(f"  {c:>12}: follows {e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]  {counts}{pushes}{thin}")
+    u = verdict.unexplained
+    if u.finite():
+        note = "  <- something the listed concepts do not name decides" if verdict.unlisted else ""
+        lines.append(f"   unexplained: {u.point:.3f} [{u.lo:.3f}, {u.hi:.3f}] of same-cell pairs predicted apart{note}")
     return lines
 
 

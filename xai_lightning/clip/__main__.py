@@ -32,10 +32,17 @@ def caption_names(ckpt: dict) -> list[list[str]]:
 
 
 def caption_tokens(ckpt: dict, clip) -> list[int]:
-    """Token ids of every caption a CLIPModule checkpoint was trained on."""
+    """Token ids of every caption a CLIPModule (or WorldCLIPModule: its vocabulary) checkpoint was trained on."""
     from xai_lightning.models.clip_module import all_captions
 
-    tokens = clip.tokenizer(sorted(all_captions(*caption_names(ckpt))))
+    vocabulary = (ckpt.get("hyper_parameters") or {}).get("vocabulary")
+    if vocabulary:
+        from xai_lightning.clip.vocabulary import load_vocabulary
+
+        captions = load_vocabulary(vocabulary).captions() + ["a photo of a digit."]
+    else:
+        captions = sorted(all_captions(*caption_names(ckpt)))
+    tokens = clip.tokenizer(sorted(captions))
     return sorted(set(tokens.flatten().tolist()))
 
 

@@ -261,19 +261,25 @@ class CLIPModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=hp.lr
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return clip_optimizer(self)
 
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = (step - hp.warmup_steps) / max(total - hp.warmup_steps, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def clip_optimizer(module: L.LightningModule) -> dict:
+    """AdamW (no weight decay on biases, norms and embeddings) with linear warm-up and cosine decay over the
+    run's steps: the probe CLIPs' schedule (``lr``, ``weight_decay``, ``warmup_steps`` from the hparams)."""
+    hp = module.hparams
+    decay = [p for n, p in module.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in module.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=hp.lr
+    )
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
+
+    def schedule(step: int) -> float:
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        progress = (step - hp.warmup_steps) / max(total - hp.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -348,5 +348,3 @@ class CrossSums:
     """The sums of products of a block of one standalone size group's channels with every CLIP channel."""
 
     cross: torch.Tensor  # [rows, C_clip] float32; columns: CLIP size groups in MapLayout.sizes order
-
-

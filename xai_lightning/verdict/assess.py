@@ -27,6 +27,7 @@ from xai_lightning.verdict.following import (
 )
 from xai_lightning.verdict.outcome import ALPHA, MIN_EFFECT, ConceptEvidence, Outcome, decide
 from xai_lightning.verdict.strata import CLASS, matched_on, stratum_ids, weighted_pair_median
+from xai_lightning.verdict.unexplained import UNEXPLAINED, unexplained
 
 MIN_CELL = 5  # images on the smaller side of a typical comparison below which the interval is not trusted
 MAX_UNMEASURED_DRAWS = 0.1  # resampled probe sets where the effect is undefined, beyond which it is "thin"
@@ -65,6 +66,13 @@ class Verdict:
     images: int
     classes: int
     min_effect: float
+    unexplained: Effect = field(default_factory=Effect.undefined)  # same-cell pairs predicted differently
+
+    @property
+    def unlisted(self) -> bool:
+        """Images that agree on the class and every concept that counts get different predictions: something the
+        listed concepts do not name decides (``verdict.unexplained``)."""
+        return bool(self.unexplained.finite() and self.unexplained.lo > UNEXPLAINED)
 
     @property
     def decided(self) -> bool:
@@ -76,6 +84,10 @@ class Verdict:
     def table(self) -> str:
         """A plain-text table: one row per concept, largest effect first."""
         rows = [f"outcome: {self.text()}   ({self.images} images, {self.classes} classes, δ = {self.min_effect:g})"]
+        u = self.unexplained
+        if u.finite():
+            flag = "  <- something unlisted decides" if self.unlisted else ""
+            rows.append(f"unexplained: {u.point:.3f} [{u.lo:.3f}, {u.hi:.3f}] of same-cell pairs predicted apart{flag}")
         rows.append(f"{'concept':<14} {'follows':>8} {'95% interval':>18} {'p (Holm)':>9}  counts  matched on")
         for name in sorted(self.effects, key=lambda c: -np.nan_to_num(self.effects[c].value, nan=-9)):
             e = self.effects[name]
@@ -211,7 +223,10 @@ def assess(
     cards = {c: len(value_names[c]) for c in values}
     views = {c: concept_view(c, pred, values, cards, targets, len(class_names)) for c in values}
     evidence, boots = _evidence(views, len(pred), draws, permutations, seed)
-    decision = decide(evidence, lambda a, b: _margin(evidence, boots, a, b), min_effect, alpha)
+    provisional = decide(evidence, lambda a, b: _margin(evidence, boots, a, b), min_effect, alpha)
+    u = unexplained(pred, values, provisional.relies, targets, draws, seed)
+    unlisted = bool(u.finite() and u.lo > UNEXPLAINED)
+    decision = decide(evidence, lambda a, b: _margin(evidence, boots, a, b), min_effect, alpha, unlisted)
     effects = {}
     for c, view in views.items():
         e, relies = evidence[c], c in decision.relies
@@ -228,7 +243,7 @@ def assess(
             value_classes=value_classes(view, value_names[c], class_names) if relies else {},
         )
     return Verdict(
-        decision.name, decision.reason, decision.relies, effects, decision, len(pred), len(class_names), min_effect
+        decision.name, decision.reason, decision.relies, effects, decision, len(pred), len(class_names), min_effect, u
     )
 
 

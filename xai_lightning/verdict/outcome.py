@@ -19,7 +19,9 @@ whether its cells were too thin for the interval to hold. With ``min_effect`` δ
   alone, so it could not be measured), ``too few images per cell`` (thin cells: effects that cannot be
   ranked, intervals that may not hold), ``two concepts count`` (the leader is not separated from another
   concept that counts or may count), ``no concept decides most predictions`` (concepts count, none for a
-  majority), ``not enough evidence`` (an interval straddles δ).
+  majority), ``something unlisted decides`` (no listed concept counts, yet images that agree on every
+  listed concept and the class get different predictions: ``verdict.unexplained``; where ``none`` would have
+  been said), ``not enough evidence`` (an interval straddles δ).
 """
 
 from __future__ import annotations
@@ -34,19 +36,21 @@ RESERVED = (NONE, UNDECIDED)
 MIN_EFFECT = 0.1  # a concept counts when at least this share of the predictions follows it (interval above)
 MAJORITY = 0.5  # the outcome names a concept only when it decides more than this share (interval above)
 ALPHA = 0.05  # family-wise error of "the predictions depend on the concept", over the concepts
-CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, NO_EVIDENCE = (
+CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, UNLISTED, NO_EVIDENCE = (
     "confounded probe set",
     "two concepts count",
     "no concept decides most predictions",
     "too few images per cell",
+    "something unlisted decides",
     "not enough evidence",
 )
-REASONS = (CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, NO_EVIDENCE)
+REASONS = (CONFOUNDED, TWO_COUNT, NO_MAJORITY, TOO_FEW, UNLISTED, NO_EVIDENCE)
 REASON_KEYS = {  # the reasons in logged names: probe/undecided/<key>
     CONFOUNDED: "confounded",
     TWO_COUNT: "two_concepts_count",
     NO_MAJORITY: "no_majority",
     TOO_FEW: "too_few_images",
+    UNLISTED: "unlisted",
     NO_EVIDENCE: "not_enough_evidence",
 }
 
@@ -91,14 +95,16 @@ def counts(e: ConceptEvidence, min_effect: float, alpha: float) -> bool:
     return e.measured and e.p_value <= alpha and e.effect.lo > min_effect
 
 
-def _undecided_reason(evidence: Mapping[str, ConceptEvidence], relies: list[str], separated: bool) -> str:
+def _undecided_reason(
+    evidence: Mapping[str, ConceptEvidence], relies: list[str], separated: bool, unlisted: bool
+) -> str:
     if any(not e.measured for e in evidence.values()):
         return CONFOUNDED
     if any(e.thin for e in evidence.values()):
         return TOO_FEW
     if relies:
         return NO_MAJORITY if separated else TWO_COUNT
-    return NO_EVIDENCE
+    return UNLISTED if unlisted else NO_EVIDENCE
 
 
 def decide(
@@ -106,8 +112,10 @@ def decide(
     margin: Callable[[str, str], Effect],
     min_effect: float = MIN_EFFECT,
     alpha: float = ALPHA,
+    unlisted: bool = False,
 ) -> Outcome:
-    """The outcome (module docstring). ``margin(a, b)``: effect a minus effect b with its interval."""
+    """The outcome (module docstring). ``margin(a, b)``: effect a minus effect b with its interval; ``unlisted``:
+    predictions vary within cells of the class and the counted concepts (``verdict.unexplained``)."""
     measured = {c: e for c, e in evidence.items() if e.measured}
     ranked = sorted(measured, key=lambda c: measured[c].effect.point, reverse=True)
     relies = [c for c in ranked if counts(measured[c], min_effect, alpha)]
@@ -122,6 +130,7 @@ def decide(
     separated = top in relies and (gap is None or gap.lo > 0)
     if complete and not thin and separated and measured[top].effect.lo > MAJORITY:
         return Outcome(top, **common)
-    if complete and not relies and not thin and all(e.effect.hi < min_effect for e in measured.values()):
+    quiet = all(e.effect.hi < min_effect for e in measured.values())
+    if complete and not relies and not thin and quiet and not unlisted:
         return Outcome(NONE, **common)
-    return Outcome(UNDECIDED, _undecided_reason(evidence, relies, separated), **common)
+    return Outcome(UNDECIDED, _undecided_reason(evidence, relies, separated, unlisted), **common)
