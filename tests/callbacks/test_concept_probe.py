@@ -165,3 +165,40 @@ def test_log_all_adds_p_values_and_cell_sizes(tmp_path):
     for c in ("digit", "color"):
         assert 0 < logged[f"probe/p_value/{c}"] <= 1 and logged[f"probe/cell_median/{c}"] > 0
     assert np.isfinite(logged["probe/thin/color"])
+
+
+def test_concepts_read_from_captions_are_read_once_and_checked_against_labels(tmp_path):
+    """read='both': the data module's digit label, the colour read by a probe CLIP from two captions per value.
+    A random tiny CLIP reads garbage: the plumbing is what is tested (every image read once across epochs, the
+    readings in the verdict, the zero-shot accuracy against the labels logged)."""
+    from tests.helpers.tiny import TINY_CLIP_CFG, tiny_clip
+    from xai_lightning.clip import save_probe_clip
+
+    clip_path = str(tmp_path / "clip.pt")
+    save_probe_clip(clip_path, tiny_clip(seed=2), TINY_CLIP_CFG, half=False)
+    vocab = {"color": {"red": ["a red digit", "a digit in red"], "green": ["a green digit", "a digit in green"]}}
+    probe = ConceptProbe(
+        concepts={"digit": "digit"},
+        read="both",
+        vocabulary=vocab,
+        clip={"checkpoint": clip_path},
+        min_confidence=0.0,
+        draws=30,
+        permutations=30,
+    )
+    dm = tiny_datamodule(str(tmp_path / "data"))
+    _trainer(tmp_path, [probe], max_epochs=2, limit_train_batches=1).fit(TinyClassifier(), dm)
+    assert probe.concepts == ["digit", "color"] and probe.read_concepts == ["color"]
+    assert len(probe._read_cache) == 48  # read once, reused at the second epoch
+    from xai_lightning.clip import load_clip
+    from xai_lightning.clip.vocabulary import caption_labels, load_vocabulary
+
+    batches = list(dm.dataloader("probe_set"))
+    direct = caption_labels(
+        load_clip({"checkpoint": clip_path}), [b["image"] for b in batches], load_vocabulary(vocab), 0.0
+    )
+    index = torch.cat([b["index"] for b in batches]).tolist()
+    assert [int(probe._read_cache[i][0]) for i in index] == direct.values["color"].tolist()
+    truth = torch.cat([b["color"] for b in batches]).numpy()
+    logged = _csv_metrics(tmp_path)
+    assert logged["probe/zeroshot_acc/color"] == pytest.approx(direct.accuracy("color", truth))

@@ -68,8 +68,7 @@ class ConceptAlarm(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         probe = self._probe(trainer)
-        if probe.concept_map is None:
-            probe.setup(trainer, pl_module, stage)  # concepts default to the data module's attributes
+        probe.setup(trainer, pl_module, stage)  # its concepts (the data module's, the vocabulary's); idempotent
         unknown = [c for c in self.spurious if c not in probe.concepts]
         if unknown:
             raise ValueError(

@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from xai_lightning import names
@@ -38,6 +38,7 @@ from xai_lightning.verdict import ALPHA, MIN_EFFECT, NONE, REASON_KEYS, RESERVED
 
 log = logging.getLogger(__name__)
 LOG_LEVELS = ("default", "all")
+READS = ("labels", "captions", "both")
 
 
 class ConceptProbe(Callback):
@@ -55,6 +56,12 @@ class ConceptProbe(Callback):
         every_n_epochs: probe every n-th epoch (always under ``validate``).
         seed: folds, resamples and permutations (the verdict never touches the training RNG).
         log: ``default`` (what a user acts on) or ``all``.
+        read: where concept values come from: ``labels`` (the data module's), ``captions`` (the probe CLIP reads
+            every family of ``vocabulary`` off the probe images; no concept label is read) or ``both`` (labels
+            for ``concepts``, captions for the vocabulary's other families).
+        vocabulary: families -> values -> captions (a YAML file, or ``digitworld``, the default).
+        clip: the probe CLIP that reads them (a ``load_clip`` spec; default ``{embedded: digitworld}``).
+        min_confidence: a reading below this probability leaves the value unknown.
     """
 
     def __init__(
@@ -69,10 +76,18 @@ class ConceptProbe(Callback):
         every_n_epochs: int = 1,
         seed: int = 0,
         log: str = "default",
+        read: str = "labels",
+        vocabulary: str | Mapping | None = None,
+        clip: Mapping[str, Any] | str | None = None,
+        min_confidence: float = 0.5,
     ) -> None:
         super().__init__()
         if log not in LOG_LEVELS:
             raise ValueError(f"unknown log {log!r}; allowed: {', '.join(LOG_LEVELS)}")
+        if read not in READS:
+            raise ValueError(f"unknown read {read!r}; allowed: {', '.join(READS)}")
+        self.read, self.vocabulary_spec, self.clip_spec = read, vocabulary, clip
+        self.min_confidence = float(min_confidence)
         for name, value, low in (
             ("draws", draws, 2),
             ("permutations", permutations, 1),
@@ -98,10 +113,14 @@ class ConceptProbe(Callback):
         self.probed_epoch: int | None = None  # the epoch of the last verdict (ConceptAlarm reads it)
         self._records: ProbeRecords | None = None
         self._active = self._ready = False
+        self.reader = None  # CaptionReader, with read="captions" | "both"
+        self.read_concepts: list[str] = []  # concepts whose values the probe CLIP reads
+        self._read_cache: dict[int, torch.Tensor] = {}  # probe image index -> its readings (the images do not change)
+        self._zeroshot: dict[str, list[int]] = {}
 
     @property
     def concepts(self) -> list[str]:
-        return list(self.concept_map or [])
+        return [*(self.concept_map or []), *self.read_concepts]
 
     # ---- setup --------------------------------------------------------------------------------------------
     @override
@@ -119,12 +138,14 @@ class ConceptProbe(Callback):
         dm = require(trainer.datamodule, "ConceptProbe")
         attributes = dict(dm.attributes)
         if self.concept_map is None:
-            self.concept_map = {a: a for a in attributes}
+            self.concept_map = {a: a for a in attributes} if self.read != "captions" else {}
         unknown = sorted(set(self.concept_map.values()) - set(attributes))
         if unknown:
             raise ValueError(f"unknown attribute {unknown[0]!r}; the data module has: {', '.join(attributes)}")
         self.value_names = {c: list(attributes[a]) for c, a in self.concept_map.items()}
         self.batch_keys = {c: dm.attribute_keys[a] for c, a in self.concept_map.items()}
+        if self.read != "labels":
+            self._setup_reader(attributes, dm.attribute_keys)
         self.class_names = list(dm.class_names)
         self.index = split_index(trainer, self.split, "ConceptProbe")
         rank_zero_info(
@@ -137,6 +158,23 @@ class ConceptProbe(Callback):
                 logger.experiment.define_metric("probe/*", step_metric="epoch")
         self._ready = True
 
+    def _setup_reader(self, attributes: Mapping[str, Sequence[str]], keys: Mapping[str, str]) -> None:
+        """The probe CLIP and the vocabulary families it reads (those the labels do not give)."""
+        from xai_lightning.clip import load_clip
+        from xai_lightning.clip.vocabulary import CaptionReader, load_vocabulary
+
+        vocab = load_vocabulary(self.vocabulary_spec)
+        vocab = vocab.restrict([f for f in vocab.families if f not in self.concept_map])
+        if not vocab.families:
+            raise ValueError("read='both': the labels give every family of the vocabulary; nothing to read")
+        self.reader = CaptionReader(load_clip(self.clip_spec or {"embedded": "digitworld"}), vocab, self.min_confidence)
+        self.read_concepts = self.reader.families
+        self.value_names.update({f: vocab.names(f) for f in self.read_concepts})
+        # where the data module labels a family too, how often the CLIP reads the labelled value
+        self.check_keys = {
+            f: f for f in self.read_concepts if f in attributes and list(attributes[f]) == vocab.names(f)
+        }
+
     def _probing(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking or self.concept_map is None:
             return False
@@ -148,6 +186,9 @@ class ConceptProbe(Callback):
         self._active = self._probing(trainer)
         if self._active:
             self._records = ProbeRecords(len(self.concepts)).to(pl_module.device)
+            self._zeroshot = {f: [0, 0] for f in getattr(self, "check_keys", {})}
+            if self.reader is not None:
+                self.reader.clip.to(pl_module.device)
 
     @override
     def on_validation_batch_end(
@@ -169,9 +210,32 @@ class ConceptProbe(Callback):
             start = int(sum(len(i) for i in self._records.index))
             index = torch.arange(start, start + len(pred), device=pred.device)
         mine = owned(trainer, self.index, index).to(pred.device)
-        values = torch.stack([batch[self.batch_keys[c]].to(pred.device) for c in self.concepts], dim=1)
+        labelled = [batch[self.batch_keys[c]].to(pred.device) for c in self.concept_map]
+        values = torch.stack(labelled, dim=1) if labelled else pred.new_zeros(len(pred), 0)
+        if self.reader is not None:
+            read = self._readings(batch["image"], index).to(pred.device)
+            self._count_zeroshot(batch, read, mine)
+            values = torch.cat([values, read], dim=1)
         target = batch["label"].to(pred.device) if self.use_targets else torch.full_like(pred, -1)
         self._records.update(index[mine], pred[mine], target[mine], values[mine])
+
+    def _readings(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[B, read families] the probe CLIP's readings, each probe image read once per run."""
+        keys = index.tolist()
+        todo = [i for i, k in enumerate(keys) if k not in self._read_cache]
+        if todo:
+            values, _ = self.reader.read(images[todo])
+            for i, row in zip(todo, values.cpu()):
+                self._read_cache[keys[i]] = row
+        return torch.stack([self._read_cache[k] for k in keys])
+
+    def _count_zeroshot(self, batch: Mapping[str, torch.Tensor], read: torch.Tensor, mine: torch.Tensor) -> None:
+        for j, family in enumerate(self.read_concepts):
+            if family in self._zeroshot:
+                truth = batch[self.check_keys[family]].to(read.device)[mine]
+                known = truth >= 0
+                self._zeroshot[family][0] += int(((read[mine, j] == truth) & known).sum())
+                self._zeroshot[family][1] += int(known.sum())
 
     # ---- epoch end: gather, decide, log -------------------------------------------------------------------
     @override
@@ -196,6 +260,7 @@ class ConceptProbe(Callback):
             seed=self.seed,
         )
         metrics = verdict_metrics(verdict, self.concepts, self.log_level == "all")
+        metrics.update(self._zeroshot_metrics(trainer, pl_module))
         metrics[names.SECONDS] = time.perf_counter() - t0
         log_reduced(pl_module, metrics)
         self.last, self.probed_epoch = verdict, trainer.current_epoch
@@ -203,6 +268,26 @@ class ConceptProbe(Callback):
         if trainer.is_global_zero:
             rank_zero_info("\n" + "\n".join(console_lines(verdict, trainer.current_epoch, metrics[names.SECONDS])))
             _wandb_summary(trainer, verdict)
+
+    def _zeroshot_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """``probe/zeroshot_acc/<family>`` where a read family is labelled too (summed over ranks), with a warning
+        when the CLIP cannot tell its values apart (within 0.1 of chance): its effect then means nothing."""
+        if not self._zeroshot:
+            return {}
+        counts = torch.tensor([x for pair in self._zeroshot.values() for x in pair], dtype=torch.float64)
+        counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        out = {}
+        for j, family in enumerate(self._zeroshot):
+            hits, n = float(counts[2 * j]), float(counts[2 * j + 1])
+            acc = hits / n if n else float("nan")
+            out[names.ZEROSHOT.format(c=family)] = acc
+            chance = 1.0 / len(self.value_names[family])
+            if acc == acc and acc < chance + 0.1:
+                rank_zero_warn(
+                    f"ConceptProbe: the probe CLIP reads {family!r} at {acc:.2f} (chance {chance:.2f}): it cannot "
+                    "see this family, so its effect means nothing; use a CLIP that knows it (docs/probe_clip.md)"
+                )
+        return out
 
     @override
     def state_dict(self) -> dict[str, Any]:

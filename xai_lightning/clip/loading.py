@@ -34,6 +34,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
 EMBEDDED = {
     "colordigits": os.path.join(ASSETS, "colordigits_clip.pt"),  # digits and their colours
     "scenedigits": os.path.join(ASSETS, "scenedigits_clip.pt"),  # digits, colours and background textures
+    "digitworld": os.path.join(ASSETS, "digitworld_clip.pt"),  # the nine families of the digit world
 }
 SPEC_KEYS = ("embedded", "model", "pretrained", "cache_dir", "checkpoint", "image_size")
 

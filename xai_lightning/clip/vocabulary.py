@@ -117,6 +117,35 @@ def _scale(clip) -> float:
     return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
 
 
+class CaptionReader:
+    """Reads a vocabulary's families off batches of images: the text embeddings once, then one CLIP forward per
+    batch (``read``: value index per image and family, -1 below ``min_confidence``)."""
+
+    def __init__(self, clip, vocabulary: Vocabulary, min_confidence: float = MIN_CONFIDENCE) -> None:
+        self.clip, self.vocabulary, self.min_confidence = clip, vocabulary, float(min_confidence)
+        self.text = value_embeddings(clip, vocabulary)
+        self.scale = _scale(clip)
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.text)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Family -> [B, V] probability of each value."""
+        emb = F.normalize(self.clip.encode_image(self.clip.preprocess(images)).float(), dim=-1)
+        return {f: (self.scale * emb @ t.to(emb.device).T).softmax(-1) for f, t in self.text.items()}
+
+    def read(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, F] value index per family, -1 where unsure; [B, F] the probability of that value)."""
+        probs = self.probabilities(images)
+        conf, idx = (
+            torch.stack([p.max(-1).values for p in probs.values()], 1),
+            torch.stack([p.argmax(-1) for p in probs.values()], 1),
+        )
+        return torch.where(conf >= self.min_confidence, idx, -1), conf
+
+
 @torch.no_grad()
 def caption_labels(
     clip,
@@ -125,17 +154,16 @@ def caption_labels(
     min_confidence: float = MIN_CONFIDENCE,
 ) -> CaptionLabels:
     """Every family's value for every image (module docstring). ``images``: batches [B, 3, H, W] in [0, 1]."""
-    text = value_embeddings(clip, vocabulary)
-    scale = _scale(clip)
-    probs: dict[str, list[torch.Tensor]] = {f: [] for f in text}
+    reader = CaptionReader(clip, vocabulary, min_confidence)
+    values, confidence = [], []
     for x in images:
-        emb = F.normalize(clip.encode_image(clip.preprocess(x.to(clip.mean.device))).float(), dim=-1)
-        for family, t in text.items():
-            probs[family].append((scale * emb @ t.to(emb.device).T).softmax(-1).cpu())
-    values, confidence = {}, {}
-    for family, parts in probs.items():
-        p = torch.cat(parts) if parts else torch.zeros(0, len(text[family]))
-        conf, idx = p.max(-1)
-        values[family] = torch.where(conf >= min_confidence, idx, -1).numpy()
-        confidence[family] = conf.numpy()
-    return CaptionLabels(values, {f: vocabulary.names(f) for f in text}, confidence)
+        v, c = reader.read(x.to(clip.mean.device))
+        values.append(v.cpu())
+        confidence.append(c.cpu())
+    v = torch.cat(values) if values else torch.zeros(0, len(reader.families), dtype=torch.long)
+    c = torch.cat(confidence) if confidence else torch.zeros(0, len(reader.families))
+    return CaptionLabels(
+        {f: v[:, i].numpy() for i, f in enumerate(reader.families)},
+        {f: vocabulary.names(f) for f in reader.families},
+        {f: c[:, i].numpy() for i, f in enumerate(reader.families)},
+    )

@@ -9,6 +9,11 @@
 ``targets``: the images' class labels, when known (effects are then matched on the class: a probe set
 whose attribute goes with the class cannot fake a shortcut). The ``ConceptProbe`` callback runs the same
 ``assess`` on the predictions it gathers during validation.
+
+**Concepts nobody labelled.** With ``vocabulary`` (families -> values -> captions; ``"digitworld"`` is the
+default one) the probe CLIP (``clip``: a spec for ``xai_lightning.clip.load_clip``, default the embedded
+``digitworld`` probe) reads every family the labels lack off the images: the verdict then names shortcuts
+nobody annotated. ``labels=None`` reads every family from captions.
 """
 
 from __future__ import annotations
@@ -54,6 +59,21 @@ def encode(column: Sequence[Any], names: Sequence[str] | None = None) -> tuple[n
     return np.asarray(index, dtype=np.int64), known
 
 
+def read_captions(batches: list[torch.Tensor], vocabulary: Any, clip: Any, min_confidence: float, skip: set[str]):
+    """The vocabulary's families (those not in ``skip``) read off the images by the probe CLIP."""
+    from xai_lightning.clip import load_clip
+    from xai_lightning.clip.vocabulary import caption_labels, load_vocabulary
+
+    vocab = load_vocabulary(vocabulary)
+    vocab = vocab.restrict([f for f in vocab.families if f not in skip])
+    probe = (
+        load_clip(clip if clip is not None else {"embedded": "digitworld"})
+        if not hasattr(clip, "encode_image")
+        else clip
+    )
+    return caption_labels(probe, batches, vocab, min_confidence)
+
+
 def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         yield from images.split(batch_size)
@@ -90,32 +110,48 @@ def predict(
 def discover(
     model: nn.Module,
     images: torch.Tensor | Iterable[torch.Tensor],
-    labels: Mapping[str, Sequence[Any]],
+    labels: Mapping[str, Sequence[Any]] | None = None,
     targets: Sequence[Any] | None = None,
     value_names: Mapping[str, Sequence[str]] | None = None,
     classes: int | Sequence[str] | None = None,
     batch_size: int = 256,
+    vocabulary: Any = None,
+    clip: Any = None,
+    min_confidence: float = 0.5,
     **options: Any,
 ) -> Verdict:
-    """Which of the labelled concepts the model's predictions follow on these images (module docstring).
+    """Which concepts the model's predictions follow on these images (module docstring).
 
     Args:
         model: any classifier whose forward returns class scores [batch, classes].
         images: [N, 3, H, W] or an iterable of batches (tensors, or dicts with ``image``), in a fixed order.
-        labels: concept -> one value per image (in the same order).
+        labels: concept -> one value per image (in the same order); None: every concept from captions.
         targets: the images' class labels (class indices), when known.
         value_names: concept -> names of its values, when ``labels`` holds integer indices.
         classes: number of classes or their names (default: the model's output width).
+        vocabulary: families -> values -> captions (a YAML file, a mapping, or ``"digitworld"``): the families
+            ``labels`` lacks are read off the images by the probe CLIP.
+        clip: the probe CLIP (a loaded one, or a spec for ``xai_lightning.clip.load_clip``; default
+            ``{"embedded": "digitworld"}``) that reads them.
+        min_confidence: a caption reading below this probability leaves the value unknown.
         options: ``assess``'s (``draws``, ``permutations``, ``min_effect``, ``alpha``, ``seed``).
     """
-    if not labels:
-        raise ValueError("labels is empty: give at least one concept's value per image (e.g. {'color': [...]})")
-    pred, width = predict(model, images, batch_size)
+    labels = dict(labels or {})
+    if not labels and vocabulary is None and clip is None:
+        vocabulary = "digitworld"
+    batches = list(_batches(images, batch_size))  # read twice: by the model and, for captions, by the CLIP
+    pred, width = predict(model, batches, batch_size)
     values, names = {}, {}
     for concept, column in labels.items():
         values[concept], names[concept] = encode(column, (value_names or {}).get(concept))
         if len(values[concept]) != len(pred):
             raise ValueError(f"labels[{concept!r}] has {len(values[concept])} values for {len(pred)} images")
+    if vocabulary is not None or clip is not None:
+        read = read_captions(batches, vocabulary, clip, min_confidence, skip=set(labels))
+        values.update(read.values)
+        names.update(read.names)
+    if not values:
+        raise ValueError("no concepts: give labels, or a vocabulary to read concepts from captions")
     target = None
     if targets is not None:
         target = np.asarray([-1 if _unknown(t) else int(t) for t in targets], dtype=np.int64)
