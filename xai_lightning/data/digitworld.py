@@ -3,9 +3,11 @@
 The same digits, splits, folds, cache and loaders as ``ColorMNISTDataModule`` (a subclass), drawn by
 ``xai_lightning.data.world``: every image has a value of each family (``digit``, ``color``, ``background``,
 ``background_color``, ``thickness``, ``size``, ``position``, ``slant``, ``patch``). ``shortcut: <family>``
-plants the bias the way ``color_mode: biased`` does for colours — class ``c`` gets value ``c mod V`` of the
-family in ``train``/``val``/``test`` with probability ``shortcut_strength``, or exactly
-``shortcut_conflict_fraction`` of them get another class's — and every other family is drawn at random,
+plants the bias the way ``color_mode: biased`` does for colours — class ``c`` gets its own value of the family
+(``class_value``: spread over the values when there are as many values as classes or more, thin and thick
+strokes for two classes; ``c mod V`` otherwise) in ``train``/``val``/``test`` with probability
+``shortcut_strength``, or exactly ``shortcut_conflict_fraction`` of them get another class's — and every other
+family is drawn at random,
 independently; ``real_world`` and ``probe_set`` draw every family at random. Counterfactual edits re-render an
 image with one family changed (``cf/<family>_flip_rate``; the digit edit draws another digit's strokes with
 every other family kept).
@@ -27,6 +29,14 @@ from xai_lightning.data.world import FAMILIES, VALUES, render
 
 SHORTCUTS = ("none", *FAMILIES[1:])
 WORLD = tuple(f for f in FAMILIES if f not in ("digit", "color"))  # the families this module adds
+
+
+def class_value(labels: np.ndarray | torch.Tensor, classes: int, values: int):
+    """The value of a shortcut family that class ``c`` gets: spread over the values when they are as many as
+    the classes or more (two classes of a three-valued family: the first and the last value), else ``c mod V``."""
+    if classes <= values:
+        return labels * (values - 1) // max(classes - 1, 1)
+    return labels % values
 
 
 class WorldDigits(ColorDigits):
@@ -162,9 +172,10 @@ class DigitWorldDataModule(ColorMNISTDataModule):
         rng = np.random.default_rng([self.seed, SPLITS.index(split), 80 + FAMILIES.index(family)])  # own stream
         k = len(VALUES[family])
         biased = family == self.shortcut and split in ("train", "test")
+        own = class_value(labels, len(self.digits), k)
         if biased and self.shortcut_conflict_fraction is not None:
-            return assign_conflicts(labels % k, k, self.shortcut_conflict_fraction, rng)
-        return assign_colors(labels % k, k, "biased" if biased else "random", self.shortcut_strength, rng)
+            return assign_conflicts(own, k, self.shortcut_conflict_fraction, rng)
+        return assign_colors(own, k, "biased" if biased else "random", self.shortcut_strength, rng)
 
     def _generate(self) -> dict[str, np.ndarray]:
         arrays = super()._generate()
@@ -210,4 +221,4 @@ def families_of(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-__all__ = ["DigitWorldDataModule", "WorldDigits", "SHORTCUTS"]
+__all__ = ["DigitWorldDataModule", "WorldDigits", "SHORTCUTS", "class_value"]
