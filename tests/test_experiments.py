@@ -115,3 +115,19 @@ def test_every_experiment_script_answers_help(script):
     done = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage" in done.stdout
+
+
+def test_the_gpu_check_runs_in_its_smallest_mode_on_the_cpu(tmp_path):
+    """experiments/gpu_check.sh --smoke: every step of the GPU check at toy sizes on the CPU, and its table."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    done = subprocess.run(
+        ["bash", os.path.join(EXPERIMENTS, "gpu_check.sh"), str(tmp_path), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    table = (tmp_path / "gpu_check.md").read_text()
+    for row in ("matching: ours / plain matmul", "verdict (ConceptProbe) / training epoch", "DDP 1 vs 2 GPUs"):
+        assert row in table
