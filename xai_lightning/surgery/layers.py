@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -14,6 +15,8 @@ PRESETS = ("convs", "all_convs", "blocks", "stages")
 # residual / inverted-residual blocks of torchvision's CNN families (ResNet, MobileNet, EfficientNet,
 # ConvNeXt, RegNet, ShuffleNet, DenseNet) and open_clip's ModifiedResNet
 _BLOCK_CLASSES = (
+    "ResidualAttentionBlock",  # open_clip's transformer blocks (ViT towers)
+    "EncoderBlock",  # torchvision's VisionTransformer
     "BasicBlock",
     "Bottleneck",
     "InvertedResidual",
@@ -35,8 +38,15 @@ def _preset(model: nn.Module, preset: str) -> list[str]:
         return [n for n, m in named if isinstance(m, nn.Conv2d) and "downsample" not in n.split(".")]
     if preset == "blocks":
         return [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES]
-    # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet), else
-    # the children of a `features` Sequential (torchvision's MobileNet, EfficientNet, ConvNeXt, VGG, ...)
+    # stages: the residual stages' outputs (`layer1..4`, also `visual.layer1..4` of an open_clip ResNet), four
+    # evenly spaced transformer blocks of a ViT (the last one included), else the children of a `features`
+    # Sequential (torchvision's MobileNet, EfficientNet, ConvNeXt, VGG, ...)
+    vit = [n for n, m in named if type(m).__name__ in _BLOCK_CLASSES[:2]]
+    if hasattr(model, "visual"):  # a CLIP: the image tower's blocks, never the text tower's
+        vit = [n for n in vit if n.startswith("visual.")]
+    if len(vit) >= 2:  # the last block's patch tokens reach no class token: four evenly spaced before it
+        before = vit[:-1]
+        return sorted({before[min(len(before) - 1, round(len(before) * (k + 1) / 4) - 1)] for k in range(4)})
     stages = [
         n
         for n, m in named
@@ -50,6 +60,11 @@ def _preset(model: nn.Module, preset: str) -> list[str]:
         if n.split(".")[-1] == "features" and isinstance(m, nn.Sequential)
         for child, _ in m.named_children()
     ]
+
+
+def is_token_block(model: nn.Module, name: str) -> bool:
+    """Whether the named module is a transformer block (its output: tokens, not maps)."""
+    return type(model.get_submodule(name)).__name__ in _BLOCK_CLASSES[:2]
 
 
 def _unknown(spec: str, names: list[str]) -> ValueError:
@@ -112,22 +127,49 @@ def forward_hooks(model: nn.Module, hooks: dict[str, Callable]) -> Iterator[None
             h.remove()
 
 
+def patch_grid(tokens: int) -> int:
+    """Side g of the patch grid of a token sequence: the largest square in it (leading class/register tokens
+    are the rest; 0 when it has no square part)."""
+    g = int(math.isqrt(tokens))
+    return g if g > 0 and tokens - g * g < g else 0
+
+
+def as_maps(name: str, output: object) -> torch.Tensor:
+    """A layer's output as feature maps [B, C, H, W]: conv maps as they are; a ViT block's tokens [B, L, D]
+    (batch first) as its patch tokens on their grid, [B, D, g, g] (its channels are the token dimensions)."""
+    if isinstance(output, torch.Tensor) and output.dim() == 4:
+        return output
+    if isinstance(output, torch.Tensor) and output.dim() == 3 and patch_grid(output.shape[1]):
+        g = patch_grid(output.shape[1])
+        return output[:, -g * g :].transpose(1, 2).reshape(output.shape[0], output.shape[2], g, g)
+    raise TypeError(
+        f"layer {name!r} returned {type(output).__name__} {tuple(getattr(output, 'shape', ()))}; surgery needs "
+        "[B, C, H, W] feature maps or a ViT block's [B, tokens, D] (a square grid of patch tokens)"
+    )
+
+
+def into_tokens(output: torch.Tensor, channels: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """``output`` (conv maps, or a ViT block's tokens) with ``channels`` replaced by ``maps`` [B, n, H, W];
+    never edits ``output`` in place."""
+    out = output.clone()
+    if out.dim() == 4:
+        out[:, channels] = maps.to(out.dtype)
+        return out
+    g = maps.shape[-1]
+    patches = out[:, -g * g :]  # a view: writing into it writes the patch tokens
+    patches[:, :, channels] = maps.flatten(2).transpose(1, 2).to(out.dtype)
+    return out
+
+
 @contextmanager
 def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Records the output of each named module on every forward: ``{name: Tensor [B, C, H, W]}``.
-
-    The dict holds the latest forward's outputs only (nothing accumulates across batches).
-    """
+    """Records the output of each named module on every forward as maps (``as_maps``): ``{name: Tensor [B, C,
+    H, W]}``. The dict holds the latest forward's outputs only (nothing accumulates across batches)."""
     store: dict[str, torch.Tensor] = {}
 
     def make(name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                raise TypeError(
-                    f"layer {name!r} returned {type(output).__name__} "
-                    f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps"
-                )
-            store[name] = output
+            store[name] = as_maps(name, output)
 
         return hook
 
@@ -169,12 +211,7 @@ class FirstForward:
     def _layer_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if self._armed:
-                if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                    raise TypeError(
-                        f"layer {name!r} returned {type(output).__name__} "
-                        f"{tuple(getattr(output, 'shape', ()))}; surgery needs [B, C, H, W] feature maps"
-                    )
-                self.maps[name] = output
+                self.maps[name] = as_maps(name, output)
 
         return hook
 

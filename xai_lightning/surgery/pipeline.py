@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_lightning.surgery.concepts import CaptionSet
-from xai_lightning.surgery.layers import capture, resolve_layers
+from xai_lightning.surgery.layers import capture, is_token_block, resolve_layers
 from xai_lightning.surgery.matching import METHODS, Matching, random_matching
 from xai_lightning.surgery.moments import SCORES, CrossMoments
 from xai_lightning.surgery.scoring import METRICS, ProbeCounts, SurgerySummary, image_outcomes
@@ -141,9 +141,11 @@ class SurgeryPipeline:
 
     @property
     def swapped_layers(self) -> list[str]:
-        """The CLIP layers hooked for the full transplant (the last one alone when whole layers are swapped:
-        the same output, as near-constant channels are never swapped and barely move)."""
-        return self.clip_layers[-1:] if self.swap_fraction == 1.0 else self.clip_layers
+        """The CLIP layers hooked for the full transplant: the last one alone when whole conv stages are swapped
+        (the same output, as near-constant channels are never swapped and barely move); every one in a ViT
+        tower, whose class token is never replaced and carries what the earlier blocks saw."""
+        whole_maps = self.swap_fraction == 1.0 and not any(is_token_block(self.clip.model, n) for n in self.clip_layers)
+        return self.clip_layers[-1:] if whole_maps else self.clip_layers
 
     # ---- fit ----------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], object]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from xai_lightning.io import atomic_write, load_file
 from xai_lightning.resize import resize_antialiased
-from xai_lightning.surgery.layers import forward_hooks
+from xai_lightning.surgery.layers import as_maps, forward_hooks, into_tokens
 from xai_lightning.surgery.matching import Matching, layer_summaries, match
 from xai_lightning.surgery.moments import CrossMoments
 
@@ -234,14 +234,13 @@ def transplant(
         idx, maps = replacements[layer]
 
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if output.shape[0] != maps.shape[0] or tuple(output.shape[-2:]) != tuple(maps.shape[-2:]):
+            seen = as_maps(layer, output)  # a ViT block's tokens are edited through their patch grid
+            if seen.shape[0] != maps.shape[0] or tuple(seen.shape[-2:]) != tuple(maps.shape[-2:]):
                 raise ValueError(
-                    f"transplant into {layer!r}: CLIP map {tuple(output.shape)} does not fit the "
+                    f"transplant into {layer!r}: CLIP map {tuple(seen.shape)} does not fit the "
                     f"planned {tuple(maps.shape)}; run CLIP at the image size it was matched at"
                 )
-            out = output.clone()  # never edit CLIP's tensor in place (the reference's stale-hook bug)
-            out[:, idx] = maps.to(out.dtype)
-            return out
+            return into_tokens(output, idx, maps)  # a copy: never CLIP's tensor in place (the reference's bug)
 
         return hook
 
