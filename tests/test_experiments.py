@@ -109,6 +109,8 @@ def test_trained_model_flips_are_the_counterfactual_per_image(tmp_path):
         "eval_probe_clip.py",
         "probe_scaling.py",
         "synthetic_realism.py",
+        "validate_discovery.py",
+        "real_shortcuts.py",
     ],
 )
 def test_every_experiment_script_answers_help(script):
@@ -131,3 +133,48 @@ def test_the_gpu_check_runs_in_its_smallest_mode_on_the_cpu(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     for row in ("matching: ours / plain matmul", "verdict (ConceptProbe) / training epoch", "DDP 1 vs 2 GPUs"):
         assert row in table
+
+
+def _discovery_row(family, truth, effects, relies, outcome="undecided", unlisted=False, missing=True):
+    r = {"family": family, "truth": truth, "free/outcome": outcome, "labelled/outcome": outcome}
+    r.update({"free/unlisted": unlisted, "missing/unlisted": missing, "name": family})
+    for f, e in effects.items():
+        r[f"free/effect/{f}"] = [e, e - 0.05, e + 0.05]
+        r[f"free/relies/{f}"] = f in relies
+        r[f"labelled/relies/{f}"] = f in relies
+    return r
+
+
+def test_discovery_scoring_ranks_families_other_than_the_digit_and_counts_only_what_the_truth_contradicts():
+    rep = _module("discovery_report")
+    truth = {"digit": 0.9, "thickness": 0.6, "color": 0.02, "size": 0.05}
+    effects = {"digit": 0.8, "thickness": 0.55, "color": 0.2, "size": 0.01}
+    # thickness leads the non-digit families and counts: top-1; color counts with a flip rate of 0.02: a false
+    # positive; size does not count; the digit is never ranked
+    r = _discovery_row("thickness", truth, effects, relies=("digit", "thickness", "color"))
+    assert rep.ranked(r, "free") == ["thickness", "color", "size"]
+    assert rep.named_top(r, "free", 1) and rep.false_positives([r]) == (1, 2)
+    not_counted = _discovery_row("thickness", truth, effects, relies=("color",))
+    assert not rep.named_top(not_counted, "free", 3)  # ranked first but it does not count: not named
+    # wrong outcomes: a named family under δ, one beaten by 0.2, or none where something moves 0.3
+    assert rep.wrong({**r, "free/outcome": "color"}, "free")
+    assert rep.wrong({**r, "free/outcome": "thickness"}, "free")  # the digit's 0.9 beats its 0.6 by 0.3
+    assert not rep.wrong({**r, "free/outcome": "digit"}, "free")
+    assert rep.wrong({**r, "free/outcome": "none"}, "free") and not rep.wrong(r, "free")
+    s = rep.scores([r, not_counted, _discovery_row("none", {"digit": 0.9, "color": 0.0}, {"color": 0.0}, ())])
+    assert s["top1"] == (1, 2) and s["fp_null"] == (0, 1) and s["flag_missing"] == (2, 2)
+
+
+def test_real_handwriting_measures_follow_drawn_width_and_slant():
+    real = _module("real_shortcuts")
+    img = np.zeros((3, 28, 28), dtype=np.uint8)
+    img[0, 4:24, 12:14] = 255  # a vertical bar 2 px wide
+    img[1, 4:24, 11:15] = 255  # 4 px wide
+    for row in range(4, 24):  # a bar whose top leans right
+        img[2, row, 14 + (24 - row) // 3 : 16 + (24 - row) // 3] = 255
+    width = real.stroke_width(img)
+    assert width[0] < width[1] and abs(width[1] / width[0] - 2.0) < 0.5
+    shear = real.shear(img)
+    assert abs(shear[0]) < 1e-9 and shear[2] > 0.2
+    t = real.terciles(np.arange(30.0), np.zeros(30, dtype=int))
+    assert (np.bincount(t) == 10).all()

@@ -137,3 +137,23 @@ def test_a_shortcut_nobody_listed_is_flagged_not_read_as_none():
         num += len(idx) * sum(pred[i] != pred[j] for i, j in pairs) / len(pairs)
         den += len(idx)
     assert hidden.unexplained.point == pytest.approx(num / den, abs=1e-9)
+
+
+def test_a_misread_class_concept_is_the_class_when_the_class_names_are_given():
+    """Captions read the digit with 5% misreadings (into digits that are no class): without class names it never
+    varies alone within a class, so the outcome stays undecided; with them it is the class, and the verdict is the
+    one the exact digit labels give."""
+    design = ProbeDesign(images=600)
+    v = design.draw(np.random.default_rng(3))
+    pred = HandBuilt("mixture", "color", 1.0).predict(v, 2)
+    exact = v["observed_shape"]
+    rng = np.random.default_rng(4)
+    read = np.where(rng.random(len(exact)) < 0.05, rng.integers(2, 10, len(exact)), exact)  # digits 0..9
+    names = {"digit": [str(i) for i in range(10)], "color": ["red", "green"]}
+    kw = dict(targets=exact, draws=100, permutations=100, seed=0)
+    by_labels = assess(pred, {"digit": exact, "color": v["observed_color"]}, names, classes=["0", "1"], **kw)
+    by_reading = assess(pred, {"digit": read, "color": v["observed_color"]}, names, classes=["0", "1"], **kw)
+    unnamed = assess(pred, {"digit": read, "color": v["observed_color"]}, names, classes=2, **kw)
+    assert by_labels.outcome == "color" and by_reading.outcome == "color"
+    assert by_reading.effects["color"].value == by_labels.effects["color"].value
+    assert unnamed.outcome == "undecided"

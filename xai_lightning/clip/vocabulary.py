@@ -70,6 +70,8 @@ def load_vocabulary(spec: str | Mapping | Vocabulary | None = None) -> Vocabular
         spec = "digitworld"
     if isinstance(spec, Mapping):
         return Vocabulary(_check(spec, "(mapping)"))
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"vocabulary: expected families -> values -> captions or a file, got {type(spec).__name__}")
     path = EMBEDDED_VOCABULARIES.get(spec, spec)
     if not os.path.isfile(path):
         raise FileNotFoundError(

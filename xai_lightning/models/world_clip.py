@@ -29,7 +29,7 @@ WORLD_CLIP_CFG: dict[str, Any] = {
     "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 32, "patch_size": None},
     "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
-FAMILIES_PER_CAPTION = (1, 2, 3)
+FAMILIES_PER_CAPTION = (1, 2, 3)  # how many families one training caption describes, and how often
 FAMILIES_WEIGHTS = (0.4, 0.35, 0.25)
 
 
@@ -40,6 +40,10 @@ class WorldCLIPModule(L.LightningModule):
         model_cfg: open_clip CLIP config (``WORLD_CLIP_CFG`` by default).
         vocabulary: families -> values -> captions (``xai_lightning.clip.vocabulary``; default ``digitworld``).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay.
+        families_per_caption, families_weights: how many families one training caption describes (drawn with
+            these weights; every family in about mean / 9 of the captions).
+        family_weight: family -> weight of being described (default 1: a family of weight 4 is described about
+            four times as often while it is not in most captions).
     """
 
     def __init__(
@@ -50,6 +54,9 @@ class WorldCLIPModule(L.LightningModule):
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
         caption_seed: int = 0,
+        families_per_caption: Sequence[int] = FAMILIES_PER_CAPTION,
+        families_weights: Sequence[float] = FAMILIES_WEIGHTS,
+        family_weight: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         cfg = dict(model_cfg or WORLD_CLIP_CFG)
@@ -62,6 +69,9 @@ class WorldCLIPModule(L.LightningModule):
                 "weight_decay": weight_decay,
                 "warmup_steps": warmup_steps,
                 "caption_seed": caption_seed,
+                "families_per_caption": list(families_per_caption),
+                "families_weights": list(families_weights),
+                "family_weight": dict(family_weight or {}),
             }
         )
         self.vocabulary = vocab
@@ -76,6 +86,8 @@ class WorldCLIPModule(L.LightningModule):
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
         self._rng = random.Random(caption_seed)
+        self.families_per_caption, self.families_weights = list(families_per_caption), list(families_weights)
+        self.family_weight = {f: float((family_weight or {}).get(f, 1.0)) for f in vocab.families}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return clip_preprocess(images, self.image_size, self.mean, self.std)
@@ -98,11 +110,15 @@ class WorldCLIPModule(L.LightningModule):
         return out
 
     def caption(self, values: Mapping[str, int]) -> str:
-        """One caption of one to three of the image's families (each phrased by one of its value's captions)."""
+        """One caption of some of the image's families (each phrased by one of its value's captions), drawn
+        without replacement with the families' weights (Efraimidis-Spirakis keys), in random order."""
         known = [f for f, v in values.items() if v >= 0]
-        k = min(self._rng.choices(FAMILIES_PER_CAPTION, weights=FAMILIES_WEIGHTS)[0], len(known))
+        k = min(self._rng.choices(self.families_per_caption, weights=self.families_weights)[0], len(known))
+        keys = {f: self._rng.random() ** (1.0 / self.family_weight[f]) for f in known}
+        chosen = sorted(known, key=lambda f: -keys[f])[:k]
+        self._rng.shuffle(chosen)
         parts = []
-        for family in self._rng.sample(known, k):
+        for family in chosen:
             value = self.vocabulary.names(family)[values[family]]
             parts.append(self._rng.choice(self.vocabulary.families[family][value]))
         return " ".join(parts) or "a photo of a digit."

@@ -26,11 +26,13 @@ from xai_lightning.verdict.following import (
     point_estimate,
 )
 from xai_lightning.verdict.outcome import ALPHA, MIN_EFFECT, ConceptEvidence, Outcome, decide
-from xai_lightning.verdict.strata import CLASS, matched_on, stratum_ids, weighted_pair_median
+from xai_lightning.verdict.strata import CLASS, class_strata, matched_on, stratum_ids, weighted_pair_median
 from xai_lightning.verdict.unexplained import UNEXPLAINED, unexplained
 
 MIN_CELL = 5  # images on the smaller side of a typical comparison below which the interval is not trusted
 MAX_UNMEASURED_DRAWS = 0.1  # resampled probe sets where the effect is undefined, beyond which it is "thin"
+SCREEN_SPLITS = 4  # fold assignments of the screen of concepts that may confound another
+BIAS = 0.25  # an unmatched associated concept may bias an effect by at most this share of δ (strata.matched_on)
 COVERS = "images, fold assignment"  # what the interval covers: what a rerun of the probe changes
 
 
@@ -112,9 +114,13 @@ def concept_view(
     cards: Mapping[str, int],
     targets: np.ndarray | None,
     classes: int,
+    screen: Mapping[str, float] | None = None,
+    on: Sequence[str] | None = None,
+    tolerance: float = 0.0,
 ) -> ConceptView:
-    """The images usable for ``name`` (its value and every matched variable known), with their strata."""
-    on = matched_on(name, values, targets)
+    """The images usable for ``name`` (its value and every matched variable known), with their strata (``on``,
+    default ``strata.matched_on``)."""
+    on = list(on) if on is not None else matched_on(name, values, targets, screen, tolerance)
     sid, known = stratum_ids([_column(values, targets, v) for v in on], len(pred))
     known &= values[name] >= 0
     rows = np.flatnonzero(known)
@@ -190,6 +196,39 @@ def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, 
     return float(min(lo, p)), float(max(hi, p)), missing  # exactly p where rounding would leave it outside
 
 
+def class_concept(
+    values: Mapping[str, np.ndarray], value_names: Mapping[str, Sequence[str]], targets: np.ndarray, classes: list[str]
+) -> dict[str, np.ndarray]:
+    """A concept whose values include every class name is the class itself (the digit, when the classes are
+    digits): where an image's class label is known, that is its value. A reading of it (captions) would
+    otherwise differ from the class only by its misreadings, and never vary alone."""
+    out = dict(values)
+    for concept, names in value_names.items():
+        if concept in values and set(classes) <= set(map(str, names)):
+            index = np.asarray([list(map(str, names)).index(c) for c in classes])
+            known = targets >= 0
+            out[concept] = values[concept].copy()
+            out[concept][known] = index[targets[known]]
+    return out
+
+
+def screen(
+    pred: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    cards: Mapping[str, int],
+    targets: np.ndarray | None,
+    classes: int,
+    seed: int,
+) -> dict[str, float]:
+    """Concept -> the share of predictions that follow it, matched on the class alone (a cross-fitted point
+    estimate, no interval: what decides which associated concepts may confound another; NaN unmeasurable)."""
+    out = {}
+    for i, c in enumerate(values):
+        view = concept_view(c, pred, values, cards, targets, classes, on=class_strata(c, values, targets))
+        out[c] = point_estimate(view, np.random.default_rng([seed, 3, i]), splits=SCREEN_SPLITS)
+    return out
+
+
 def assess(
     pred: np.ndarray,
     values: Mapping[str, np.ndarray],
@@ -220,8 +259,12 @@ def assess(
     targets = None if targets is None else np.asarray(targets, dtype=np.int64)
     _check(pred, values, value_names, targets)
     class_names = _class_names(classes, pred)
+    if targets is not None and isinstance(classes, Sequence) and not isinstance(classes, str):
+        values = class_concept(values, value_names, targets, class_names)
     cards = {c: len(value_names[c]) for c in values}
-    views = {c: concept_view(c, pred, values, cards, targets, len(class_names)) for c in values}
+    first = screen(pred, values, cards, targets, len(class_names), seed)
+    k = len(class_names)
+    views = {c: concept_view(c, pred, values, cards, targets, k, first, tolerance=min_effect * BIAS) for c in values}
     evidence, boots = _evidence(views, len(pred), draws, permutations, seed)
     provisional = decide(evidence, lambda a, b: _margin(evidence, boots, a, b), min_effect, alpha)
     u = unexplained(pred, values, provisional.relies, targets, draws, seed)

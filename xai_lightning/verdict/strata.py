@@ -5,8 +5,12 @@ A concept's effect compares images that differ in the concept and agree on the *
 * the **class**: the images' class labels when they are known, unless a listed concept already is the
   class (the digit, when classes are digits: that concept is then the class variable). On a probe set whose
   colours go with the class, a model that reads the digit would otherwise seem to follow colour;
-* every other listed concept **associated** with this one in the probe set (bias-corrected Cramér's V of
-  at least ``ASSOCIATED``): on a correlated probe set it is a confounder;
+* every other listed concept that may **confound** this one: associated with it in the probe set (bias-corrected
+  Cramér's V of at least ``ASSOCIATED``) strongly (``STRONG``), or enough that the bias it could bring, V times
+  the share of predictions that follow it (``screen``: the verdict's estimate matched on the class alone), reaches
+  ``tolerance``. Left unmatched, a concept Z shifts the comparison of this concept's values by at most
+  about V x its own effect; matching on every weakly associated concept would only thin the cells (concepts read
+  off images by captions are weakly associated by their misreadings: a texture makes strokes look thinner);
 * the other listed concepts, fewest values first, as long as the comparisons keep ``SPARE_CELL`` images or
   more on their smaller side (``pair_cell``). They are not confounders, but a model that follows one of
   them varies within every unmatched cell, and matching removes that noise from the comparison.
@@ -22,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 ASSOCIATED = 0.1
+STRONG = 0.5  # an association this strong is matched whether or not the predictions follow the other concept
 SPARE_CELL = 10  # images on the smaller side of a typical comparison that an optional stratifier must leave
 CLASS = "class"  # the name of the images' class labels as a stratification variable
 
@@ -89,20 +94,36 @@ def weighted_pair_median(sizes: np.ndarray) -> float:
     return float(lo[keep][order][np.searchsorted(cum, cum[-1] / 2)])
 
 
-def matched_on(concept: str, values: Mapping[str, np.ndarray], targets: np.ndarray | None) -> list[str]:
+def class_strata(concept: str, values: Mapping[str, np.ndarray], targets: np.ndarray | None) -> list[str]:
+    """``[the class variable]``, or ``[]`` when there is none or the concept is (or determines) the class."""
+    cls = class_variable(values, targets)
+    if cls is None or cls == concept or (cls == CLASS and determines(values[concept], targets)):
+        return []
+    return [cls]
+
+
+def matched_on(
+    concept: str,
+    values: Mapping[str, np.ndarray],
+    targets: np.ndarray | None,
+    screen: Mapping[str, float] | None = None,
+    tolerance: float = 0.0,
+) -> list[str]:
     """The variables ``concept``'s effect is matched on (module docstring): the class variable, the
-    associated concepts, then the others while the cells stay full enough."""
-    out = []
+    associated concepts that may confound it (every associated one when ``screen`` is None), then the others
+    while the cells stay full enough."""
+    out = class_strata(concept, values, targets)
     cls = class_variable(values, targets)
     own = values[concept]
-    if cls is not None and cls != concept and not (cls == CLASS and determines(own, targets)):
-        out.append(cls)
     rest = []
     for name, other in values.items():
         if name in (concept, cls):
             continue
         both = (own >= 0) & (other >= 0)
-        (out if cramers_v(own[both], other[both]) >= ASSOCIATED else rest).append(name)
+        v = cramers_v(own[both], other[both])
+        bias = v * max(screen.get(name, np.inf), 0.0) if screen is not None else np.inf
+        confounder = v >= STRONG or (v >= ASSOCIATED and not bias < tolerance)
+        (out if confounder else rest).append(name)
     column = {**values, CLASS: targets}
     for name in sorted(rest, key=lambda c: len(np.unique(values[c][values[c] >= 0]))):
         if pair_cell(own, [column[v] for v in [*out, name]]) >= SPARE_CELL:
