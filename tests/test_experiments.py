@@ -178,3 +178,29 @@ def test_real_handwriting_measures_follow_drawn_width_and_slant():
     assert abs(shear[0]) < 1e-9 and shear[2] > 0.2
     t = real.terciles(np.arange(30.0), np.zeros(30, dtype=int))
     assert (np.bincount(t) == 10).all()
+
+
+def test_the_bias_story_runs_both_fits_and_the_report_at_toy_sizes(tmp_path):
+    """experiments/bias_story.sh end to end (two fits, the report), with the quickstart configs at toy sizes."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env["WANDB_MODE"] = "disabled"
+    toy = ["--data.init_args.train_per_class", "20", "--data.init_args.test_per_class", "4"]
+    toy += ["--data.init_args.real_world_per_class", "4", "--data.init_args.probe_per_class", "20"]
+    toy += ["--data.init_args.data_dir", str(tmp_path / "data"), "--model.init_args.backbone", "resnet18"]
+    toy += ["--trainer.max_epochs", "1"]
+    done = subprocess.run(
+        ["bash", os.path.join(EXPERIMENTS, "bias_story.sh"), str(tmp_path / "story"), *toy],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    report = (tmp_path / "story" / "report.md").read_text()
+    assert "biased" in report and "debiased" in report and (tmp_path / "story" / "summary.json").is_file()
+
+
+def test_the_bad_input_script_parses():
+    done = subprocess.run(["bash", "-n", os.path.join(EXPERIMENTS, "bad_input.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
