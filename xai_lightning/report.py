@@ -37,6 +37,7 @@ class Run:
     epochs: dict[int, dict[str, float]]  # epoch -> metrics logged at that epoch
     config: dict = field(default_factory=dict)
     versions: list[str] = field(default_factory=list)  # the version dirs read (newest last)
+    last_verdict: dict = field(default_factory=dict)  # the ConceptProbe's last concepts/epoch_EEE.json, if any
 
     def final(self) -> dict[str, float]:
         """Last value of every metric (the latest epoch that logged it)."""
@@ -141,7 +142,29 @@ def load_run(path: str, name: str | None = None) -> Run:
             config = yaml.safe_load(f) or {}
     if name is None:
         name = _job_type(config) or os.path.basename(os.path.dirname(os.path.abspath(versions[-1])))
-    return Run(name, path, epochs, config, [os.path.basename(v) for v in versions])
+    return Run(name, path, epochs, config, [os.path.basename(v) for v in versions], _last_verdict(versions))
+
+
+def _last_verdict(versions: Sequence[str]) -> dict:
+    """The newest ``concepts/epoch_EEE.json`` the ConceptProbe wrote in these versions ({} when none)."""
+    for version in reversed(versions):
+        folder = os.path.join(version, "concepts")
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
+        if files:
+            with open(os.path.join(folder, files[-1])) as f:
+                return json.load(f)
+    return {}
+
+
+def _sentence_lines(runs: Sequence[Run]) -> list[str]:
+    """What each run's decisions follow at its last probed epoch, in words."""
+    lines = []
+    for r in runs:
+        if r.last_verdict.get("sentences"):
+            lines.append(
+                f"- **{r.name}** (epoch {r.last_verdict.get('epoch')}): " + " ".join(r.last_verdict["sentences"])
+            )
+    return ["## What the decisions follow, last probed epoch", "", *lines, ""] if lines else []
 
 
 def _job_type(config: dict) -> str | None:
@@ -294,7 +317,7 @@ def _agreement_lines(runs: Sequence[Run]) -> list[str]:
 def markdown(runs: Sequence[Run], images: Sequence[str] = ()) -> str:
     head = "| | " + " | ".join(r.name for r in runs) + " |\n|---|" + "---|" * len(runs) + "\n"
     lines = ["# Run comparison", "", REPORT_INTRO, "", head + "\n".join(_table_rows(runs, _concept_order(runs))), ""]
-    lines += [*_agreement_lines(runs), ""]
+    lines += [*_sentence_lines(runs), *_agreement_lines(runs), ""]
     lines += method_table(runs)
     lines += [f"![{os.path.splitext(img)[0]}]({img})" for img in images]
     lines += ["", "Runs: " + ", ".join(f"`{r.name}` = `{r.path}` ({' + '.join(r.versions)})" for r in runs)]

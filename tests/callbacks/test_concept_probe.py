@@ -108,6 +108,19 @@ def test_a_model_that_reads_colour_is_named_colour_and_the_alarm_fires(tmp_path)
     assert probe.last.effects["color"].value == pytest.approx(1.0)
     assert probe.last.effects["color"].value_classes == {"red": "5", "green": "8"}
     assert alarm.fired == {"color": 0}
+    # the verdict in words, on disk for the report: the file holds what the callback decided
+    import glob
+    import json
+
+    from xai_lightning.report import load_run, markdown
+
+    (path,) = glob.glob(str(tmp_path / "**" / "concepts" / "epoch_000.json"), recursive=True)
+    saved = json.load(open(path))
+    assert saved["outcome"] == "color" and saved["effects"]["color"]["value_classes"] == {"red": "5", "green": "8"}
+    lo = probe.last.effects["color"].lo
+    assert saved["sentences"][0] == f"100% of the predictions follow color [{lo:.0%}, 100%]: red -> 5, green -> 8."
+    run_dir = path.split("/concepts/")[0]
+    assert saved["sentences"][0] in markdown([load_run(run_dir, "colour reader")])
 
 
 def test_a_users_vit_module_is_probed_with_its_own_forward(tmp_path):

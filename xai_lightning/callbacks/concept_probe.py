@@ -11,13 +11,17 @@ Logged (``xai_lightning.names``): ``probe/outcome/<c|none|undecided>``, ``probe/
 ``probe/undecided/<reason>``, ``probe/effect[_lo|_hi]/<c>``, ``probe/relies/<c>`` (what ``ConceptAlarm``
 reads), ``probe/margin[_lo|_hi]``, ``probe/unexplained[_lo|_hi]``, ``probe/images``, ``probe/seconds``;
 with ``log="all"`` also ``probe/p_value/<c>``, ``probe/cell_median/<c>``, ``probe/thin/<c>``. With W&B the run
-summary holds the outcome as the console prints it (``probe/verdict``).
+summary holds the outcome as the console prints it (``probe/verdict``). Each probed epoch's verdict is also
+written in words and numbers to ``<log_dir>/concepts/epoch_EEE.json`` (the effects, each concept's value ->
+class map, the sentences the console prints); ``python -m xai_lightning.report`` reads the last one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,6 +38,7 @@ from xai_lightning.callbacks.common import log_reduced, owned, predictions, spli
 from xai_lightning.callbacks.records import ProbeRecords
 from xai_lightning.data.protocol import require
 from xai_lightning.errors import ConfigError
+from xai_lightning.io import atomic_write_text
 from xai_lightning.verdict import ALPHA, MIN_EFFECT, NONE, REASON_KEYS, RESERVED, UNDECIDED, Verdict, assess
 
 log = logging.getLogger(__name__)
@@ -265,9 +270,11 @@ class ConceptProbe(Callback):
         log_reduced(pl_module, metrics)
         self.last, self.probed_epoch = verdict, trainer.current_epoch
         self.history.append({"epoch": trainer.current_epoch, "outcome": verdict.text(), **metrics})
+        log_dir = trainer.log_dir or trainer.default_root_dir  # broadcasts: every rank asks
         if trainer.is_global_zero:
             rank_zero_info("\n" + "\n".join(console_lines(verdict, trainer.current_epoch, metrics[names.SECONDS])))
             _wandb_summary(trainer, verdict)
+            write_verdict(log_dir, trainer.current_epoch, verdict)
 
     def _zeroshot_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """``probe/zeroshot_acc/<family>`` where a read family is labelled too (summed over ranks), with a warning
@@ -333,6 +340,7 @@ def verdict_metrics(verdict: Verdict, concepts: Sequence[str], log_all: bool = F
 def console_lines(verdict: Verdict, epoch: int, seconds: float) -> list[str]:
     """The console summary: the outcome, then one line per concept, largest effect first."""
     lines = [f"ConceptProbe epoch {epoch}: {verdict.text()} ({verdict.images} images, {seconds:.1f}s)"]
+    lines += [f"  {sentence}" for sentence in verdict.sentences()]
     for c in sorted(verdict.effects, key=lambda c: -_finite(verdict.effects[c].value)):
         e = verdict.effects[c]
         counts = "counts" if e.relies else "      "
@@ -344,6 +352,17 @@ def console_lines(verdict: Verdict, epoch: int, seconds: float) -> list[str]:
         note = "  <- something the listed concepts do not name decides" if verdict.unlisted else ""
         lines.append(f"   unexplained: {u.point:.3f} [{u.lo:.3f}, {u.hi:.3f}] of same-cell pairs predicted apart{note}")
     return lines
+
+
+def write_verdict(log_dir: str, epoch: int, verdict: Verdict) -> None:
+    """``<log_dir>/concepts/epoch_EEE.json``: the verdict in plain types (``Verdict.to_dict``); the report reads
+    the last one. A file that cannot be written costs a warning, not the run."""
+    path = os.path.join(log_dir, "concepts", f"epoch_{epoch:03d}.json")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, json.dumps({"epoch": epoch, **verdict.to_dict()}, indent=1, allow_nan=True))
+    except OSError as err:
+        rank_zero_warn(f"ConceptProbe: could not write {path}: {err}")
 
 
 def _finite(x: float) -> float:

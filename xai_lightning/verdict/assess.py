@@ -83,6 +83,50 @@ class Verdict:
     def text(self) -> str:
         return self.decision.text()
 
+    def sentences(self, top: int = 3) -> list[str]:
+        """The concepts that count (at most ``top``, largest first) in words, or why none does."""
+        out = []
+        for c in self.relies[:top]:
+            e = self.effects[c]
+            pushes = ", ".join(f"{v} -> {k}" for v, k in e.value_classes.items())
+            out.append(
+                f"{e.value:.0%} of the predictions follow {c} [{e.lo:.0%}, {e.hi:.0%}]"
+                + (f": {pushes}." if pushes else ".")
+            )
+        if not out:
+            out.append(f"No concept moves more than {self.min_effect:.0%} of the predictions for sure.")
+        u = self.unexplained
+        if self.unlisted:
+            out.append(
+                f"Images that agree on the class and every concept that counts are predicted apart in {u.point:.0%} "
+                f"of pairs [{u.lo:.0%}, {u.hi:.0%}]: something the listed concepts do not name decides."
+            )
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain types for JSON: the outcome, each concept's effect, interval, whether it counts and its value ->
+        class map, the unexplained share, the sentences."""
+        u = self.unexplained
+        return {
+            "outcome": self.text(),
+            "relies": list(self.relies),
+            "images": self.images,
+            "effects": {
+                c: {
+                    "value": e.value,
+                    "lo": e.lo,
+                    "hi": e.hi,
+                    "counts": e.relies,
+                    "thin": e.thin,
+                    "matched_on": list(e.matched_on),
+                    "value_classes": e.value_classes,
+                }
+                for c, e in self.effects.items()
+            },
+            "unexplained": [u.point, u.lo, u.hi],
+            "sentences": self.sentences(),
+        }
+
     def table(self) -> str:
         """A plain-text table: one row per concept, largest effect first."""
         rows = [f"outcome: {self.text()}   ({self.images} images, {self.classes} classes, δ = {self.min_effect:g})"]
