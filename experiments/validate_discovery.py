@@ -56,16 +56,16 @@ DEFAULT_CLIP = {"embedded": "digitworld"}
 
 
 # ---- one model ---------------------------------------------------------------------------------------------
-def jobs(quick: bool) -> list[dict]:
+def jobs(quick: bool, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
     grid = [
         {"family": f, "conflict": c, "arch": a, "seed": s, "patch_px": 4}
-        for f, c, a, s in itertools.product(PLANTED, CONFLICTS, ARCHS, SEEDS)
+        for f, c, a, s in itertools.product(PLANTED, CONFLICTS, ARCHS, seeds)
     ]
     grid += [
         {"family": "patch", "conflict": c, "arch": a, "seed": s, "patch_px": 2}
-        for c, a, s in itertools.product(CONFLICTS, ARCHS, SEEDS)
+        for c, a, s in itertools.product(CONFLICTS, ARCHS, seeds)
     ]
-    grid += [{"family": "none", "conflict": 0.0, "arch": a, "seed": s, "patch_px": 4} for a in ARCHS for s in SEEDS]
+    grid += [{"family": "none", "conflict": 0.0, "arch": a, "seed": s, "patch_px": 4} for a in ARCHS for s in seeds]
     if quick:
         grid = [g for g in grid if g["seed"] == SEEDS[0] and g["arch"] == "simple_cnn" and g["conflict"] == 0.0]
         grid = [{**g, "seed": DEV_SEED} for g in grid if g["family"] in ("thickness", "patch", "none")]
@@ -221,10 +221,10 @@ def _worker(args: tuple) -> dict:
     return score_model(j, out, load_clip(clip_spec), quick)
 
 
-def run_grid(out: str, clip_spec: dict, workers: int, quick: bool) -> list[dict]:
+def run_grid(out: str, clip_spec: dict, workers: int, quick: bool, seeds: tuple[int, ...] = SEEDS) -> list[dict]:
     path = os.path.join(out, "discovery.jsonl")
     done = {r["name"] for r in read_jsonl(path)} if os.path.isfile(path) else set()
-    todo = [(j, out, clip_spec, quick) for j in jobs(quick) if job_name(j) not in done]
+    todo = [(j, out, clip_spec, quick) for j in jobs(quick, seeds) if job_name(j) not in done]
     print(f"[discovery] {len(todo)} models to score ({len(done)} done)", flush=True)
     with Pool(workers) as pool:
         for k, row in enumerate(pool.imap_unordered(_worker, todo), 1):
@@ -283,12 +283,13 @@ def main(argv=None) -> None:
     ap.add_argument("--clip", type=json.loads, default=DEFAULT_CLIP, help="probe CLIP spec (JSON)")
     ap.add_argument("--mnist", default=None, help="an .npz of real handwriting for the zero-shot part")
     ap.add_argument("--quick", action="store_true", help="a few models at small sizes (a smoke test)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds of the grid")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if "zeroshot" in args.part:
         zeroshot(args.out, args.clip, args.mnist, args.quick)
     if "grid" in args.part:
-        run_grid(args.out, args.clip, args.workers, args.quick)
+        run_grid(args.out, args.clip, args.workers, args.quick, tuple(args.seeds))
     from discovery_report import report
 
     report(args.out)

@@ -345,7 +345,7 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
             ],
             "",
         ]
-        lines += _gap_lines(rows)
+        lines += _power_lines(rows) + _gap_lines(rows)
         for r in s["wrong"][:20]:
             lines.append(
                 f"- WRONG: {r['cell']} {r['model']} seed {r['seed']}: {r['outcome']} (flips "
@@ -353,6 +353,43 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
                 + ")"
             )
     return "\n".join(lines) + "\n"
+
+
+BANDS = ((0.0, MIN_EFFECT), (MIN_EFFECT, 0.2), (0.2, 0.3), (0.3, 0.5), (0.5, 1.01))
+
+
+def power_table(rows: list[dict]) -> dict[tuple[int, int], list[int]]:
+    """(band index, probe images) -> [counted, listed concepts]: how often a concept counts (``relies``) by its
+    counterfactual flip rate; band 0 (below δ) counts the false positives."""
+    table: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        for c in r["listed"]:
+            if f"flip/{c}" not in r:
+                continue
+            band = next(i for i, (lo, hi) in enumerate(BANDS) if lo <= r[f"flip/{c}"] < hi)
+            table[band, r["images"]][0] += bool(r.get(f"relies/{c}"))
+            table[band, r["images"]][1] += 1
+    return table
+
+
+def _power_lines(rows: list[dict]) -> list[str]:
+    table = power_table(rows)
+    sizes = sorted({n for _b, n in table})
+    lines = [
+        "How often a listed concept counts, by its flip rate and the probe set's size (all layouts and class "
+        "counts; the first row is the false-positive rate):",
+        "",
+        "| flip rate | " + " | ".join(f"{n} images" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for b, (lo, hi) in enumerate(BANDS):
+        cells = [table.get((b, n), [0, 0]) for n in sizes]
+        lines.append(
+            f"| [{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'} | "
+            + " | ".join(f"{k}/{m} = {k / m:.2f}" if m else "–" for k, m in cells)
+            + " |"
+        )
+    return [*lines, ""]
 
 
 def _gap_lines(rows: list[dict]) -> list[str]:

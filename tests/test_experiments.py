@@ -71,6 +71,23 @@ def test_scoring_counts_wrong_outcomes_detection_coverage_and_accuracy():
     assert v._unbiased([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
 
 
+def test_the_power_table_bins_listed_concepts_by_flip_rate_and_counts_only_what_relies():
+    v = _module("validate_verdict")
+    rows = [
+        {**_row("a", "m", "color", {}, {"color": 0.95, "shape": 0.05}, ["color"]), "images": 100},
+        {**_row("a", "m", "none", {}, {"color": 0.25, "shape": 0.0}), "images": 100},
+        {**_row("a", "m", "shape", {}, {"color": 0.15, "shape": 0.7}, ["shape", "color"]), "images": 250},
+    ]
+    for r in rows:
+        r["listed"] = ["shape", "color"]
+        r.update({f"relies/{c}": c in r["relies"] for c in r["listed"]})
+    t = v.power_table(rows)
+    assert t[0, 100] == [0, 2]  # shape 0.05 and 0.0: below δ, never counted
+    assert t[4, 100] == [1, 1] and t[2, 100] == [0, 1]  # 0.95 counted; 0.25 not
+    assert t[1, 250] == [1, 1] and t[4, 250] == [1, 1]
+    assert sum(m for _k, m in t.values()) == 6
+
+
 def test_a_tiny_handbuilt_cell_runs_like_the_suite():
     v = _module("validate_verdict")
     from xai_lightning.verdict.simulate import HandBuilt, ProbeDesign
