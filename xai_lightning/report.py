@@ -200,7 +200,8 @@ REPORT_INTRO = (
     "Final epoch of each run. The verdict (ConceptProbe) reads the share of the model's predictions that follow "
     "each concept on the probe set, with a 95% interval; a concept *counts* when a within-strata permutation "
     'test rejects "the predictions ignore it" (family-wise over the concepts) and its interval lies above '
-    "δ = 0.1; the outcome names the leading concept when it counts and leads the runner-up by a decided margin, "
+    "δ = 0.1; the outcome names the leading concept when it counts, decides most predictions (interval above "
+    "0.5) and leads the runner-up by a decided margin, "
     "`none` when every interval lies below δ, `undecided: <reason>` otherwise (docs/verdict.md). The surgery's "
     "effects (what the features carry, not a verdict) are against the weights the run started from and "
     "re-initialisations of its architecture (`− start`) or against random matching (`− null`). The "

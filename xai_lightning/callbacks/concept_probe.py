@@ -118,6 +118,7 @@ class ConceptProbe(Callback):
         self.probed_epoch: int | None = None  # the epoch of the last verdict (ConceptAlarm reads it)
         self._records: ProbeRecords | None = None
         self._active = self._ready = False
+        self._batch_seconds = 0.0
         self.reader = None  # CaptionReader, with read="captions" | "both"
         self.read_concepts: list[str] = []  # concepts whose values the probe CLIP reads
         self._read_cache: dict[int, torch.Tensor] = {}  # probe image index -> its readings (the images do not change)
@@ -191,6 +192,7 @@ class ConceptProbe(Callback):
         self._active = self._probing(trainer)
         if self._active:
             self._records = ProbeRecords(len(self.concepts)).to(pl_module.device)
+            self._batch_seconds = 0.0  # the probe's own work in the batches (caption reading, records)
             self._zeroshot = {f: [0, 0] for f in getattr(self, "check_keys", {})}
             if self.reader is not None:
                 self.reader.clip.to(pl_module.device)
@@ -207,6 +209,11 @@ class ConceptProbe(Callback):
     ) -> None:
         if not self._active or dataloader_idx != self.index:
             return
+        t0 = time.perf_counter()
+        self._record(trainer, pl_module, outputs, batch)
+        self._batch_seconds += time.perf_counter() - t0
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
         pred = predictions(outputs, batch, pl_module)
         index = batch.get("index")
         if index is None:
@@ -266,7 +273,7 @@ class ConceptProbe(Callback):
         )
         metrics = verdict_metrics(verdict, self.concepts, self.log_level == "all")
         metrics.update(self._zeroshot_metrics(trainer, pl_module))
-        metrics[names.SECONDS] = time.perf_counter() - t0
+        metrics[names.SECONDS] = time.perf_counter() - t0 + self._batch_seconds
         log_reduced(pl_module, metrics)
         self.last, self.probed_epoch = verdict, trainer.current_epoch
         self.history.append({"epoch": trainer.current_epoch, "outcome": verdict.text(), **metrics})
@@ -341,16 +348,18 @@ def console_lines(verdict: Verdict, epoch: int, seconds: float) -> list[str]:
     """The console summary: the outcome, then one line per concept, largest effect first."""
     lines = [f"ConceptProbe epoch {epoch}: {verdict.text()} ({verdict.images} images, {seconds:.1f}s)"]
     lines += [f"  {sentence}" for sentence in verdict.sentences()]
+    width = max([12, *map(len, verdict.effects)])
     for c in sorted(verdict.effects, key=lambda c: -_finite(verdict.effects[c].value)):
         e = verdict.effects[c]
         counts = "counts" if e.relies else "      "
         pushes = f"  ({'; '.join(f'{v} -> {k}' for v, k in e.value_classes.items())})" if e.value_classes else ""
         thin = "  thin cells" if e.thin else ""
-        lines.append(f"  {c:>12}: follows {e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]  {counts}{pushes}{thin}")
+        lines.append(f"  {c:>{width}}: follows {e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]  {counts}{pushes}{thin}")
     u = verdict.unexplained
     if u.finite():
         note = "  <- something the listed concepts do not name decides" if verdict.unlisted else ""
-        lines.append(f"   unexplained: {u.point:.3f} [{u.lo:.3f}, {u.hi:.3f}] of same-cell pairs predicted apart{note}")
+        share = f"{u.point:.3f} [{u.lo:.3f}, {u.hi:.3f}]"
+        lines.append(f"  {'unexplained':>{width}}: {share} of same-cell pairs predicted apart{note}")
     return lines
 
 
