@@ -1,20 +1,26 @@
 """Scores and tables of ``validate_discovery.py`` (beside it): ``report(OUT)`` writes OUT/discovery.md.
 
+    python experiments/discovery_report.py OUT [--seeds 3100 3101]   # only the models of these seeds
+
 Every definition below was fixed before the grid ran (docs/discovery.md, "Validation protocol").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
-from verdict_lab import rate, read_jsonl
 
-from xai_lightning.io import atomic_write_text
-from xai_lightning.verdict import MIN_EFFECT
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from verdict_lab import rate, read_jsonl  # noqa: E402
+
+from xai_lightning.io import atomic_write_text  # noqa: E402
+from xai_lightning.verdict import MIN_EFFECT  # noqa: E402
 
 FOLLOWS, CLEAR = 0.3, 0.2
 UNDECIDED = ("undecided",)
@@ -173,12 +179,26 @@ def markdown(rows: list[dict], zs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(out: str) -> str:
+def report(out: str, seeds: tuple[int, ...] | None = None) -> str:
     path = os.path.join(out, "discovery.jsonl")
     rows = read_jsonl(path) if os.path.isfile(path) else []
+    if seeds is not None:
+        rows = [r for r in rows if r["seed"] in seeds]
     zpath = os.path.join(out, "zeroshot.json")
     zs = json.load(open(zpath)) if os.path.isfile(zpath) else {}
     text = markdown(rows, zs)
     atomic_write_text(os.path.join(out, "discovery.md"), text)
     print(text)
     return text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Score a discovery grid (OUT/discovery.jsonl) into OUT/discovery.md")
+    ap.add_argument("out")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="only the models of these training seeds")
+    args = ap.parse_args(argv)
+    report(args.out, tuple(args.seeds) if args.seeds else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -292,7 +292,7 @@ def main(argv=None) -> None:
         run_grid(args.out, args.clip, args.workers, args.quick, tuple(args.seeds))
     from discovery_report import report
 
-    report(args.out)
+    report(args.out, tuple(args.seeds))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ def test_trained_model_flips_are_the_counterfactual_per_image(tmp_path):
         "synthetic_realism.py",
         "validate_discovery.py",
         "real_shortcuts.py",
+        "discovery_report.py",
         "verdict_cases.py",
     ],
 )
