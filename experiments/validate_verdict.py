@@ -363,7 +363,7 @@ def power_table(rows: list[dict]) -> dict[tuple[int, int], list[int]]:
     counterfactual flip rate; band 0 (below δ) counts the false positives."""
     table: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
-        for c in r["listed"]:
+        for c in r.get("listed") or [c for c in CONCEPTS if f"effect/{c}" in r]:
             if f"flip/{c}" not in r:
                 continue
             band = next(i for i, (lo, hi) in enumerate(BANDS) if lo <= r[f"flip/{c}"] < hi)
