@@ -100,6 +100,8 @@ def train(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int = 4
         order = torch.randperm(len(images))
         for i in range(0, len(order), 64):
             b = order[i : i + 64]
+            if len(b) < 2:  # batch norm cannot train on a single image
+                continue
             loss = F.cross_entropy(model(images[b]), labels[b])
             opt.zero_grad()
             loss.backward()

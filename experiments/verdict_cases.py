@@ -13,6 +13,8 @@ how often the interval covers the flip rate, how often the concept counts, and t
 * a model that predicts at random, 10 classes x 10 colours, 100 to 1,000 images (the earlier bootstrap said
   ``undecided``: both lower bounds above δ);
 * a digit reader on a 90/10 correlated and on a class-imbalanced probe set (a pooled baseline read colour);
+* a model that sends red digits to class 0 and otherwise reads the digit (the alarm fired only on the top
+  concept);
 * a background shortcut nobody listed (only shape and colour are).
 """
 
@@ -52,6 +54,15 @@ CASES = [
         HandBuilt("shape"),
         "color",
     ),
+    *[
+        (
+            f"red digits -> class 0, the rest by digit, {k} classes, 1,000 images",
+            ProbeDesign(1000, k, k, 2),
+            HandBuilt("secondary", "color", 1.0),
+            "color",
+        )
+        for k in (2, 10)
+    ],
     (
         "background on 50% of predictions, not listed, 1,000 images",
         ProbeDesign(1000),
