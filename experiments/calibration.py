@@ -45,6 +45,7 @@ from verdict_lab import (  # noqa: E402 - the helpers beside this script
     datamodule,
     flips,
     non_degenerate,
+    quiet_trainer,
     rate,
     read_jsonl,
     records,
@@ -121,18 +122,7 @@ def random_label_rows(out: str, runs: int, offset: int) -> list[dict]:
         model = ClassifierModule(num_classes=k, backbone="resnet18")
         probe = EpochProbe(k, seed, spec.name)
         L.seed_everything(seed, verbose=False)
-        trainer = L.Trainer(
-            max_epochs=3,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[probe],
-        )
-        trainer.fit(model, dm)
+        quiet_trainer(3, [probe]).fit(model, dm)
         rows += probe.rows
         print(f"[calibration] random labels run {run}: {[r['outcome'] for r in probe.rows]}", flush=True)
     return rows

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from verdict_lab import read_jsonl, write_jsonl  # noqa: E402
+from verdict_lab import fit_cached, predict_classes, read_jsonl, write_jsonl  # noqa: E402
 
 from xai_lightning.data import DigitWorldDataModule  # noqa: E402
 from xai_lightning.data.world import VALUES  # noqa: E402
@@ -97,37 +97,12 @@ def datamodule(j: dict, out: str, quick: bool) -> DigitWorldDataModule:
 
 def train(j: dict, out: str, quick: bool):
     """(model in eval mode, set-up data module); weights cached as a plain tensor file."""
-    import lightning as L
-
     from xai_lightning.models import ClassifierModule
 
     dm = datamodule(j, out, quick)
     model = ClassifierModule(num_classes=len(DIGITS), backbone=j["arch"], lr=1e-3)
     path = os.path.join(out, "models", job_name(j) + ".pt")
-    if os.path.isfile(path):
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        L.seed_everything(j["seed"], verbose=False)
-        trainer = L.Trainer(
-            max_epochs=2 if quick else 3,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        trainer.fit(model, dm)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(model.state_dict(), path)
-    dm.setup()
-    return model.eval(), dm
-
-
-@torch.no_grad()
-def _predict(model, images: torch.Tensor, batch: int = 500) -> np.ndarray:
-    return torch.cat([model(images[i : i + batch]).argmax(-1) for i in range(0, len(images), batch)]).numpy()
+    return fit_cached(model, dm, path, j["seed"], 2 if quick else 3), dm
 
 
 def truth(model, dm: DigitWorldDataModule) -> dict[str, float]:
@@ -135,13 +110,13 @@ def truth(model, dm: DigitWorldDataModule) -> dict[str, float]:
     prediction (every other value once, everything else kept); the digit: another digit's strokes."""
     data = dm.datasets["probe_set"]
     index = torch.arange(len(data))
-    base = _predict(model, data.images(index))
+    base = predict_classes(model, data.images(index))
     own = data.values(index)
     out = {}
     for family in PLANTED:
         table = np.stack(
             [
-                _predict(model, data.render(index, **{family: torch.full_like(own[family], v)}))
+                predict_classes(model, data.render(index, **{family: torch.full_like(own[family], v)}))
                 for v in range(len(VALUES[family]))
             ],
             axis=1,
@@ -149,7 +124,7 @@ def truth(model, dm: DigitWorldDataModule) -> dict[str, float]:
         at_own = table[np.arange(len(index)), own[family].numpy()]
         out[family] = float(((table != at_own[:, None]).sum(1) / (table.shape[1] - 1)).mean())
     donor, found = dm.donors("probe_set", index)
-    edited = _predict(model, data.render(index, source=donor))
+    edited = predict_classes(model, data.render(index, source=donor))
     out["digit"] = float((edited != base)[found.numpy()].mean())
     return out
 

@@ -86,38 +86,51 @@ def datamodule(spec: TrainSpec, data_dir: str, seed: int, source: str = "synthet
     return ColorMNISTDataModule(**args)
 
 
-def train(spec: TrainSpec, out: str, seed: int, source: str = "synthetic"):
-    """(model in eval mode, set-up data module); the weights are cached as a plain tensor file."""
+def quiet_trainer(epochs: int, callbacks=()):
+    """A CPU trainer that logs, checkpoints and validates nothing (the experiments measure on their own)."""
     import lightning as L
 
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+    )
+
+
+def fit_cached(model, dm, path: str, seed: int, epochs: int):
+    """Train ``model`` on ``dm`` (seeded) unless ``path`` holds its weights (a plain tensor file); then set up
+    ``dm`` and return the model in eval mode."""
+    import lightning as L
+
+    if os.path.isfile(path):
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        L.seed_everything(seed, verbose=False)
+        quiet_trainer(epochs).fit(model, dm)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(model.state_dict(), path)
+    dm.setup()
+    return model.eval()
+
+
+def train(spec: TrainSpec, out: str, seed: int, source: str = "synthetic"):
+    """(model in eval mode, set-up data module); the weights are cached as a plain tensor file."""
     from xai_lightning.models import ClassifierModule
 
     dm = datamodule(spec, os.path.join(out, "data"), seed, source)
     model = ClassifierModule(num_classes=len(spec.digits), backbone=spec.backbone, lr=spec.lr)
     path = os.path.join(out, "models", f"{spec.name}_s{seed}.pt")
-    if os.path.isfile(path):
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        L.seed_everything(seed, verbose=False)
-        trainer = L.Trainer(
-            max_epochs=spec.epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        trainer.fit(model, dm)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(model.state_dict(), path)
-    dm.setup()
-    return model.eval(), dm
+    return fit_cached(model, dm, path, seed, spec.epochs), dm
 
 
 @torch.no_grad()
-def _predict(model, images: torch.Tensor, batch: int = 500) -> np.ndarray:
+def predict_classes(model, images: torch.Tensor, batch: int = 500) -> np.ndarray:
     return torch.cat([model(images[i : i + batch]).argmax(-1) for i in range(0, len(images), batch)]).numpy()
 
 
@@ -141,13 +154,13 @@ def potential_outcomes(model, data, concepts: dict[str, int]) -> dict[str, np.nd
     """Per concept, every image's prediction under each value of the concept [N, values] (the image's own
     value where it has one; everything else kept: other digits' strokes in its colour for shape)."""
     index = torch.arange(len(data))
-    base = _predict(model, render(data, index))
+    base = predict_classes(model, render(data, index))
     out = {}
     for concept, card in concepts.items():
         own = _own(data, concept)
         table = np.empty((len(base), card), dtype=np.int64)
         for value in range(card):
-            table[:, value] = _predict(model, _edited(data, index, concept, value, own))
+            table[:, value] = predict_classes(model, _edited(data, index, concept, value, own))
         table[own >= 0, own[own >= 0]] = base[own >= 0]
         out[concept] = table
     return out
@@ -204,7 +217,7 @@ def finite_tv(table: np.ndarray, strata: np.ndarray, weights: np.ndarray | None 
 def records(model, data, concepts: dict[str, str]) -> dict[str, np.ndarray]:
     """Predictions, the class labels and each concept's values on a whole split."""
     index = torch.arange(len(data))
-    out = {"pred": _predict(model, render(data, index)), "target": data.label.numpy()}
+    out = {"pred": predict_classes(model, render(data, index)), "target": data.label.numpy()}
     for concept, attribute in concepts.items():
         out[concept] = getattr(data, attribute).numpy()
     return out
@@ -264,9 +277,12 @@ __all__ = [
     "clopper_pearson",
     "draw_design",
     "finite_tv",
+    "fit_cached",
     "flip_share",
     "flips",
     "potential_outcomes",
+    "predict_classes",
+    "quiet_trainer",
     "layout_weights",
     "non_degenerate",
     "rate",
