@@ -68,3 +68,26 @@ def test_bad_options_are_one_line_errors(tmp_path):
     conflicts = (train.values(slice(None))["size"] != class_value(train.label, 3, 2)).float().mean()
     assert float(conflicts) == pytest.approx(0.1, abs=0.02)
     assert np.isclose(len(dm.attributes), 9)
+
+
+def test_slant_names_follow_the_lean_of_the_top_of_the_strokes():
+    """'right' draws a digit whose top leans right (as italics do), 'left' the mirror image: measured as the
+    ink's horizontal centre in the top and the bottom half of a vertical bar."""
+    import torch.nn.functional as F
+
+    from xai_lightning.data.world import _affine
+
+    bar = torch.zeros(1, 1, 28, 28)
+    bar[..., 4:24, 13:15] = 1.0
+    columns = torch.arange(28).float()
+
+    def lean(slant: str) -> float:
+        v = torch.tensor([VALUES["slant"].index(slant)])
+        size, centre = torch.tensor([VALUES["size"].index("large")]), torch.tensor([VALUES["position"].index("center")])
+        out = F.grid_sample(
+            bar, F.affine_grid(_affine(size, centre, v), (1, 1, 28, 28), align_corners=False), align_corners=False
+        )[0, 0]
+        top, bottom = out[:14], out[14:]
+        return float((top.sum(0) * columns).sum() / top.sum() - (bottom.sum(0) * columns).sum() / bottom.sum())
+
+    assert lean("right") > 2.0 and lean("left") < -2.0 and abs(lean("upright")) < 0.1

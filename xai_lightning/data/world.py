@@ -43,7 +43,7 @@ GROUND = {"black": (0.35, 0.35, 0.35), "gray": (1.0, 1.0, 1.0), "navy": (0.25, 0
 PATCH_RGB = (1.0, 0.55, 0.0)  # orange: a colour no ink has
 SCALE = {"small": 0.62, "large": 1.0}
 SHIFT = {"left": -0.3, "center": 0.0, "right": 0.3}  # in half-canvas units (grid coordinates)
-SHEAR = {"left": -0.35, "upright": 0.0, "right": 0.35}
+SHEAR = {"left": 0.35, "upright": 0.0, "right": -0.35}  # x_out = x_in + shear * y_out, y down: "right" tops lean right
 
 
 def _thickness(intensity: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
