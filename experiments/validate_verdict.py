@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verdict_lab import (  # noqa: E402 - the helpers beside this script
     SIZES,
     TrainSpec,
+    design_weights,
     draw_design,
     finite_tv,
     flip_share,
@@ -176,10 +177,10 @@ def trained_rows(spec: TrainSpec, out: str, seed: int, reps: int, mnist: str | N
     rows = []
     sizes = (100, 1000) if quick else SIZES
     for n, layout in itertools.product(sizes, LAYOUTS):
-        w = layout_weights(layout, rec["shape"], rec["color"], cards["color"])
+        w = design_weights(layout_weights(layout, rec["shape"], rec["color"], cards["color"]), n)
         truth = {c: float(np.sum(w * f)) for c, f in per_image.items()}
         truth.update({c: float("nan") for c in CONCEPTS if c not in truth})
-        tv = {c: finite_tv(t, _others(rec, c, cards), w) for c, t in tables.items()}
+        tv = {c: finite_tv(t, _others(rec, c, cards), rec[c], w) for c, t in tables.items()}
         for rep in range(reps):
             rng = np.random.default_rng([seed, n, LAYOUTS.index(layout), rep])
             design = draw_design(rng, rec, n, layout, cards["color"], list(cards))

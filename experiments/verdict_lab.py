@@ -194,12 +194,14 @@ def flip_share(table: np.ndarray, own: np.ndarray) -> np.ndarray:
     return np.where(known, changed / max(card - 1, 1), 0.0)
 
 
-def finite_tv(table: np.ndarray, strata: np.ndarray, weights: np.ndarray | None = None) -> float:
+def finite_tv(table: np.ndarray, strata: np.ndarray, own: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The split's own share of predictions that follow a concept, from every image's prediction under each of
     its values: per stratum and value pair, the total variation between the (weighted) predicted-class
-    distributions of the same images under value a and under value b, averaged like the verdict's effect.
-    It equals the flip rate where the concept moves predictions one way, and is below it by the share that
-    flips both ways (which no observational verdict can see)."""
+    distributions of the stratum's images under value a and under value b, averaged with weights
+    ``w_sa + w_sb`` (the stratum's images whose own value is a or b: every image counted once per other value,
+    as the verdict's effect and a counterfactual edit to each other value count it; images with an unknown
+    value, -1, weigh nothing). It equals the flip rate where the concept moves predictions one way, and is
+    below it by the share that flips both ways (which no observational verdict can see)."""
     w = np.ones(len(table)) if weights is None else weights
     k, card = int(table.max()) + 1, table.shape[1]
     num = den = 0.0
@@ -207,10 +209,11 @@ def finite_tv(table: np.ndarray, strata: np.ndarray, weights: np.ndarray | None 
         rows = strata == s
         dist = np.stack([np.bincount(table[rows, v], weights=w[rows], minlength=k) for v in range(card)])
         dist /= w[rows].sum()
+        mass = np.bincount(own[rows][own[rows] >= 0], weights=w[rows][own[rows] >= 0], minlength=card)
         for a in range(card):
             for b in range(a + 1, card):
-                num += w[rows].sum() * 0.5 * np.abs(dist[a] - dist[b]).sum()
-                den += w[rows].sum()
+                num += (mass[a] + mass[b]) * 0.5 * np.abs(dist[a] - dist[b]).sum()
+                den += mass[a] + mass[b]
     return num / den
 
 
@@ -236,12 +239,25 @@ def layout_weights(layout: str, digit: np.ndarray, color: np.ndarray, colors: in
     return w / w.sum()
 
 
+def _pick(rng, w: np.ndarray, n: int) -> np.ndarray:
+    return rng.choice(len(w), size=n, replace=n > int((w > 0).sum()), p=w)
+
+
+def design_weights(w: np.ndarray, n: int, seed: int = 0, draws: int = 200) -> np.ndarray:
+    """How often each split image is in a probe set that ``draw_design`` draws (normalised): the population its
+    designs are samples of, and the one their truth is computed on. Drawn without replacement, a design of a
+    skewed layout is less skewed than ``w`` (a 5,000-image design of a 5,000-image split is the split itself,
+    whatever the layout), so the truth is weighted by these inclusion rates, not by ``w``."""
+    rng = np.random.default_rng([seed, n])
+    counts = sum(np.bincount(_pick(rng, w, n), minlength=len(w)) for _ in range(draws))
+    return counts / counts.sum()
+
+
 def draw_design(rng, rec: dict[str, np.ndarray], n: int, layout: str, colors: int, concepts) -> dict[str, np.ndarray]:
     """A probe set of ``n`` images of ``layout`` from the split's records (without replacement while it can)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
-    w = layout_weights(layout, rec["shape"], rec["color"], colors)
-    pick = rng.choice(len(w), size=n, replace=n > int((w > 0).sum()), p=w)
+    pick = _pick(rng, layout_weights(layout, rec["shape"], rec["color"], colors), n)
     out = {k: v[pick] for k, v in rec.items()}
     if layout == "missing":
         for c in concepts:
@@ -275,6 +291,7 @@ __all__ = [
     "TrainSpec",
     "asdict",
     "clopper_pearson",
+    "design_weights",
     "draw_design",
     "finite_tv",
     "fit_cached",

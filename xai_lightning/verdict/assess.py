@@ -23,6 +23,7 @@ from xai_lightning.verdict.following import (
     bootstrap_draws,
     holm,
     permutation_pvalue,
+    plugin_estimate,
     point_estimate,
 )
 from xai_lightning.verdict.outcome import ALPHA, MIN_EFFECT, ConceptEvidence, Outcome, decide
@@ -226,14 +227,18 @@ def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, 
     """(lo, hi, share of unmeasurable draws): ``point`` +- 1.96 bootstrap standard deviations; in the upper half
     a Wilson score interval instead, on the effective number of images the bootstrap variance implies (at most
     half the images: a comparison of two groups). Near 1 a share behaves like a proportion: a probe set where
-    every prediction happened to follow the concept has a bootstrap variance of 0, yet the truth may be 0.95."""
+    every prediction happened to follow the concept has a bootstrap variance of 0, yet the truth may be 0.95.
+    Near 0 likewise: where no prediction happened to follow it, the upper bound is at least Wilson's for 0 of
+    ``images / 2`` (about 4 / images: the rule of three), not 0."""
     finite = draws[np.isfinite(draws)]
     missing = 1.0 - len(finite) / max(len(draws), 1)
     if not np.isfinite(point) or len(finite) < 2:
         return float("nan"), float("nan"), missing
     sd = float(np.std(finite, ddof=1))
-    if point <= 0.5 or images < 2:
+    if images < 2:
         return point - Z95 * sd, point + Z95 * sd, missing
+    if point <= 0.5:
+        return point - Z95 * sd, float(max(point + Z95 * sd, wilson(0.0, images / 2)[1])), missing
     p = min(point, 1.0)
     n_eff = p * (1 - p) / sd**2 if sd > 0 and p < 1 else np.inf
     lo, hi = wilson(p, min(n_eff, images / 2))
@@ -347,18 +352,29 @@ def _evidence(
     """Per concept: the effect with its interval, the Holm-adjusted p-value, thinness; and the bootstrap draws
     (the same resampled probe sets for every concept, so margins can be read off them)."""
     weights = np.random.default_rng([seed, 1]).multinomial(n, np.full(n, 1.0 / max(n, 1)), size=draws)
-    points, boots, raw_p = {}, {}, []
+    points, boots, uppers, raw_p = {}, {}, {}, []
     for i, (c, view) in enumerate(views.items()):
         rng = np.random.default_rng([seed, 2, i])  # one stream per concept: its numbers do not depend on others
         points[c] = point_estimate(view, rng)
-        boots[c] = bootstrap_draws(view, weights, rng)
+        boots[c], plug = bootstrap_draws(view, weights, rng)
+        uppers[c] = _upper(plugin_estimate(view), plug)
         raw_p.append(permutation_pvalue(view, rng, permutations))
     evidence = {}
     for (c, view), p in zip(views.items(), holm(raw_p)):
         lo, hi, missing = _interval(points[c], boots[c], comparable_images(view))
+        hi = min(max(hi, uppers[c]), 1.0) if np.isfinite(hi) else hi
         thin = cell_median(view) < MIN_CELL or missing > MAX_UNMEASURED_DRAWS
         evidence[c] = ConceptEvidence(Effect(points[c], lo, hi, COVERS), float(p), thin)
     return evidence, boots
+
+
+def _upper(point: float, draws: np.ndarray) -> float:
+    """The plug-in estimate + 1.96 bootstrap standard deviations: it errs only high, so this bounds the share from
+    above where the cross-fitted estimate has lost what its directions learned wrong (``following``)."""
+    finite = draws[np.isfinite(draws)]
+    if not np.isfinite(point) or len(finite) < 2:
+        return float("nan")
+    return point + Z95 * float(np.std(finite, ddof=1))
 
 
 def _margin(evidence: Mapping[str, ConceptEvidence], boots: Mapping[str, np.ndarray], a: str, b: str) -> Effect:

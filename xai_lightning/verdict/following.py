@@ -30,9 +30,14 @@ its direction cannot be learned (the estimate is conservative, never inflated). 
 ``SPLITS`` random fold assignments.
 
 **Interval.** Images are resampled (multinomial weights, shared by all concepts so that margins use the same
-draws), folds are dealt again in every draw, duplicates stay in one fold; the 95% interval is the estimate
-+- 1.96 bootstrap standard deviations. It covers the two things a rerun of the probe changes: which images are
-scored and how they are dealt into folds.
+draws), folds are dealt again in every draw, duplicates stay in one fold. The cross-fitted estimate can only
+err low (a direction learned wrong loses its class's difference) and the plug-in one only high (Jensen:
+``E|p_a - p_b| >= |E(p_a - p_b)|``, class by class), so the 95% interval *brackets* the share: from the
+cross-fitted estimate - 1.96 of its bootstrap standard deviations to the larger of the cross-fitted and the
+plug-in estimates + 1.96 of theirs (``verdict.assess`` adds Wilson bounds near 0 and 1). Where directions are
+learned well the two coincide; with many classes and thin cells the upper end says how much the cross-fitted
+estimate may have lost. It covers the two things a rerun of the probe changes: which images are scored and
+how they are dealt into folds.
 
 **Null.** ``permutation_pvalue`` permutes the concept's values *within strata* (exact for "predictions do not
 depend on c given the strata") and compares the plug-in TV with its permutation distribution.
@@ -170,14 +175,26 @@ def point_estimate(view: ConceptView, rng: np.random.Generator, splits: int = SP
     return float(np.mean(crossfit_tv(fold_counts(view, folds))))
 
 
-def bootstrap_draws(view: ConceptView, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[B] the estimate on resampled probe sets; ``weights`` [B, n] are multiplicities over the whole probe set."""
+def plugin_estimate(view: ConceptView) -> float:
+    """The plug-in share (biased upward: the interval's upper end is anchored on it; NaN when no pair exists)."""
+    if not view.images:
+        return float("nan")
+    return float(plugin_tv(fold_counts(view, np.zeros(view.images, dtype=np.int64)).sum(1))[0])
+
+
+def bootstrap_draws(view: ConceptView, weights: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """([B] cross-fitted, [B] plug-in) estimates on resampled probe sets; ``weights`` [B, n] are multiplicities
+    over the whole probe set."""
     w = weights[:, view.rows].astype(np.float64)
-    out = []
+    cross, plug = [], []
     for start in range(0, len(w), _chunk(view)):
         part = w[start : start + _chunk(view)]
-        out.append(crossfit_tv(fold_counts(view, deal_folds(view.cell, rng, part), part)))
-    return np.concatenate(out) if out else np.zeros(0)
+        counts = fold_counts(view, deal_folds(view.cell, rng, part), part)
+        cross.append(crossfit_tv(counts))
+        plug.append(plugin_tv(counts.sum(1)))
+    if not cross:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(cross), np.concatenate(plug)
 
 
 def permute_within(stratum: np.ndarray, value: np.ndarray, rng: np.random.Generator, times: int) -> np.ndarray:

@@ -12,8 +12,12 @@ A concept's effect compares images that differ in the concept and agree on the *
   about V x its own effect; matching on every weakly associated concept would only thin the cells (concepts read
   off images by captions are weakly associated by their misreadings: a texture makes strokes look thinner);
 * the other listed concepts, fewest values first, as long as the comparisons keep ``SPARE_CELL`` images or
-  more on their smaller side (``pair_cell``). They are not confounders, but a model that follows one of
-  them varies within every unmatched cell, and matching removes that noise from the comparison.
+  more on their smaller side (``pair_cell``; 5, the verdict's thin-cell limit). They are not confounders, but
+  a model that follows one of them varies within every unmatched cell, and where the two interact the share
+  pooled over the unmatched concept is only a lower bound of the share within its strata (the total
+  variation of two mixtures is at most the mixture of the total variations), which is what an edit of the
+  concept alone changes. Matching down to 5 images per side costs the cross-fitted estimate a little more
+  (its directions are learned from fewer images); its interval's upper end allows for that (``following``).
 
 A concept left out is averaged over: a concept that pushes predictions the same way in every stratum has
 the same effect either way (docs/verdict.md: interactions).
@@ -27,7 +31,7 @@ import numpy as np
 
 ASSOCIATED = 0.1
 STRONG = 0.5  # an association this strong is matched whether or not the predictions follow the other concept
-SPARE_CELL = 10  # images on the smaller side of a typical comparison that an optional stratifier must leave
+SPARE_CELL = 5  # images on the smaller side of a typical comparison that an optional stratifier must leave
 CLASS = "class"  # the name of the images' class labels as a stratification variable
 
 
