@@ -11,6 +11,7 @@ from xai_lightning.verdict.outcome import (
     NO_MAJORITY,
     TOO_FEW,
     TWO_COUNT,
+    UNLISTED,
     ConceptEvidence,
     decide,
 )
@@ -71,3 +72,21 @@ def test_text_says_the_reason_and_the_leaning_concept():
     ev = {"color": E(1.0, 1.0, 1.0), "shape": E(0.0, 0.0, 0.0, p=1.0)}
     out = decide(ev, _margin(ev))
     assert out.text() == "color" and out.decided
+
+
+@pytest.mark.parametrize(
+    "evidence, outcome, reason",
+    [
+        # nothing listed counts: 'something unlisted decides' where 'none' would have been said
+        ({"shape": E(0.02, -0.03, 0.07, p=0.4), "color": E(0.0, -0.02, 0.02, p=0.9)}, "undecided", UNLISTED),
+        # shape counts for half the predictions; the other half follow something unlisted
+        ({"shape": E(0.5, 0.45, 0.55), "color": E(0.0, -0.02, 0.02, p=0.9)}, "undecided", UNLISTED),
+        # two listed concepts that cannot be separated stay 'two concepts count'
+        ({"shape": E(0.45, 0.35, 0.55), "color": E(0.4, 0.3, 0.5)}, "undecided", TWO_COUNT),
+        # a concept that decides most predictions is named even if something unlisted decides the rest
+        ({"shape": E(0.9, 0.85, 0.95), "color": E(0.0, -0.02, 0.02, p=0.9)}, "shape", None),
+    ],
+)
+def test_something_unlisted_replaces_none_and_no_majority(evidence, outcome, reason):
+    got = decide(evidence, _margin(evidence), min_effect=0.1, alpha=0.05, unlisted=True)
+    assert (got.name, got.reason) == (outcome, reason)

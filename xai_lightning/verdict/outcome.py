@@ -18,10 +18,11 @@ whether its cells were too thin for the interval to hold. With ``min_effect`` δ
 * else ``undecided``, with the first reason that applies: ``confounded probe set`` (a concept never varies
   alone, so it could not be measured), ``too few images per cell`` (thin cells: effects that cannot be
   ranked, intervals that may not hold), ``two concepts count`` (the leader is not separated from another
-  concept that counts or may count), ``no concept decides most predictions`` (concepts count, none for a
-  majority), ``something unlisted decides`` (no listed concept counts, yet images that agree on every
-  listed concept and the class get different predictions: ``verdict.unexplained``; where ``none`` would have
-  been said), ``not enough evidence`` (an interval straddles δ).
+  concept that counts or may count), ``something unlisted decides`` (no listed concept decides most
+  predictions, and images that agree on the class and every concept that counts still get different
+  predictions: ``verdict.unexplained``; said where ``none`` or ``no concept decides most predictions`` would
+  have been), ``no concept decides most predictions`` (concepts count, none for a majority),
+  ``not enough evidence`` (an interval straddles δ).
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ def _undecided_reason(
         return CONFOUNDED
     if any(e.thin for e in evidence.values()):
         return TOO_FEW
-    if relies:
-        return NO_MAJORITY if separated else TWO_COUNT
-    return UNLISTED if unlisted else NO_EVIDENCE
+    if relies and not separated:
+        return TWO_COUNT
+    if unlisted:  # what decides the rest of the predictions is none of the listed concepts
+        return UNLISTED
+    return NO_MAJORITY if relies else NO_EVIDENCE
 
 
 def decide(
