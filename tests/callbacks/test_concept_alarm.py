@@ -100,3 +100,40 @@ def test_bad_alarm_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"spurious \['texture'\] are not probe concepts"):
         trainer = _trainer(tmp_path, [ConceptAlarm(["texture"]), ConceptProbe()], max_epochs=1)
         trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path)))
+
+
+class UnexplainedProbe(ScriptedProbe):
+    """Logs, per epoch, the lower bound of the share of same-cell pairs predicted apart (no concept counts)."""
+
+    def __init__(self, lower: list[float]) -> None:
+        super().__init__([()] * len(lower))
+        self.lower = lower
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        lo = self.lower[trainer.current_epoch]
+        metrics = {names.RELIES.format(c=c): 0.0 for c in self.concepts}
+        metrics.update({names.UNEXPLAINED: lo + 0.05, names.UNEXPLAINED_LO: lo, names.UNEXPLAINED_HI: lo + 0.1})
+        log_reduced(pl_module, metrics)
+        self.probed_epoch = trainer.current_epoch
+
+
+@pytest.mark.parametrize("unlisted, fired", [(True, {"unlisted": 2}), (False, {})])
+def test_something_unlisted_deciding_fires_the_alarm_when_asked(tmp_path, unlisted, fired):
+    """Pairs that agree on the class and every counted concept are predicted apart from epoch 1 on (lower bound
+    above 0.2 in epochs 1 and 2): with patience 2 the alarm fires at epoch 2, as 'unlisted'; without
+    ``unlisted`` it stays silent (no listed concept counts)."""
+    alarm = ConceptAlarm(spurious=["color"], patience=2, unlisted=unlisted)
+    probe = UnexplainedProbe([0.05, 0.31, 0.42, 0.12])
+    trainer = _trainer(tmp_path, [alarm, probe], max_epochs=4, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(TinyClassifier(), tiny_datamodule(str(tmp_path / "data")))
+    assert alarm.fired == fired
+    rows = csv.DictReader(open(os.path.join(tmp_path, "csv", "version_0", "metrics.csv")))
+    assert {int(float(r["epoch"])) for r in rows if r.get("alarm/unlisted")} == set(fired.values())
+
+
+def test_an_alarm_on_nothing_is_an_error():
+    with pytest.raises(ValueError, match="spurious is empty"):
+        ConceptAlarm(spurious=[])
+    assert ConceptAlarm(spurious=[], unlisted=True).unlisted

@@ -6,6 +6,11 @@ work, whatever the callback order) reads ``probe/relies/<concept>`` from ``train
 concepts fire. A spurious concept fires when it *counts* (its null rejected, its interval above δ), whether or
 not it leads: a model that reads the digit but sends every red digit to class 0 relies on colour too.
 
+With ``unlisted=True`` it also fires (as ``unlisted``) when something the listed concepts do not name decides:
+images that agree on the class and on every concept that counts are predicted apart (``probe/unexplained``,
+its interval above the verdict's threshold). A shortcut nobody labelled cannot be named without captions, but
+it need not pass in silence.
+
 Logged when it fires: ``alarm/<concept>`` = the epoch it fired (once per concept). With W&B also an alert
 (``run.alert``, rank 0) carrying the effect and its interval; where alerts are unavailable (offline) a
 warning says so instead.
@@ -22,6 +27,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from xai_lightning import names
+from xai_lightning.verdict.unexplained import UNEXPLAINED
+
+UNLISTED = "unlisted"  # the alarm's name for "something the listed concepts do not name decides"
 
 
 def alarm_step(
@@ -37,6 +45,25 @@ def alarm_step(
     return new, [c for c in spurious if new[c] >= patience and c not in fired]
 
 
+def _message(epoch: int, concept: str, metrics: Mapping, patience: int) -> str:
+    def read(*keys: str) -> list[float]:
+        return [float(metrics.get(k, float("nan"))) for k in keys]
+
+    if concept == UNLISTED:
+        u = read(names.UNEXPLAINED, names.UNEXPLAINED_LO, names.UNEXPLAINED_HI)
+        return (
+            f"ConceptAlarm: epoch {epoch}: something the listed concepts do not name decides ({patience} probed "
+            f"epoch(s) in a row; {u[0]:.0%} of the image pairs that agree on the class and every concept that "
+            f"counts are predicted apart, [{u[1]:.3f}, {u[2]:.3f}]): list it, or read concepts from captions"
+        )
+    e = read(*(p.format(c=concept) for p in (names.EFFECT, names.EFFECT_LO, names.EFFECT_HI)))
+    return (
+        f"ConceptAlarm: epoch {epoch}: the model relies on the spurious concept {concept!r} "
+        f"({patience} probed epoch(s) in a row; {e[0]:.0%} of its predictions follow it, "
+        f"[{e[1]:+.3f}, {e[2]:+.3f}])"
+    )
+
+
 class ConceptAlarm(Callback):
     """Fires when a spurious concept counts for ``patience`` probed epochs in a row.
 
@@ -44,15 +71,19 @@ class ConceptAlarm(Callback):
         spurious: concept names (as the ``ConceptProbe``'s) that the model must not rely on.
         patience: consecutive probed epochs the concept must count before the alarm fires.
         stop: also stop training (on every rank) when it fires.
+        unlisted: also fire when something the listed concepts do not name decides (module docstring).
     """
 
-    def __init__(self, spurious: Sequence[str] = ("color",), patience: int = 1, stop: bool = False) -> None:
+    def __init__(
+        self, spurious: Sequence[str] = ("color",), patience: int = 1, stop: bool = False, unlisted: bool = False
+    ) -> None:
         super().__init__()
-        if not spurious:
-            raise ValueError("spurious is empty; name at least one concept, e.g. [color]")
+        if not spurious and not unlisted:
+            raise ValueError("spurious is empty; name at least one concept, e.g. [color], or set unlisted: true")
         if int(patience) < 1:
             raise ValueError(f"patience={patience} must be >= 1")
         self.spurious, self.patience, self.stop = list(spurious), int(patience), bool(stop)
+        self.unlisted = bool(unlisted)
         self.streaks: dict[str, int] = {}
         self.fired: dict[str, int] = {}
         self._seen_epoch: int | None = None
@@ -70,6 +101,8 @@ class ConceptAlarm(Callback):
         probe = self._probe(trainer)
         probe.setup(trainer, pl_module, stage)  # its concepts (the data module's, the vocabulary's); idempotent
         unknown = [c for c in self.spurious if c not in probe.concepts]
+        if self.unlisted and UNLISTED in probe.concepts:
+            raise ValueError(f"ConceptAlarm: a probe concept is named {UNLISTED!r}, which unlisted=True reserves")
         if unknown:
             raise ValueError(
                 f"ConceptAlarm: spurious {unknown} are not probe concepts; available: {list(probe.concepts)}"
@@ -85,7 +118,10 @@ class ConceptAlarm(Callback):
         self._seen_epoch = trainer.current_epoch
         metrics = trainer.callback_metrics
         relies = {c: float(metrics.get(names.RELIES.format(c=c), 0.0)) == 1.0 for c in self.spurious}
-        self.streaks, firing = alarm_step(self.streaks, relies, self.spurious, self.patience, self.fired)
+        watched = [*self.spurious, *([UNLISTED] if self.unlisted else [])]
+        if self.unlisted:
+            relies[UNLISTED] = float(metrics.get(names.UNEXPLAINED_LO, float("nan"))) > UNEXPLAINED
+        self.streaks, firing = alarm_step(self.streaks, relies, watched, self.patience, self.fired)
         # every rank read the same reduced verdict; agree explicitly anyway, as EarlyStopping does
         if not trainer.strategy.reduce_boolean_decision(bool(firing), all=True):
             return
@@ -97,15 +133,7 @@ class ConceptAlarm(Callback):
     def _fire(self, trainer: L.Trainer, concept: str, metrics: Mapping) -> None:
         epoch = trainer.current_epoch
         self.fired[concept] = epoch
-        value = [
-            float(metrics.get(p.format(c=concept), float("nan")))
-            for p in (names.EFFECT, names.EFFECT_LO, names.EFFECT_HI)
-        ]
-        text = (
-            f"ConceptAlarm: epoch {epoch}: the model relies on the spurious concept {concept!r} "
-            f"({self.patience} probed epoch(s) in a row; {value[0]:.0%} of its predictions follow it, "
-            f"[{value[1]:+.3f}, {value[2]:+.3f}]){'; stopping' if self.stop else ''}"
-        )
+        text = _message(epoch, concept, metrics, self.patience) + ("; stopping" if self.stop else "")
         rank_zero_info(text)
         if not trainer.is_global_zero:
             return
