@@ -91,3 +91,20 @@ def test_slant_names_follow_the_lean_of_the_top_of_the_strokes():
         return float((top.sum(0) * columns).sum() / top.sum() - (bottom.sum(0) * columns).sum() / bottom.sum())
 
     assert lean("right") > 2.0 and lean("left") < -2.0 and abs(lean("upright")) < 0.1
+
+
+def test_patch_sides_drawn_per_image_are_kept_by_the_edits(tmp_path):
+    """patch_px: [2, 4]: each image's corner patch has one of the two sides (counted in orange pixels against
+    the same image without a patch), the same side in every edit of it."""
+    dm = _dm(tmp_path, patch_px=[2, 4])
+    data = dm.datasets["probe_set"]
+    index = torch.arange(len(data))
+    on = data.render(index, patch=torch.ones(len(data), dtype=torch.long))
+    off = data.render(index, patch=torch.zeros(len(data), dtype=torch.long))
+    painted = ((on - off).abs().amax(1) > 1e-6).sum((1, 2))  # pixels the patch changed
+    assert set(painted.tolist()) <= {4, 16} and {4, 16} <= set(painted.tolist())  # 2 x 2 or 4 x 4, both present
+    assert torch.equal(painted, data.patch_px.square())
+    recolored = data.render(index, patch=torch.ones(len(data), dtype=torch.long), color=(data.color + 1) % 6)
+    assert torch.equal(((recolored - off).abs().amax(1) > 1e-6)[:, :4, :4].sum((1, 2)), painted)
+    with pytest.raises(ValueError, match=r"patch_px=\[2, 0\]"):
+        DigitWorldDataModule(patch_px=[2, 0])

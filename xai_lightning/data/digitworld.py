@@ -42,9 +42,11 @@ def class_value(labels: np.ndarray | torch.Tensor, classes: int, values: int):
 class WorldDigits(ColorDigits):
     """``ColorDigits`` drawn in the digit world; items add every family's value index."""
 
-    def __init__(self, *args, families: dict[str, torch.Tensor], params: torch.Tensor, patch_px: int, **kwargs):
+    def __init__(
+        self, *args, families: dict[str, torch.Tensor], params: torch.Tensor, patch_px: torch.Tensor, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        self.families, self.params, self.patch_px = families, params, int(patch_px)
+        self.families, self.params, self.patch_px = families, params, patch_px  # [N] each image's patch side
 
     def values(self, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
         return {"color": self.color[index], **{f: v[index] for f, v in self.families.items()}}
@@ -55,7 +57,8 @@ class WorldDigits(ColorDigits):
         """Images [n, 3, S, S] of rows ``index``, with the strokes of rows ``source`` and ``changed`` family values
         (``color=...``, ``slant=...``) where given."""
         values = {**self.values(index), **changed}
-        img = render(self.intensity[index if source is None else source], values, self.params[index], self.patch_px)
+        src = self.intensity[index if source is None else source]
+        img = render(src, values, self.params[index], self.patch_px[index])
         from xai_lightning.data.loaders import resize
 
         return resize(img, self.image_size, self.interpolation)
@@ -75,7 +78,8 @@ class DigitWorldDataModule(ColorMNISTDataModule):
         shortcut: the family whose value follows the class in train/val/test (``none``: every family random).
         shortcut_strength: probability that a sample has its class's value of the shortcut family.
         shortcut_conflict_fraction: instead, the exact fraction of samples with another class's value.
-        patch_px: side of the corner patch in pixels (2, 4, ... 32 = the whole top-left corner region).
+        patch_px: side of the corner patch in pixels (2, 4, ... 32 = the whole top-left corner region), or a
+            list of sides: each image gets one of them at random (fixed for the image: its edits keep it).
     """
 
     cache_prefix = "digitworld"
@@ -90,7 +94,7 @@ class DigitWorldDataModule(ColorMNISTDataModule):
         shortcut: str = "none",
         shortcut_strength: float = 1.0,
         shortcut_conflict_fraction: float | None = None,
-        patch_px: int = 4,
+        patch_px: int | Sequence[int] = 4,
         label_mode: str = "digit",
         train_per_class: int = 500,
         test_per_class: int = 100,
@@ -142,13 +146,14 @@ class DigitWorldDataModule(ColorMNISTDataModule):
                 shortcut_conflict_fraction,
                 prefix="shortcut_",
             )
-        if not 1 <= int(patch_px) <= 32:
-            raise ValueError(f"patch_px={patch_px} must lie in [1, 32]")
+        sides = [int(patch_px)] if isinstance(patch_px, (int, float)) else [int(p) for p in patch_px]
+        if not sides or not all(1 <= p <= 32 for p in sides):
+            raise ValueError(f"patch_px={patch_px} must lie in [1, 32] (or be a list of such sides)")
         self.shortcut, self.shortcut_strength = shortcut, float(shortcut_strength)
         self.shortcut_conflict_fraction = (
             None if shortcut_conflict_fraction is None else float(shortcut_conflict_fraction)
         )
-        self.patch_px = int(patch_px)
+        self.patch_px = sides[0] if len(sides) == 1 else sides
         self.save_hyperparameters()
 
     @property
@@ -197,8 +202,19 @@ class DigitWorldDataModule(ColorMNISTDataModule):
             interpolation=self.interpolation,
             families=families,
             params=params,
-            patch_px=self.patch_px,
+            patch_px=self.patch_sides(t, split, index),
         )
+
+    def patch_sides(self, t: dict[str, torch.Tensor], split: str, index: torch.Tensor | None) -> torch.Tensor:
+        """[N] each image's patch side: ``patch_px``, or one of its sides drawn per image of the whole split (so a
+        subset of rows keeps its images' sides)."""
+        n = len(t[f"{split}.digit_index"])
+        if isinstance(self.patch_px, int):
+            sides = torch.full((n,), self.patch_px, dtype=torch.long)
+        else:
+            rng = np.random.default_rng([self.seed, SPLITS.index(split), 99])
+            sides = torch.as_tensor(rng.choice(self.patch_px, size=n), dtype=torch.long)
+        return sides if index is None else sides[index]
 
     def counterfactuals(
         self, split: str, batch: dict[str, torch.Tensor]

@@ -82,14 +82,17 @@ def _ground(background: torch.Tensor, tint: torch.Tensor, params: torch.Tensor) 
     return gray[:, None] * rgb[:, :, None, None]
 
 
-def render(intensity: torch.Tensor, values: dict[str, torch.Tensor], params: torch.Tensor, patch_px: int = 4):
+def render(
+    intensity: torch.Tensor, values: dict[str, torch.Tensor], params: torch.Tensor, patch_px: int | torch.Tensor = 4
+):
     """Images [N, 3, 32, 32] in [0, 1].
 
     Args:
         intensity: [N, 28, 28] uint8 or float strokes (MNIST-like, white on black).
         values: family -> [N] value index (every family of ``VALUES``).
         params: [N, N_PARAMS] texture parameters (``backgrounds.draw_params``).
-        patch_px: side of the corner patch (``SIZE`` fills the whole background's corner region: a full patch).
+        patch_px: side of the corner patch (``SIZE`` fills the whole background's corner region: a full patch),
+            or [N] one side per image.
     """
     x = intensity.float()
     x = x / 255.0 if x.max() > 1.0 else x
@@ -104,9 +107,10 @@ def render(intensity: torch.Tensor, values: dict[str, torch.Tensor], params: tor
     ink = torch.tensor([INK[v] for v in VALUES["color"]])[values["color"].long()]  # [N, 3]
     img = alpha[:, None] * ink[:, :, None, None]
     img = img + (1.0 - alpha[:, None]) * _ground(values["background"].long(), values["background_color"].long(), params)
-    has = values["patch"].long() == 1
-    if bool(has.any()):
-        img[has, :, :patch_px, :patch_px] = torch.tensor(PATCH_RGB).view(1, 3, 1, 1)
+    side = torch.as_tensor(patch_px).long().expand(len(x))[:, None, None]
+    pos = torch.arange(SIZE)
+    where = (values["patch"].long() == 1)[:, None, None] & (pos[None, :, None] < side) & (pos[None, None, :] < side)
+    img = torch.where(where[:, None], torch.tensor(PATCH_RGB).view(1, 3, 1, 1), img)
     return img.clamp_(0.0, 1.0)
 
 
