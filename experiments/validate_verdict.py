@@ -237,11 +237,14 @@ def score(rows: list[dict]) -> dict:
         by_cell[p[0]["cell"]].append(p)
     for p in pairs:
         by_cell_flip[p[0]["cell"]].append(p)
-    errors = defaultdict(list)
+    errors, to_estimand = defaultdict(list), defaultdict(list)
     for r, c, eff, *_rest in pairs:
         errors[(r["cell"], r["model"], c)].append(eff - r[f"flip/{c}"])
+    for r, c, eff, _lo, _hi, truth, *_rest in _pairs(rows, estimand=True):
+        to_estimand[(r["cell"], r["model"], c)].append(eff - truth)
     thin_combo = {(r["cell"], r["model"], c) for r, c, *_x, thin in pairs if thin}
     accurate = {k: _unbiased(v) for k, v in errors.items() if np.isfinite(v).all()}
+    on_estimand = {k: _unbiased(v) for k, v in to_estimand.items() if np.isfinite(v).all() and k not in thin_combo}
     detect = [relies for _r, _c, _e, _l, _h, flip, relies, _t in pairs if flip >= 0.3]
     finite = [(e, f) for _r, _c, e, _l, _h, f, _x, _t in pairs if math.isfinite(e)]
     return {
@@ -255,6 +258,7 @@ def score(rows: list[dict]) -> dict:
                 f"{k[0]} {k[1]} {k[2]}: {np.median(errors[k]):+.3f}" for k, v in accurate.items() if not v
             ),
         },
+        "on_estimand": (sum(on_estimand.values()), len(on_estimand)),
         "spearman": float(spearmanr(*zip(*finite))[0]) if len(finite) > 2 else float("nan"),
         "detection": (sum(detect), len(detect)),
         "coverage": {cell: _coverage(ps) for cell, ps in sorted(by_cell.items())},
@@ -325,6 +329,8 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
             f"| effect within ±0.05 of the flip rate (median per cell, model, concept, up to 2 SE; not thin) | "
             f"{acc['met']}/{acc['of']} {_mark(acc['met'] == acc['of'])} "
             f"(thin cells: {acc['met_thin']}/{acc['of_thin']}) |",
+            f"| (reported, not a target) the same against the one-way share, the effect's estimand | "
+            f"{s['on_estimand'][0]}/{s['on_estimand'][1]} |",
             f"| Spearman(effect, flip rate) >= 0.9 (monotone) | {s['spearman']:+.3f} {_mark(s['spearman'] >= 0.9)} |",
             f"| detection >= 90% of concepts with flip rate >= 0.3 | {det}/{det_n} = {det / max(det_n, 1):.3f} "
             f"{_mark(det >= 0.9 * det_n)} |",
