@@ -107,6 +107,19 @@ def all_captions(
     return out
 
 
+def contrastive_step(module: L.LightningModule, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One training step of a probe CLIP (``CLIPModule``, ``WorldCLIPModule``): the batch's images against their
+    captions (``module.batch_captions``), open_clip's contrastive loss, logged as ``train/loss`` and
+    ``train/logit_scale``."""
+    x = module.preprocess(batch["image"])
+    tokens = module.tokenizer(module.batch_captions(batch)).to(module.device)
+    img, txt, scale = module.model(x, tokens)
+    loss = module.loss_fn(img, txt, scale)
+    module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+    module.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
+    return loss
+
+
 class CLIPModule(L.LightningModule):
     """Contrastive training of a small open_clip CLIP on dict batches (``image``, ``digit``, ``color``).
 
@@ -223,13 +236,7 @@ class CLIPModule(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------
     @override
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x = self.preprocess(batch["image"])
-        tokens = self.tokenizer(self.batch_captions(batch)).to(self.device)
-        img, txt, scale = self.model(x, tokens)
-        loss = self.loss_fn(img, txt, scale)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
-        return loss
+        return contrastive_step(self, batch)
 
     @override
     def on_validation_epoch_start(self) -> None:

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from xai_lightning.clip.model import OPENAI_MEAN, OPENAI_STD, build_open_clip, clip_preprocess
 from xai_lightning.clip.vocabulary import load_vocabulary
-from xai_lightning.models.clip_module import clip_optimizer
+from xai_lightning.models.clip_module import clip_optimizer, contrastive_step
 from xai_lightning.ratio import SumRatio
 
 WORLD_CLIP_CFG: dict[str, Any] = {
@@ -131,13 +131,7 @@ class WorldCLIPModule(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------
     @override
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x = self.preprocess(batch["image"])
-        tokens = self.tokenizer(self.batch_captions(batch)).to(self.device)
-        img, txt, scale = self.model(x, tokens)
-        loss = self.loss_fn(img, txt, scale)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
-        return loss
+        return contrastive_step(self, batch)
 
     @override
     def on_validation_epoch_start(self) -> None:
