@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xai_lightning.verdict.effects import Effect
+from xai_lightning.verdict.effects import Z95, Effect
 from xai_lightning.verdict.following import (
-    Z95,
     ConceptView,
     bootstrap_draws,
     holm,
@@ -357,8 +356,9 @@ def _evidence(
         rng = np.random.default_rng([seed, 2, i])  # one stream per concept: its numbers do not depend on others
         points[c] = point_estimate(view, rng)
         boots[c], plug = bootstrap_draws(view, weights, rng)
-        uppers[c] = _upper(plugin_estimate(view), plug)
-        raw_p.append(permutation_pvalue(view, rng, permutations))
+        plugin = plugin_estimate(view)
+        uppers[c] = _upper(plugin, plug)
+        raw_p.append(permutation_pvalue(view, rng, permutations, observed=plugin))
     evidence = {}
     for (c, view), p in zip(views.items(), holm(raw_p)):
         lo, hi, missing = _interval(points[c], boots[c], comparable_images(view))

@@ -53,7 +53,6 @@ import numpy as np
 FOLDS = 5
 KAPPA = 1.0  # pseudo-images of the other strata's direction that smooth each cell's own
 SPLITS = 8  # fold assignments averaged by the point estimate
-Z95 = 1.959963984540054
 _CHUNK_ELEMENTS = 20_000_000  # bound on one vectorised [draws, folds, S, V, V, K] block
 
 
@@ -175,11 +174,20 @@ def point_estimate(view: ConceptView, rng: np.random.Generator, splits: int = SP
     return float(np.mean(crossfit_tv(fold_counts(view, folds))))
 
 
+def plugin_stats(view: ConceptView, values: np.ndarray) -> np.ndarray:
+    """[P] the plug-in share with the concept's values given as [P, m] (or [m]): the observed values, or
+    permutations of them."""
+    values = np.atleast_2d(values)
+    s, v, k = view.strata, view.values, view.classes
+    idx = ((np.arange(len(values))[:, None] * s + view.stratum) * v + values) * k + view.pred
+    counts = np.bincount(idx.ravel(), minlength=len(values) * s * v * k).reshape(len(values), s, v, k)
+    return plugin_tv(counts.astype(np.float64))
+
+
 def plugin_estimate(view: ConceptView) -> float:
-    """The plug-in share (biased upward: the interval's upper end is anchored on it; NaN when no pair exists)."""
-    if not view.images:
-        return float("nan")
-    return float(plugin_tv(fold_counts(view, np.zeros(view.images, dtype=np.int64)).sum(1))[0])
+    """The plug-in share (biased upward: the interval's upper end is anchored on it, and the permutation test
+    compares it with its null; NaN when no pair exists)."""
+    return float(plugin_stats(view, view.value)[0]) if view.images else float("nan")
 
 
 def bootstrap_draws(view: ConceptView, weights: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -206,24 +214,17 @@ def permute_within(stratum: np.ndarray, value: np.ndarray, rng: np.random.Genera
     return out
 
 
-def permutation_pvalue(view: ConceptView, rng: np.random.Generator, permutations: int) -> float:
-    """P(T* >= T) with T the plug-in TV and T* its value with the concept permuted within strata."""
-    if not view.images:
-        return float("nan")
-    s, v, k = view.strata, view.values, view.classes
-
-    def stat(values: np.ndarray) -> np.ndarray:
-        values = np.atleast_2d(values)
-        idx = ((np.arange(len(values))[:, None] * s + view.stratum) * v + values) * k + view.pred
-        counts = np.bincount(idx.ravel(), minlength=len(values) * s * v * k).reshape(len(values), s, v, k)
-        return plugin_tv(counts.astype(np.float64))
-
-    observed = float(stat(view.value)[0])
+def permutation_pvalue(
+    view: ConceptView, rng: np.random.Generator, permutations: int, observed: float | None = None
+) -> float:
+    """P(T* >= T) with T the plug-in TV (``observed``, computed when not given) and T* its value with the
+    concept permuted within strata."""
+    observed = plugin_estimate(view) if observed is None else observed
     if not np.isfinite(observed):
         return float("nan")
-    step = max(1, _CHUNK_ELEMENTS // max(s * v * v * k + view.images, 1))
+    step = max(1, _CHUNK_ELEMENTS // max(view.strata * view.values**2 * view.classes + view.images, 1))
     null = [
-        stat(permute_within(view.stratum, view.value, rng, min(step, permutations - i)))
+        plugin_stats(view, permute_within(view.stratum, view.value, rng, min(step, permutations - i)))
         for i in range(0, permutations, step)
     ]
     exceed = int((np.concatenate(null) >= observed - 1e-12).sum())
