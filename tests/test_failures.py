@@ -7,6 +7,7 @@ import os
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -14,7 +15,7 @@ from tests.callbacks.test_surgery_probe import _csv_metrics, _probe, clip_file  
 from tests.helpers.modules import TinyClassifier, tiny_datamodule
 from tests.helpers.tiny import TOY_CLI_ARGS
 from tests.helpers.trainers import csv_logger, quiet_trainer
-from xai_lightning.cli import main
+from xai_lightning.cli import XAILightningCLI, main
 from xai_lightning.loggers import WandbLogger
 from xai_lightning.report import load_run
 
@@ -204,6 +205,24 @@ def test_resuming_with_another_model_is_refused(tmp_path, capsys):
     torch.save({"pytorch-lightning_version": "2.6.0", "hyper_parameters": hparams, "state_dict": {}}, ckpt)
     msg = _cli_error(capsys, "--ckpt_path", str(ckpt), "--model.init_args.backbone", "resnet18")
     assert "holds a model with backbone='resnet50', the command asks for 'resnet18'" in msg
+
+
+def test_a_probe_clip_checkpoint_resumes_with_its_saved_config(tmp_path, monkeypatch):
+    """The probe CLIPs save their resolved config and vocabulary (no ``_class_path``): ``--ckpt_path`` reads
+    them with the configured class (LightningCLI alone read them as a bare LightningModule and refused)."""
+    from xai_lightning.models import WorldCLIPModule
+
+    config = os.path.join(ROOT, "configs", "probe_clip_world.yaml")
+    with open(config) as f:
+        saved = WorldCLIPModule(**yaml.safe_load(f)["model"]["init_args"])
+    ckpt = tmp_path / "last.ckpt"
+    state = {"pytorch-lightning_version": "2.6.0", "hyper_parameters": dict(saved.hparams), "state_dict": {}}
+    torch.save(state, ckpt)
+    monkeypatch.setattr(XAILightningCLI, "_run_subcommand", lambda self, sub: None)  # parse and build, no fit
+    cli = main(["fit", "--config", config, "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
+    assert isinstance(cli.model, WorldCLIPModule)
+    assert dict(cli.model.hparams) == dict(saved.hparams)
+    assert cli.model.vocabulary.families == saved.vocabulary.families
 
 
 def test_a_second_fit_becomes_the_next_version_and_the_report_reads_the_newest(tmp_path, monkeypatch):

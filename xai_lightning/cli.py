@@ -71,6 +71,11 @@ def _first_reason(err: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
+def _expanded(given: Any, saved: Any) -> bool:
+    """A default (None) or a name (``vocabulary: digitworld``) the module expanded to a mapping when it saved."""
+    return (given is None or isinstance(given, str)) and isinstance(saved, dict)
+
+
 class XAILightningCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -101,7 +106,24 @@ class XAILightningCLI(LightningCLI):
             self.config[sub]["ckpt_path"] = path
         if path and os.path.isfile(path):
             self._check_same_model(sub, path)
-        super()._parse_ckpt_path()
+            self._restore_model_config(sub, path)
+
+    def _restore_model_config(self, sub: str, path: str) -> None:
+        """The checkpoint's hyperparameters become the model's config (LightningCLI's own step). A module that
+        saves its resolved arguments (``save_hyperparameters({...})``: the probe CLIPs, whose defaults expand to a
+        config and a vocabulary) leaves no ``_class_path`` in them; the configured class then reads them, where
+        LightningCLI would read them as a bare ``LightningModule`` and refuse every argument."""
+        hparams = dict(check_resumable(path).get("hyper_parameters", {}) or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        given = self.config[sub].get("model")
+        class_path = hparams.pop("_class_path", None) or getattr(given, "class_path", None)
+        model = {"class_path": class_path, "init_args": hparams} if class_path else hparams
+        try:
+            self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
+        except SystemExit as err:
+            raise ConfigError(f"--ckpt_path {path}: its saved hyperparameters do not fit {class_path}") from err
 
     def _last_checkpoint(self) -> str:
         """The newest ``version_N/checkpoints/last.ckpt`` of this run's CSV log folder (Lightning's version
@@ -135,6 +157,7 @@ class XAILightningCLI(LightningCLI):
             k: (v, given[k])
             for k, v in hparams.items()
             if not k.startswith("_") and k in given and given[k] != v and k != "num_classes"
+            if not _expanded(given[k], v)
         }
         if clash:
             k, (saved, asked) = next(iter(clash.items()))
