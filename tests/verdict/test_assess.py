@@ -199,3 +199,21 @@ def test_no_prediction_following_the_concept_still_leaves_an_upper_bound():
     assert e.value == 0.0
     z2 = 1.959963984540054**2
     assert e.lo <= 0.0 and e.hi == pytest.approx(z2 / (200 + z2), rel=1e-6)
+
+
+def test_the_upper_end_of_pure_noise_sits_below_the_noise_of_the_plugin():
+    """A random predictor, 10 classes, a 10-valued concept, 20 images per value: the truth is 0; the plug-in
+    estimate reads the noise of 20-image class distributions (computed here by hand, ~0.37). The upper end
+    takes the plug-in less its bootstrap-estimated bias: it still holds 0 and lies well below that noise."""
+    names = {"c": [f"v{i}" for i in range(10)]}
+    uppers, noise = [], []
+    for seed in range(6):
+        r = np.random.default_rng(300 + seed)
+        value, pred = np.repeat(np.arange(10), 20), r.integers(0, 10, 200)
+        dist = np.stack([np.bincount(pred[value == a], minlength=10) / 20 for a in range(10)])
+        noise.append(_tv_by_hand(dist))
+        e = assess(pred, {"c": value}, names, classes=10, draws=200, permutations=20, seed=seed).effects["c"]
+        assert e.lo <= 0.0 <= e.hi
+        uppers.append(e.hi)
+    assert np.mean(noise) > 0.3
+    assert np.mean(uppers) < np.mean(noise) - 0.05

@@ -18,12 +18,14 @@ import numpy as np
 
 from xai_lightning.verdict.effects import Z95, Effect
 from xai_lightning.verdict.following import (
+    SPLITS,
     ConceptView,
     bootstrap_draws,
     holm,
     permutation_pvalue,
     plugin_estimate,
     point_estimate,
+    split_estimates,
 )
 from xai_lightning.verdict.outcome import ALPHA, MIN_EFFECT, ConceptEvidence, Outcome, decide
 from xai_lightning.verdict.strata import CLASS, class_strata, matched_on, stratum_ids, weighted_pair_median
@@ -222,7 +224,15 @@ def wilson(p: float, n: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, float, float]:
+def _sampling_sd(draws: np.ndarray, fold_var: float = 0.0) -> float:
+    """The standard deviation of the estimate over reruns of the probe: the bootstrap draws' (each dealt into
+    folds once) less the fold-assignment variance that averaging ``SPLITS`` assignments removes from the point
+    estimate (``fold_var``: the variance over the point estimate's own assignments), at least half the draws'."""
+    var = float(np.var(draws, ddof=1))
+    return float(np.sqrt(max(var - (1 - 1 / SPLITS) * fold_var, var / 4)))
+
+
+def _interval(point: float, draws: np.ndarray, images: int = 0, fold_var: float = 0.0) -> tuple[float, float, float]:
     """(lo, hi, share of unmeasurable draws): ``point`` +- 1.96 bootstrap standard deviations; in the upper half
     a Wilson score interval instead, on the effective number of images the bootstrap variance implies (at most
     half the images: a comparison of two groups). Near 1 a share behaves like a proportion: a probe set where
@@ -233,7 +243,7 @@ def _interval(point: float, draws: np.ndarray, images: int = 0) -> tuple[float, 
     missing = 1.0 - len(finite) / max(len(draws), 1)
     if not np.isfinite(point) or len(finite) < 2:
         return float("nan"), float("nan"), missing
-    sd = float(np.std(finite, ddof=1))
+    sd = _sampling_sd(finite, fold_var)
     if images < 2:
         return point - Z95 * sd, point + Z95 * sd, missing
     if point <= 0.5:
@@ -351,17 +361,19 @@ def _evidence(
     """Per concept: the effect with its interval, the Holm-adjusted p-value, thinness; and the bootstrap draws
     (the same resampled probe sets for every concept, so margins can be read off them)."""
     weights = np.random.default_rng([seed, 1]).multinomial(n, np.full(n, 1.0 / max(n, 1)), size=draws)
-    points, boots, uppers, raw_p = {}, {}, {}, []
+    points, boots, uppers, fold_var, raw_p = {}, {}, {}, {}, []
     for i, (c, view) in enumerate(views.items()):
         rng = np.random.default_rng([seed, 2, i])  # one stream per concept: its numbers do not depend on others
-        points[c] = point_estimate(view, rng)
+        splits = split_estimates(view, rng)
+        points[c] = float(np.mean(splits))
+        fold_var[c] = float(np.var(splits, ddof=1)) if np.isfinite(splits).all() else 0.0
         boots[c], plug = bootstrap_draws(view, weights, rng)
         plugin = plugin_estimate(view)
         uppers[c] = _upper(plugin, plug)
         raw_p.append(permutation_pvalue(view, rng, permutations, observed=plugin))
     evidence = {}
     for (c, view), p in zip(views.items(), holm(raw_p)):
-        lo, hi, missing = _interval(points[c], boots[c], comparable_images(view))
+        lo, hi, missing = _interval(points[c], boots[c], comparable_images(view), fold_var[c])
         hi = min(max(hi, uppers[c]), 1.0) if np.isfinite(hi) else hi
         thin = cell_median(view) < MIN_CELL or missing > MAX_UNMEASURED_DRAWS
         evidence[c] = ConceptEvidence(Effect(points[c], lo, hi, COVERS), float(p), thin)
@@ -369,12 +381,14 @@ def _evidence(
 
 
 def _upper(point: float, draws: np.ndarray) -> float:
-    """The plug-in estimate + 1.96 bootstrap standard deviations: it errs only high, so this bounds the share from
-    above where the cross-fitted estimate has lost what its directions learned wrong (``following``)."""
+    """The plug-in estimate, less its bootstrap estimate of its own upward bias (``point - (mean(draws) -
+    point)``), + 1.96 bootstrap standard deviations: a bound on the share from above where the cross-fitted
+    estimate has lost what its directions learned wrong (``following``). Without the correction the plug-in's
+    noise (about 0.5 for a model that ignores a 10-valued concept over cells of ten images) stood in the bound."""
     finite = draws[np.isfinite(draws)]
     if not np.isfinite(point) or len(finite) < 2:
         return float("nan")
-    return point + Z95 * float(np.std(finite, ddof=1))
+    return 2 * point - float(np.mean(finite)) + Z95 * float(np.std(finite, ddof=1))
 
 
 def _margin(evidence: Mapping[str, ConceptEvidence], boots: Mapping[str, np.ndarray], a: str, b: str) -> Effect:

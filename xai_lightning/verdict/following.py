@@ -33,8 +33,9 @@ its direction cannot be learned (the estimate is conservative, never inflated). 
 draws), folds are dealt again in every draw, duplicates stay in one fold. The cross-fitted estimate can only
 err low (a direction learned wrong loses its class's difference) and the plug-in one only high (Jensen:
 ``E|p_a - p_b| >= |E(p_a - p_b)|``, class by class), so the 95% interval *brackets* the share: from the
-cross-fitted estimate - 1.96 of its bootstrap standard deviations to the larger of the cross-fitted and the
-plug-in estimates + 1.96 of theirs (``verdict.assess`` adds Wilson bounds near 0 and 1). Where directions are
+cross-fitted estimate - 1.96 of its bootstrap standard deviations to the larger of the cross-fitted estimate
+and the plug-in one less its bootstrap-estimated bias, + 1.96 of their SDs (``verdict.assess`` adds Wilson
+bounds near 0 and 1). Where directions are
 learned well the two coincide; with many classes and thin cells the upper end says how much the cross-fitted
 estimate may have lost. It covers the two things a rerun of the probe changes: which images are scored and
 how they are dealt into folds.
@@ -166,12 +167,17 @@ def _chunk(view: ConceptView) -> int:
 
 
 # ---- estimate, bootstrap, null -----------------------------------------------------------------------------
+def split_estimates(view: ConceptView, rng: np.random.Generator, splits: int = SPLITS) -> np.ndarray:
+    """[splits] the cross-fitted share under ``splits`` random fold assignments (NaN when no pair exists)."""
+    if not view.images:
+        return np.full(splits, np.nan)
+    folds = np.stack([deal_folds(view.cell, rng) for _ in range(splits)])
+    return crossfit_tv(fold_counts(view, folds))
+
+
 def point_estimate(view: ConceptView, rng: np.random.Generator, splits: int = SPLITS) -> float:
     """The cross-fitted share, averaged over ``splits`` fold assignments (NaN when no pair exists)."""
-    if not view.images:
-        return float("nan")
-    folds = np.stack([deal_folds(view.cell, rng) for _ in range(splits)])
-    return float(np.mean(crossfit_tv(fold_counts(view, folds))))
+    return float(np.mean(split_estimates(view, rng, splits)))
 
 
 def plugin_stats(view: ConceptView, values: np.ndarray) -> np.ndarray:
