@@ -35,10 +35,9 @@ err low (a direction learned wrong loses its class's difference) and the plug-in
 ``E|p_a - p_b| >= |E(p_a - p_b)|``, class by class), so the 95% interval *brackets* the share: from the
 cross-fitted estimate - 1.96 of its bootstrap standard deviations to the larger of the cross-fitted estimate
 and the plug-in one less its bootstrap-estimated bias, + 1.96 of their SDs (``verdict.assess`` adds Wilson
-bounds near 0 and 1). Where directions are
-learned well the two coincide; with many classes and thin cells the upper end says how much the cross-fitted
-estimate may have lost. It covers the two things a rerun of the probe changes: which images are scored and
-how they are dealt into folds.
+bounds near 0 and 1). Where directions are learned well the two coincide; with many classes and thin cells the
+upper end says how much the cross-fitted estimate may have lost. It covers the two things a rerun of the probe
+changes: which images are scored and how they are dealt into folds.
 
 **Null.** ``permutation_pvalue`` permutes the concept's values *within strata* (exact for "predictions do not
 depend on c given the strata") and compares the plug-in TV with its permutation distribution.
