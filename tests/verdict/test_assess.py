@@ -187,9 +187,24 @@ def test_the_interval_brackets_a_diffuse_effect_that_the_crossfitted_estimate_un
     assert np.mean(hits) >= 0.9  # ...and the interval still holds the truth
 
 
+def _zero_of(trials: float) -> float:
+    """Wilson's 95% upper bound for 0 successes in ``trials`` (the rule of three, about 3.84 / trials)."""
+    z2 = 1.959963984540054**2
+    return z2 / (trials + z2)
+
+
+def _informative_by_hand(targets: np.ndarray, color: np.ndarray) -> float:
+    """Per class, the harmonic mean of the two colours' images, summed: 2 n_red n_green / n."""
+    out = 0.0
+    for k in np.unique(targets):
+        a, b = np.sum((targets == k) & (color == 0)), np.sum((targets == k) & (color == 1))
+        out += 2 * a * b / (a + b) if min(a, b) >= 2 else 0.0
+    return out
+
+
 def test_no_prediction_following_the_concept_still_leaves_an_upper_bound():
-    """Predictions fixed by the class: every resample reads exactly 0, yet 0 of n/2 is not proof of 0 (rule of
-    three: Wilson's upper bound for 0 successes in 200 trials)."""
+    """Predictions fixed by the class: every resample reads exactly 0, yet 0 of ~n/2 is not proof of 0 (rule of
+    three: Wilson's upper bound for 0 successes in ~200 trials)."""
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 2, 400)
     color = rng.integers(0, 2, 400)
@@ -197,8 +212,32 @@ def test_no_prediction_following_the_concept_still_leaves_an_upper_bound():
         targets, {"color": color}, {"color": ["red", "green"]}, targets=targets, classes=2, draws=100, permutations=20
     ).effects["color"]
     assert e.value == 0.0
-    z2 = 1.959963984540054**2
-    assert e.lo <= 0.0 and e.hi == pytest.approx(z2 / (200 + z2), rel=1e-6)
+    trials = _informative_by_hand(targets, color)
+    assert 190 < trials <= 200
+    assert e.lo <= 0.0 and e.hi == pytest.approx(_zero_of(trials), rel=1e-6)
+
+
+def test_on_a_correlated_probe_set_the_floor_counts_the_images_off_the_diagonal():
+    """90% of the images have their class's colour: a colour effect is read from the other tenth, so 0 flips
+    among 100 images bounds the share by Wilson's bound for 0 of ~18 trials (0.18), not of 50 (0.07) — the
+    trained 100-image correlated cell where colours moving 12-15% of predictions read 0 [0, 0.07]."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        targets = rng.integers(0, 2, 100)
+        color = np.where(rng.random(100) < 0.9, targets, rng.integers(0, 2, 100))
+        e = assess(
+            targets,
+            {"color": color},
+            {"color": ["red", "green"]},
+            targets=targets,
+            classes=2,
+            draws=100,
+            permutations=20,
+        ).effects["color"]
+        trials = _informative_by_hand(targets, color)
+        assert 0 < trials < 20
+        assert e.value == 0.0 and e.hi == pytest.approx(_zero_of(trials), rel=1e-6)
+        assert e.hi > 0.15
 
 
 def test_the_upper_end_of_pure_noise_sits_below_the_noise_of_the_plugin():

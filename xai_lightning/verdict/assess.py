@@ -184,12 +184,23 @@ def concept_view(
     )
 
 
-def comparable_images(view: ConceptView) -> int:
-    """Images in cells that can be cross-fitted against another value of their stratum (two images or more on
-    both sides): what the effect is actually read from."""
+def informative_images(view: ConceptView) -> float:
+    """How many images a comparison of the concept's values learns from: per stratum, the harmonic mean of a
+    value's images and the rest's, summed over values (``T - sum_a n_a^2 / T``), at most half the stratum's
+    comparable images. Half the images on a balanced probe set (unchanged by more values); on a 90/10
+    correlated one about a fifth: the images whose value is not the one their class usually has carry it."""
+    cells = _comparable_cells(view).astype(np.float64)
+    total = cells.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.where(total > 0, total - (cells**2).sum(1) / total, 0.0)
+    return float(np.minimum(total / 2, spread).sum())
+
+
+def _comparable_cells(view: ConceptView) -> np.ndarray:
+    """[S, V] cell sizes, 0 where a cell cannot be cross-fitted (fewer than two images on either side)."""
     sizes = view.cell_sizes()
     usable = sizes >= 2
-    return int((sizes * (usable & (usable.sum(1, keepdims=True) >= 2))).sum())
+    return sizes * (usable & (usable.sum(1, keepdims=True) >= 2))
 
 
 def cell_median(view: ConceptView) -> float:
@@ -232,25 +243,27 @@ def _sampling_sd(draws: np.ndarray, fold_var: float = 0.0) -> float:
     return float(np.sqrt(max(var - (1 - 1 / SPLITS) * fold_var, var / 4)))
 
 
-def _interval(point: float, draws: np.ndarray, images: int = 0, fold_var: float = 0.0) -> tuple[float, float, float]:
+def _interval(
+    point: float, draws: np.ndarray, informative: float = 0.0, fold_var: float = 0.0
+) -> tuple[float, float, float]:
     """(lo, hi, share of unmeasurable draws): ``point`` +- 1.96 bootstrap standard deviations; in the upper half
     a Wilson score interval instead, on the effective number of images the bootstrap variance implies (at most
-    half the images: a comparison of two groups). Near 1 a share behaves like a proportion: a probe set where
-    every prediction happened to follow the concept has a bootstrap variance of 0, yet the truth may be 0.95.
-    Near 0 likewise: where no prediction happened to follow it, the upper bound is at least Wilson's for 0 of
-    ``images / 2`` (about 4 / images: the rule of three), not 0."""
+    the ``informative`` images, ``informative_images``). Near 1 a share behaves like a proportion: a probe set
+    where every prediction happened to follow the concept has a bootstrap variance of 0, yet the truth may be
+    0.95. Near 0 likewise: where no prediction happened to follow it, the upper bound is at least Wilson's for 0
+    of the informative images (about 4 / images on a balanced probe set: the rule of three), not 0."""
     finite = draws[np.isfinite(draws)]
     missing = 1.0 - len(finite) / max(len(draws), 1)
     if not np.isfinite(point) or len(finite) < 2:
         return float("nan"), float("nan"), missing
     sd = _sampling_sd(finite, fold_var)
-    if images < 2:
+    if informative < 1:
         return point - Z95 * sd, point + Z95 * sd, missing
     if point <= 0.5:
-        return point - Z95 * sd, float(max(point + Z95 * sd, wilson(0.0, images / 2)[1])), missing
+        return point - Z95 * sd, float(max(point + Z95 * sd, wilson(0.0, informative)[1])), missing
     p = min(point, 1.0)
     n_eff = p * (1 - p) / sd**2 if sd > 0 and p < 1 else np.inf
-    lo, hi = wilson(p, min(n_eff, images / 2))
+    lo, hi = wilson(p, min(n_eff, informative))
     return float(min(lo, p)), float(max(hi, p)), missing  # exactly p where rounding would leave it outside
 
 
@@ -373,7 +386,7 @@ def _evidence(
         raw_p.append(permutation_pvalue(view, rng, permutations, observed=plugin))
     evidence = {}
     for (c, view), p in zip(views.items(), holm(raw_p)):
-        lo, hi, missing = _interval(points[c], boots[c], comparable_images(view), fold_var[c])
+        lo, hi, missing = _interval(points[c], boots[c], informative_images(view), fold_var[c])
         hi = min(max(hi, uppers[c]), 1.0) if np.isfinite(hi) else hi
         thin = cell_median(view) < MIN_CELL or missing > MAX_UNMEASURED_DRAWS
         evidence[c] = ConceptEvidence(Effect(points[c], lo, hi, COVERS), float(p), thin)
