@@ -312,6 +312,71 @@ def _coverage_lines(s: dict) -> list[str]:
     return lines
 
 
+TRUTH_BANDS = (
+    (0.0, 0.0),
+    (0.0, 0.3),
+    (0.3, 0.9),
+    (0.9, 1.0),
+)  # declared before round three: 0, (0, .3), [.3, .9), >= .9
+
+
+def _in_band(t: float, band: tuple[float, float]) -> bool:
+    lo, hi = band
+    if hi == 0.0:
+        return t <= 1e-9
+    if lo == 0.0:
+        return 1e-9 < t < hi
+    return lo <= t < hi if hi < 1.0 else t >= lo
+
+
+def _exact_interval_cells(counts: list[int], level: float = 0.95) -> tuple[float, float]:
+    """(expected cells, probability that every cell) an exact ``level`` interval, independent across intervals,
+    would hold coverage in [0.90, 0.98] with these interval counts per cell (binomial)."""
+    from scipy.stats import binom
+
+    p = [
+        binom.cdf(math.floor(0.98 * n + 1e-9), n, level) - binom.cdf(math.ceil(0.90 * n - 1e-9) - 1, n, level)
+        for n in counts
+    ]
+    return float(np.sum(p)), float(np.prod(p))
+
+
+def _clopper_pearson(hit: int, n: int) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    lo = float(beta.ppf(0.025, hit, n - hit + 1)) if hit > 0 else 0.0
+    hi = float(beta.ppf(0.975, hit + 1, n - hit)) if hit < n else 1.0
+    return lo, hi
+
+
+def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
+    """Reported, not targets: coverage by the truth's size, and what the per-cell band can show at these counts."""
+    bands = defaultdict(lambda: [0, 0])
+    for _r, _c, _e, lo, hi, t, _x, thin in _pairs(rows, estimand=True):
+        if math.isfinite(lo) and not thin:
+            for b in TRUTH_BANDS:
+                if _in_band(t, b):
+                    bands[b][0] += lo <= t <= hi
+                    bands[b][1] += 1
+    names = {TRUTH_BANDS[0]: "0", TRUTH_BANDS[1]: "(0, 0.3)", TRUTH_BANDS[2]: "[0.3, 0.9)", TRUTH_BANDS[3]: ">= 0.9"}
+    by_truth = ", ".join(
+        f"{names[b]}: {bands[b][0]}/{bands[b][1]} = {bands[b][0] / bands[b][1]:.3f}" for b in TRUTH_BANDS if bands[b][1]
+    )
+    judged = [(h, n) for h, n, _th, _tn in s["coverage"].values() if n]
+    expected, every = _exact_interval_cells([n for _h, n in judged])
+    below = [c for c, (h, n, *_x) in s["coverage"].items() if n and _clopper_pearson(h, n)[1] < 0.90]
+    above = [c for c, (h, n, *_x) in s["coverage"].items() if n and _clopper_pearson(h, n)[0] > 0.98]
+    return [
+        f"Coverage by the truth's size (not thin): {by_truth}.",
+        "",
+        f"What the per-cell band can show at these counts: an exact 95% interval, independent across intervals, "
+        f"would hold [0.90, 0.98] in {expected:.1f} of {len(judged)} cells on average, in every cell with probability "
+        f"{every:.3f}. Cells whose coverage lies below 0.90 beyond their binomial noise (Clopper-Pearson 95%): "
+        f"{', '.join(below) or 'none'}; above 0.98 beyond it: {', '.join(above) or 'none'}.",
+        "",
+    ]
+
+
 def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
     lines = list(header)
     for part, rows in parts.items():
@@ -344,6 +409,7 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
             "",
             *_coverage_lines(s),
             "",
+            *_coverage_diagnostics(rows, s),
             "Outcomes per model:",
             "",
             *[

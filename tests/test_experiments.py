@@ -88,6 +88,20 @@ def test_the_power_table_bins_listed_concepts_by_flip_rate_and_counts_only_what_
     assert sum(m for _k, m in t.values()) == 6
 
 
+def test_what_the_per_cell_coverage_band_can_show_is_binomial():
+    """An exact 95% interval over 100 intervals holds coverage in [0.90, 0.98] with probability sum_{k=90}^{98}
+    C(100, k) .95^k .05^(100-k); 144 of 144 covered is not significantly above 0.98 (Clopper-Pearson lower end
+    0.025^(1/144) = 0.9747)."""
+    import math
+
+    v = _module("validate_verdict")
+    by_hand = sum(math.comb(100, k) * 0.95**k * 0.05 ** (100 - k) for k in range(90, 99))
+    expected, every = v._exact_interval_cells([100, 100])
+    assert expected == pytest.approx(2 * by_hand, rel=1e-9) and every == pytest.approx(by_hand**2, rel=1e-9)
+    assert v._clopper_pearson(144, 144)[0] == pytest.approx(0.025 ** (1 / 144), rel=1e-9)
+    assert v._clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
+
+
 def test_a_tiny_handbuilt_cell_runs_like_the_suite():
     v = _module("validate_verdict")
     from xai_lightning.verdict.simulate import HandBuilt, ProbeDesign
