@@ -214,6 +214,7 @@ def _pairs(rows: list[dict], monotone_only: bool = True, estimand: bool = False)
             if f"effect/{c}" not in r or not math.isfinite(r[f"flip/{c}"]):
                 continue
             truth = r.get(f"tv/{c}", r[f"flip/{c}"]) if estimand else r[f"flip/{c}"]
+            truth = min(max(truth, 0.0), 1.0)  # a share: a sum's rounding (1 + 7e-15) must not read as a miss
             yield r, c, r[f"effect/{c}"], r[f"lo/{c}"], r[f"hi/{c}"], truth, r[f"relies/{c}"], r[f"thin/{c}"]
 
 

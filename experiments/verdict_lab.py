@@ -214,7 +214,7 @@ def finite_tv(table: np.ndarray, strata: np.ndarray, own: np.ndarray, weights: n
             for b in range(a + 1, card):
                 num += (mass[a] + mass[b]) * 0.5 * np.abs(dist[a] - dist[b]).sum()
                 den += mass[a] + mass[b]
-    return num / den
+    return min(num / den, 1.0)  # a share: the sum's rounding must not leave it above 1
 
 
 def records(model, data, concepts: dict[str, str]) -> dict[str, np.ndarray]:

@@ -69,6 +69,9 @@ def test_scoring_counts_wrong_outcomes_detection_coverage_and_accuracy():
     assert s["coverage"]["a"] == (3, 4, 0, 0) and s["coverage"]["b"] == (1, 2, 0, 0)
     assert v._unbiased([0.2, 0.21, 0.19, 0.2]) is False and v._unbiased([0.0, 0.01, -0.01]) is True
     assert v._unbiased([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
+    whole = _row("c", "m", "color", {"color": (1.0, 0.9, 1.0)}, {"color": 1.0}, ["color"])
+    whole["tv/color"] = 1.000000000000007  # a share summed in floating point
+    assert v.score([whole])["coverage"]["c"][:2] == (1, 1)
 
 
 def test_the_power_table_bins_listed_concepts_by_flip_rate_and_counts_only_what_relies():
