@@ -313,21 +313,11 @@ def _coverage_lines(s: dict) -> list[str]:
     return lines
 
 
-TRUTH_BANDS = (
-    (0.0, 0.0),
-    (0.0, 0.3),
-    (0.3, 0.9),
-    (0.9, 1.0),
-)  # declared before round three: 0, (0, .3), [.3, .9), >= .9
+TRUTH_BANDS = ("0", "(0, 0.3)", "[0.3, 0.9)", ">= 0.9")  # declared before round three
 
 
-def _in_band(t: float, band: tuple[float, float]) -> bool:
-    lo, hi = band
-    if hi == 0.0:
-        return t <= 1e-9
-    if lo == 0.0:
-        return 1e-9 < t < hi
-    return lo <= t < hi if hi < 1.0 else t >= lo
+def _truth_band(t: float) -> str:
+    return TRUTH_BANDS[0 if t <= 1e-9 else 1 if t < 0.3 else 2 if t < 0.9 else 3]
 
 
 def _exact_interval_cells(counts: list[int], level: float = 0.95) -> tuple[float, float]:
@@ -355,13 +345,10 @@ def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
     bands = defaultdict(lambda: [0, 0])
     for _r, _c, _e, lo, hi, t, _x, thin in _pairs(rows, estimand=True):
         if math.isfinite(lo) and not thin:
-            for b in TRUTH_BANDS:
-                if _in_band(t, b):
-                    bands[b][0] += lo <= t <= hi
-                    bands[b][1] += 1
-    names = {TRUTH_BANDS[0]: "0", TRUTH_BANDS[1]: "(0, 0.3)", TRUTH_BANDS[2]: "[0.3, 0.9)", TRUTH_BANDS[3]: ">= 0.9"}
+            bands[_truth_band(t)][0] += lo <= t <= hi
+            bands[_truth_band(t)][1] += 1
     by_truth = ", ".join(
-        f"{names[b]}: {bands[b][0]}/{bands[b][1]} = {bands[b][0] / bands[b][1]:.3f}" for b in TRUTH_BANDS if bands[b][1]
+        f"{b}: {bands[b][0]}/{bands[b][1]} = {bands[b][0] / bands[b][1]:.3f}" for b in TRUTH_BANDS if bands[b][1]
     )
     judged = [(h, n) for h, n, _th, _tn in s["coverage"].values() if n]
     expected, every = _exact_interval_cells([n for _h, n in judged])
