@@ -34,6 +34,8 @@ from multiprocessing import Pool
 
 import numpy as np
 
+from xai_lightning.verdict.effects import Z95
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verdict_lab import (  # noqa: E402 - the helpers beside this script
     SIZES,
@@ -340,6 +342,22 @@ def _clopper_pearson(hit: int, n: int) -> tuple[float, float]:
     return lo, hi
 
 
+def interval_sides(rows: list[dict]) -> dict[tuple[int, int], tuple[float, float]]:
+    """(classes, images) -> (lower, upper): how far each end of the interval lies from the point, in units of
+    1.96 x the estimate's spread over the reps of the same model, concept and probe design (root mean squares;
+    truths inside (0.02, 0.98), not thin). 1 is an interval as wide as the reruns' own noise asks for."""
+    reps = defaultdict(list)
+    for r, c, e, lo, hi, t, _x, thin in _pairs(rows, estimand=True):
+        if math.isfinite(lo) and not thin and 0.02 < t < 0.98:
+            reps[(r["classes"], r["images"], r["layout"], r["model"], c)].append((e, e - lo, hi - e))
+    sums = defaultdict(lambda: np.zeros(3))
+    for key, v in reps.items():
+        if len(v) > 1:
+            a = np.asarray(v)
+            sums[key[:2]] += [np.var(a[:, 0], ddof=1), *np.mean((a[:, 1:] / Z95) ** 2, 0)]
+    return {k: (float(np.sqrt(v[1] / v[0])), float(np.sqrt(v[2] / v[0]))) for k, v in sorted(sums.items()) if v[0] > 0}
+
+
 def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
     """Reported, not targets: coverage by the truth's size, and what the per-cell band can show at these counts."""
     bands = defaultdict(lambda: [0, 0])
@@ -361,6 +379,11 @@ def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
         f"would hold [0.90, 0.98] in {expected:.1f} of {len(judged)} cells on average, in every cell with probability "
         f"{every:.3f}. Cells whose coverage lies below 0.90 beyond their binomial noise (Clopper-Pearson 95%): "
         f"{', '.join(below) or 'none'}; above 0.98 beyond it: {', '.join(above) or 'none'}.",
+        "",
+        "Interval ends against the reruns' own noise (lower, upper; 1 = as wide as 1.96 x the spread of the "
+        "estimate over the reps): "
+        + "; ".join(f"K{k}/n{n} {lo:.2f}, {hi:.2f}" for (k, n), (lo, hi) in interval_sides(rows).items())
+        + ".",
         "",
     ]
 

@@ -105,6 +105,21 @@ def test_what_the_per_cell_coverage_band_can_show_is_binomial():
     assert v._clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
 
 
+def test_interval_sides_compare_each_end_with_the_spread_over_reps():
+    """Two reps reading 0.4 and 0.6 (variance 0.02); ends 1.96 x 0.1 below and 1.96 x 0.2 above the point:
+    the ends are sqrt(0.01 / 0.02) and sqrt(0.04 / 0.02) times what the reps' spread asks for."""
+    v = _module("validate_verdict")
+    z = 1.959963984540054
+    rows = [
+        {**_row("a", "m", "color", {"color": (e, e - z * 0.1, e + z * 0.2)}, {"color": 0.5}), "seed": i}
+        for i, e in enumerate((0.4, 0.6))
+    ]
+    for r in rows:
+        r.update(classes=2, images=100, layout="balanced")
+    lo, hi = v.interval_sides(rows)[(2, 100)]
+    assert lo == pytest.approx(np.sqrt(0.5), rel=1e-9) and hi == pytest.approx(np.sqrt(2.0), rel=1e-9)
+
+
 def test_a_tiny_handbuilt_cell_runs_like_the_suite():
     v = _module("validate_verdict")
     from xai_lightning.verdict.simulate import HandBuilt, ProbeDesign
