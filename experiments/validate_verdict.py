@@ -262,6 +262,9 @@ def score(rows: list[dict]) -> dict:
             ),
         },
         "on_estimand": (sum(on_estimand.values()), len(on_estimand)),
+        "estimand_misses": sorted(
+            f"{k[0]} {k[1]} {k[2]}: {np.median(to_estimand[k]):+.3f}" for k, ok in on_estimand.items() if not ok
+        ),
         "spearman": float(spearmanr(*zip(*finite))[0]) if len(finite) > 2 else float("nan"),
         "detection": (sum(detect), len(detect)),
         "coverage": {cell: _coverage(ps) for cell, ps in sorted(by_cell.items())},
@@ -417,6 +420,8 @@ def markdown(parts: dict[str, list[dict]], header: list[str]) -> str:
             "Effect misses (median effect − flip rate beyond ±0.05 + 2 SE): "
             + ("; ".join(acc["misses"][:60]) or "none")
             + ("; ..." if len(acc["misses"]) > 60 else ""),
+            "",
+            "Against the estimand (not thin): " + ("; ".join(s["estimand_misses"]) or "none"),
             "",
             *_coverage_lines(s),
             "",

@@ -67,6 +67,7 @@ def test_scoring_counts_wrong_outcomes_detection_coverage_and_accuracy():
     assert [r["outcome"] for r in s["wrong"]] == ["shape"]
     assert s["detection"] == (2, 4)  # flips >= 0.3: colour 1.0 (counted), 0.7 (not), 0.35 (not), shape 0.4 (counted)
     assert s["coverage"]["a"] == (3, 4, 0, 0) and s["coverage"]["b"] == (1, 2, 0, 0)
+    assert s["estimand_misses"] == ["b m color: -0.250"]  # one rep 0.25 low; cell a's colour is noise (0, -0.5)
     assert v._unbiased([0.2, 0.21, 0.19, 0.2]) is False and v._unbiased([0.0, 0.01, -0.01]) is True
     assert v._unbiased([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
     whole = _row("c", "m", "color", {"color": (1.0, 0.9, 1.0)}, {"color": 1.0}, ["color"])
