@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,30 @@ def test_interval_covers_the_flip_rate_of_a_partial_shortcut():
 def test_values_outside_their_names_are_one_line_errors(bad):
     with pytest.raises(ValueError, match="outside"):
         assess(np.array([0, 1, 0]), bad, {"color": ["red", "green"]})
+
+
+@pytest.mark.parametrize(
+    ("pred", "color", "classes", "message"),
+    [
+        ([0, 1, 0], [0.0, np.nan, 1.0], None, "concept 'color': indices must be whole numbers, got nan"),
+        ([0.0, 1.5, 0.0], [0, 1, 1], None, "pred: indices must be whole numbers, got 1.5"),
+        ([0, 1, 0], ["red", "green", "red"], None, "concept 'color': indices must be integers"),
+        ([0, 4, 1], [0, 1, 1], 2, "predicted class 4 outside the 2 classes given"),
+        ([], [], None, "empty probe set"),
+    ],
+)
+def test_inputs_that_would_be_truncated_or_crash_inside_are_one_line_errors(pred, color, classes, message):
+    """A fractional class or a NaN label was cast to an integer (1.5 -> class 1, NaN -> a huge negative index);
+    a prediction beyond the classes given or an empty probe set failed deep inside with a reshape error."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        assess(np.array(pred), {"color": np.array(color)}, {"color": ["red", "green"]}, classes=classes)
+
+
+def test_whole_numbers_given_as_floats_are_accepted_as_indices():
+    pred = np.array([0, 1] * 20)
+    as_float = assess(pred.astype(float), {"color": pred.astype(float)}, {"color": ["red", "green"]}, draws=50)
+    as_int = assess(pred, {"color": pred}, {"color": ["red", "green"]}, draws=50)
+    assert as_float.effects["color"].value == as_int.effects["color"].value == 1.0
 
 
 def test_a_shortcut_nobody_listed_is_flagged_not_read_as_none():

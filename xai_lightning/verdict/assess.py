@@ -325,11 +325,13 @@ def assess(
         alpha: family-wise error of the permutation tests over the concepts.
         seed: folds, resamples and permutations.
     """
-    pred = np.asarray(pred, dtype=np.int64)
-    values = {c: np.asarray(v, dtype=np.int64) for c, v in values.items()}
-    targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+    pred = _indices("pred", pred)
+    values = {c: _indices(f"concept {c!r}", v) for c, v in values.items()}
+    targets = None if targets is None else _indices("targets", targets)
     _check(pred, values, value_names, targets)
     class_names = _class_names(classes, pred)
+    if pred.max() >= len(class_names):
+        raise ValueError(f"predicted class {int(pred.max())} outside the {len(class_names)} classes given")
     if targets is not None and isinstance(classes, Sequence) and not isinstance(classes, str):
         values = class_concept(values, value_names, targets, class_names)
     cards = {c: len(value_names[c]) for c in values}
@@ -410,10 +412,24 @@ def _margin(evidence: Mapping[str, ConceptEvidence], boots: Mapping[str, np.ndar
     return Effect(point, lo, hi, COVERS)
 
 
+def _indices(name: str, x) -> np.ndarray:
+    """``x`` as int64 indices; a fractional or non-finite entry is a one-line error, not truncated into a cell."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        bad = x[~np.isfinite(x) | (x != np.round(x))] if x.size else x
+        if len(bad):
+            raise ValueError(f"{name}: indices must be whole numbers, got {float(bad.flat[0])}")
+    elif x.size and x.dtype.kind not in "iub":
+        raise ValueError(f"{name}: indices must be integers, got {x.dtype} (encode names first: verdict.encode)")
+    return x.astype(np.int64)
+
+
 def _check(pred: np.ndarray, values: Mapping[str, np.ndarray], value_names, targets) -> None:
     """One-line errors for inputs that would silently land in the wrong cell."""
     if pred.ndim != 1:
         raise ValueError(f"pred must be one predicted class per image, got shape {tuple(pred.shape)}")
+    if not len(pred):
+        raise ValueError("empty probe set: no predictions to assess")
     if len(pred) and pred.min() < 0:
         raise ValueError(f"predicted classes must be >= 0, got {int(pred.min())}")
     if not values:
