@@ -107,6 +107,24 @@ def predict(
     return (torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)), width
 
 
+def _class_indices(targets: Sequence[Any], classes: int | Sequence[str] | None) -> np.ndarray:
+    """Class index per image (-1 unknown) from indices, or from class names when ``classes`` names them."""
+    names = None if classes is None or isinstance(classes, (int, str)) else [str(c) for c in classes]
+    lookup = {n: i for i, n in enumerate(names or [])}
+    out = []
+    for t in targets.tolist() if hasattr(targets, "tolist") else targets:
+        if _unknown(t):
+            out.append(-1)
+        elif isinstance(t, (int, np.integer)) or (isinstance(t, float) and t == int(t)):
+            out.append(int(t))
+        elif str(t) in lookup:
+            out.append(lookup[str(t)])
+        else:
+            known = f"one of {names}" if names else "a class index (or pass classes=[names])"
+            raise ValueError(f"targets: {t!r} is not {known}")
+    return np.asarray(out, dtype=np.int64)
+
+
 def discover(
     model: nn.Module,
     images: torch.Tensor | Iterable[torch.Tensor],
@@ -126,7 +144,7 @@ def discover(
         model: any classifier whose forward returns class scores [batch, classes].
         images: [N, 3, H, W] or an iterable of batches (tensors, or dicts with ``image``), in a fixed order.
         labels: concept -> one value per image (in the same order); None: every concept from captions.
-        targets: the images' class labels (class indices), when known.
+        targets: the images' class labels, when known: class indices, or names of ``classes``.
         value_names: concept -> names of its values, when ``labels`` holds integer indices.
         classes: number of classes or their names (default: the model's output width).
         vocabulary: families -> values -> captions (a YAML file, a mapping, or ``"digitworld"``): the families
@@ -152,7 +170,5 @@ def discover(
         names.update(read.names)
     if not values:
         raise ValueError("no concepts: give labels, or a vocabulary to read concepts from captions")
-    target = None
-    if targets is not None:
-        target = np.asarray([-1 if _unknown(t) else int(t) for t in targets], dtype=np.int64)
+    target = None if targets is None else _class_indices(targets, classes)
     return assess(pred, values, names, targets=target, classes=classes or width, **options)
