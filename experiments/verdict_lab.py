@@ -59,7 +59,7 @@ class TrainSpec:
     backbone: str = "resnet18"
     epochs: int = 3
     train_per_class: int = 500
-    probe_images: int = 5000  # the large probe split the designs are drawn from
+    probe_images: int = 10_000  # the probe split the designs are drawn from: twice the largest design
     lr: float = 1e-3
 
 

@@ -256,3 +256,38 @@ def test_the_bias_story_runs_both_fits_and_the_report_at_toy_sizes(tmp_path):
 def test_the_bad_input_script_parses():
     done = subprocess.run(["bash", "-n", os.path.join(EXPERIMENTS, "bad_input.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_band_is_judged_at_each_cells_binomial_noise_family_wise():
+    """Three cells, so each Clopper-Pearson interval is at 1 - 0.05/3; a cell is consistent with [0.90, 0.98]
+    unless a binomial with p = 0.90 (or 0.98) makes its count that extreme with probability below 0.05/6 — the
+    same bound written with binomial tails instead of beta quantiles."""
+    from scipy.stats import binom
+
+    v = _module("validate_verdict")
+    cells = {"a": (144, 144, 0, 0), "b": (115, 144, 0, 0), "d": (126, 144, 0, 0), "thin": (0, 0, 5, 5)}
+    tail = 0.05 / 3 / 2
+    by_hand = {
+        c: bool(binom.sf(h - 1, n, 0.98) >= tail and binom.cdf(h, n, 0.90) >= tail)
+        for c, (h, n, *_x) in cells.items()
+        if n
+    }
+    assert by_hand == {"a": True, "b": False, "d": True}
+    assert v.band_consistent(cells) == by_hand
+
+
+def test_a_retest_tells_a_bias_from_the_noise_of_four_probe_sets():
+    v = _module("validate_verdict")
+
+    def rows(errors):
+        return [
+            {**_row("c", "m", "shape", {"color": (0.3 + e, 0.0, 1.0)}, {"color": 0.3}), "seed": i}
+            for i, e in enumerate(errors)
+        ]
+
+    key = [["c", "m", "color"]]
+    noise = v.retest_lines(key, rows([0.02, -0.03, 0.01, 0.0, -0.01]))[0]
+    bias = v.retest_lines(key, rows([-0.12, -0.11, -0.13, -0.12, -0.10]))[0]
+    assert "0 of 1 still miss" in noise and "c m color: +0.000 over 5." in noise
+    assert "1 of 1 still miss" in bias and "c m color: -0.120 over 5 ✗." in bias
+    assert "(1 not re-measured)" in v.retest_lines(key + [["x", "m", "color"]], rows([0.0, 0.01]))[0]
