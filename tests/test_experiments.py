@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -291,3 +292,29 @@ def test_a_retest_tells_a_bias_from_the_noise_of_four_probe_sets():
     assert "0 of 1 still miss" in noise and "c m color: +0.000 over 5." in noise
     assert "1 of 1 still miss" in bias and "c m color: -0.120 over 5 ✗." in bias
     assert "(1 not re-measured)" in v.retest_lines(key + [["x", "m", "color"]], rows([0.0, 0.01]))[0]
+
+
+def test_beyond_the_grid_truths_are_the_flip_rates_worked_out_by_hand():
+    """Red sends every digit to class 0, otherwise the digit, 5% at random: colour and shape each flip exactly
+    the non-random images of the other concept's deciding value (half of them), background nothing."""
+    b = _module("verdict_beyond")
+    case = b.Case("t", "red_to_0", 100, 2, {"color": 2, "background": 2})
+    flips = case.flip_rates()
+    assert flips["color"] == pytest.approx(0.475, abs=0.005) and flips["shape"] == pytest.approx(0.475, abs=0.005)
+    assert flips["background"] == 0.0
+    rare = b.Case("t", "red_to_0", 100, 4, {"color": 4, "background": 2}, value_p={"color": b.RARE})
+    v = rare.draw(20_000, np.random.default_rng(0))
+    assert (v["color"] == 0).mean() == pytest.approx(0.05, abs=0.005)
+
+
+def test_beyond_the_grid_judges_coverage_at_its_noise_and_counts_false_positives():
+    b = _module("verdict_beyond")
+    case = b.Case("t", "digit", 100, 2, {"color": 2}, listed=("color",))
+    # truth 0; 40 reps: 30 intervals hold it (0.75, far below 0.90 even at 40), 4 count it
+    per = [(0.0, -0.1, 0.1, i < 4, False) for i in range(30)] + [(0.2, 0.15, 0.25, False, False)] * 10
+    line = b.judge([(case, {"truth": {"color": 0.0}, "per": {"color": per}, "outcomes": Counter(), "wrong": 0})])[0]
+    assert line["covered"] == (30, 40) and not line["coverage_ok"] and line["false_positive"] == 4
+    assert line["accurate"]  # median error 0.0
+    ok = [(0.0, -0.1, 0.1, False, False)] * 37 + [(0.2, 0.15, 0.25, False, False)] * 3  # 37/40: noise of 0.95
+    line = b.judge([(case, {"truth": {"color": 0.0}, "per": {"color": ok}, "outcomes": Counter(), "wrong": 0})])[0]
+    assert line["coverage_ok"] and line["false_positive"] == 0
