@@ -34,6 +34,20 @@ def test_class_labels_by_name_read_as_their_indices():
     by_name = discover(RedIsClassOne(), images, targets=[names[d] for d in digit], **kw)
     assert by_name.outcome == by_index.outcome == "color"
     assert by_name.effects["color"].value == by_index.effects["color"].value == 1.0
+    as_text = discover(RedIsClassOne(), images, targets=[str(d) for d in digit], **{**kw, "classes": 2})
+    assert as_text.effects["color"].value == by_index.effects["color"].value
+
+
+def test_a_class_named_like_a_number_is_read_by_its_name():
+    """Classes named "5" and "8": the label "8" is class 1, not class index 8 (which stood for no class, and
+    failed where a concept names every class and takes its value from the label)."""
+    images, colour, digit = _probe()
+    names = ["5", "8"]
+    labels = {"color": colour, "digit": [names[d] for d in digit]}
+    by_name = discover(RedIsClassOne(), images, labels, targets=[names[d] for d in digit], classes=names, draws=60)
+    by_index = discover(RedIsClassOne(), images, labels, targets=digit, classes=names, draws=60)
+    assert by_name.outcome == by_index.outcome == "color"
+    assert {c: e.value for c, e in by_name.effects.items()} == {c: e.value for c, e in by_index.effects.items()}
 
 
 def test_a_class_label_that_is_neither_an_index_nor_a_name_is_a_one_line_error():

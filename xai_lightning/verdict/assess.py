@@ -430,7 +430,7 @@ def _check(pred: np.ndarray, values: Mapping[str, np.ndarray], value_names, targ
         raise ValueError(f"pred must be one predicted class per image, got shape {tuple(pred.shape)}")
     if not len(pred):
         raise ValueError("empty probe set: no predictions to assess")
-    if len(pred) and pred.min() < 0:
+    if pred.min() < 0:
         raise ValueError(f"predicted classes must be >= 0, got {int(pred.min())}")
     if not values:
         raise ValueError("no concepts: give at least one concept's values per image")

@@ -108,7 +108,8 @@ def predict(
 
 
 def _class_indices(targets: Sequence[Any], classes: int | Sequence[str] | None) -> np.ndarray:
-    """Class index per image (-1 unknown) from indices, or from class names when ``classes`` names them."""
+    """Class index per image (-1 unknown) from class names when ``classes`` names them, else from indices
+    (integers or their text)."""
     names = None if classes is None or isinstance(classes, (int, str)) else [str(c) for c in classes]
     lookup = {n: i for i, n in enumerate(names or [])}
     out = []
@@ -117,8 +118,10 @@ def _class_indices(targets: Sequence[Any], classes: int | Sequence[str] | None) 
             out.append(-1)
         elif isinstance(t, (int, np.integer)) or (isinstance(t, float) and t == int(t)):
             out.append(int(t))
-        elif str(t) in lookup:
+        elif str(t) in lookup:  # a name first: with classes ["5", "8"], "8" is class 1
             out.append(lookup[str(t)])
+        elif isinstance(t, str) and t.strip().lstrip("-").isdigit():
+            out.append(int(t))
         else:
             known = f"one of {names}" if names else "a class index (or pass classes=[names])"
             raise ValueError(f"targets: {t!r} is not {known}")
