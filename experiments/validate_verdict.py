@@ -40,11 +40,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verdict_lab import (  # noqa: E402 - the helpers beside this script
     SIZES,
     TrainSpec,
+    clopper_pearson,
     design_weights,
     draw_design,
     finite_tv,
     flip_share,
     layout_weights,
+    median_within,
     potential_outcomes,
     read_jsonl,
     records,
@@ -259,8 +261,8 @@ def score(rows: list[dict]) -> dict:
     for r, c, eff, _lo, _hi, truth, *_rest in _pairs(rows, estimand=True):
         to_estimand[(r["cell"], r["model"], c)].append(eff - truth)
     thin_combo = {(r["cell"], r["model"], c) for r, c, *_x, thin in pairs if thin}
-    accurate = {k: _unbiased(v) for k, v in errors.items() if np.isfinite(v).all()}
-    on_estimand = {k: _unbiased(v) for k, v in to_estimand.items() if np.isfinite(v).all() and k not in thin_combo}
+    accurate = {k: median_within(v) for k, v in errors.items() if np.isfinite(v).all()}
+    on_estimand = {k: median_within(v) for k, v in to_estimand.items() if np.isfinite(v).all() and k not in thin_combo}
     detect = [relies for _r, _c, _e, _l, _h, flip, relies, _t in pairs if flip >= 0.3]
     finite = [(e, f) for _r, _c, e, _l, _h, f, _x, _t in pairs if math.isfinite(e)]
     return {
@@ -286,14 +288,6 @@ def score(rows: list[dict]) -> dict:
         "wrong": [r for r in rows if wrong_outcome(r)],
         "outcomes": _outcome_counts(rows),
     }
-
-
-def _unbiased(errors: list[float], bound: float = 0.05) -> bool:
-    """The median error lies within ±``bound``, up to its sampling noise (2 standard errors of a median:
-    1.2533 sd / sqrt(reps)): a bias beyond ``bound`` is what fails, not the noise of a few small probe sets."""
-    e = np.asarray(errors)
-    se = 1.2533 * e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else 0.0
-    return bool(abs(float(np.median(e))) <= bound + 2 * se)
 
 
 def _coverage(pairs) -> tuple[int, int, int, int]:
@@ -351,15 +345,6 @@ def _exact_interval_cells(counts: list[int], level: float = 0.95) -> tuple[float
     return float(np.sum(p)), float(np.prod(p))
 
 
-def _clopper_pearson(hit: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    from scipy.stats import beta
-
-    tail = (1 - level) / 2
-    lo = float(beta.ppf(tail, hit, n - hit + 1)) if hit > 0 else 0.0
-    hi = float(beta.ppf(1 - tail, hit + 1, n - hit)) if hit < n else 1.0
-    return lo, hi
-
-
 def band_consistent(coverage: dict[str, tuple[int, int, int, int]]) -> dict[str, bool]:
     """Per cell with intervals not flagged thin: does its coverage's Clopper-Pearson interval, at family-wise 95%
     over the cells (level ``1 - 0.05 / cells``), meet [0.90, 0.98]? (Declared before round five: the per-cell
@@ -369,7 +354,7 @@ def band_consistent(coverage: dict[str, tuple[int, int, int, int]]) -> dict[str,
     level = 1 - 0.05 / max(len(judged), 1)
     out = {}
     for cell, (hit, n) in judged.items():
-        lo, hi = _clopper_pearson(hit, n, level)
+        lo, hi = clopper_pearson(hit, n, level)
         out[cell] = lo <= 0.98 and hi >= 0.90
     return out
 
@@ -402,8 +387,8 @@ def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
     )
     judged = [(h, n) for h, n, _th, _tn in s["coverage"].values() if n]
     expected, every = _exact_interval_cells([n for _h, n in judged])
-    below = [c for c, (h, n, *_x) in s["coverage"].items() if n and _clopper_pearson(h, n)[1] < 0.90]
-    above = [c for c, (h, n, *_x) in s["coverage"].items() if n and _clopper_pearson(h, n)[0] > 0.98]
+    below = [c for c, (h, n, *_x) in s["coverage"].items() if n and clopper_pearson(h, n)[1] < 0.90]
+    above = [c for c, (h, n, *_x) in s["coverage"].items() if n and clopper_pearson(h, n)[0] > 0.98]
     return [
         f"Coverage by the truth's size (not thin): {by_truth}.",
         "",
@@ -613,7 +598,7 @@ def retest_lines(keys: list, rows: list[dict]) -> list[str]:
         if (r["cell"], r["model"], c) in keys and math.isfinite(eff):
             errors[r["cell"], r["model"], c].append(eff - truth)
     measured = [k for k in keys if errors.get(k)]
-    still = [k for k in measured if not _unbiased(errors[k])]
+    still = [k for k in measured if not median_within(errors[k])]
     detail = "; ".join(
         f"{k[0]} {k[1]} {k[2]}: {np.median(errors[k]):+.3f} over {len(errors[k])}{' ✗' if k in still else ''}"
         for k in measured

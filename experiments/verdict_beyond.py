@@ -20,16 +20,19 @@ outcome is wrong (a named concept moves at least δ and no listed concept's flip
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import beta
 
+from xai_lightning.io import atomic_write_text
 from xai_lightning.verdict import MIN_EFFECT, assess
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from verdict_lab import clopper_pearson, median_within  # noqa: E402 - the helpers beside this script
 
 Values = dict[str, np.ndarray]
 
@@ -180,8 +183,7 @@ def run_case(case: Case, reps: int, seed0: int) -> dict:
 
 def judge(rows: list[tuple[Case, dict]]) -> list[dict]:
     """One line per (case, concept) with the targets' readings (module docstring)."""
-    pairs = sum(len(case.listed) for case, _r in rows)
-    tail = 0.05 / max(pairs, 1) / 2
+    level = 1 - 0.05 / max(sum(len(case.listed) for case, _r in rows), 1)
     out = []
     for case, r in rows:
         for c in case.listed:
@@ -189,18 +191,16 @@ def judge(rows: list[tuple[Case, dict]]) -> list[dict]:
             t, judged = r["truth"][c], (a[:, 4] == 0) & np.isfinite(a[:, 0])
             held = int(((a[judged, 1] <= t + 1e-9) & (t - 1e-9 <= a[judged, 2])).sum())
             n = int(judged.sum())
-            upper = float(beta.ppf(1 - tail, held + 1, n - held)) if 0 < n and held < n else 1.0
             err = a[judged, 0] - t
-            se = 1.2533 * err.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
             out.append(
                 {
                     "case": case.name,
                     "concept": c,
                     "flip": t,
-                    "median": np.nanmedian(a[:, :3], axis=0) if len(a) else [math.nan] * 3,
+                    "median": np.nanmedian(a[:, :3], axis=0) if len(a) else [float("nan")] * 3,
                     "covered": (held, n),
-                    "coverage_ok": n == 0 or upper >= 0.90,
-                    "accurate": n < 2 or abs(float(np.median(err))) <= 0.05 + 2 * se,
+                    "coverage_ok": n == 0 or clopper_pearson(held, n, level)[1] >= 0.90,
+                    "accurate": n < 2 or median_within(err),
                     "counts": int(a[:, 3].sum()),
                     "false_positive": int(a[:, 3].sum()) if t < MIN_EFFECT else 0,
                     "thin": int((a[:, 4] == 1).sum()),
@@ -254,8 +254,7 @@ def main(argv=None) -> None:
         print(f"[beyond] {case.name}", file=sys.stderr, flush=True)
     text = markdown(rows)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        atomic_write_text(args.out, text)
     print(text)
 
 

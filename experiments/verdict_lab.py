@@ -35,6 +35,14 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def median_within(errors: list[float], bound: float = 0.05) -> bool:
+    """The median error lies within ±``bound``, up to its sampling noise (2 standard errors of a median:
+    1.2533 sd / sqrt(reps)): a bias beyond ``bound`` is what fails, not the noise of a few small probe sets."""
+    e = np.asarray(errors)
+    se = 1.2533 * e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else 0.0
+    return bool(abs(float(np.median(e))) <= bound + 2 * se)
+
+
 def rate(k: int, n: int) -> str:
     lo, hi = clopper_pearson(k, n)
     return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]" if n else "0/0"
@@ -301,6 +309,7 @@ __all__ = [
     "predict_classes",
     "quiet_trainer",
     "layout_weights",
+    "median_within",
     "non_degenerate",
     "rate",
     "read_jsonl",

@@ -69,8 +69,8 @@ def test_scoring_counts_wrong_outcomes_detection_coverage_and_accuracy():
     assert s["detection"] == (2, 4)  # flips >= 0.3: colour 1.0 (counted), 0.7 (not), 0.35 (not), shape 0.4 (counted)
     assert s["coverage"]["a"] == (3, 4, 0, 0) and s["coverage"]["b"] == (1, 2, 0, 0)
     assert s["estimand_misses"] == ["b m color: -0.250"]  # one rep 0.25 low; cell a's colour is noise (0, -0.5)
-    assert v._unbiased([0.2, 0.21, 0.19, 0.2]) is False and v._unbiased([0.0, 0.01, -0.01]) is True
-    assert v._unbiased([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
+    assert v.median_within([0.2, 0.21, 0.19, 0.2]) is False and v.median_within([0.0, 0.01, -0.01]) is True
+    assert v.median_within([0.3, -0.3, 0.25, -0.2]) is True  # noise, not bias
     whole = _row("c", "m", "color", {"color": (1.0, 0.9, 1.0)}, {"color": 1.0}, ["color"])
     whole["tv/color"] = 1.000000000000007  # a share summed in floating point
     assert v.score([whole])["coverage"]["c"][:2] == (1, 1)
@@ -103,8 +103,8 @@ def test_what_the_per_cell_coverage_band_can_show_is_binomial():
     by_hand = sum(math.comb(100, k) * 0.95**k * 0.05 ** (100 - k) for k in range(90, 99))
     expected, every = v._exact_interval_cells([100, 100])
     assert expected == pytest.approx(2 * by_hand, rel=1e-9) and every == pytest.approx(by_hand**2, rel=1e-9)
-    assert v._clopper_pearson(144, 144)[0] == pytest.approx(0.025 ** (1 / 144), rel=1e-9)
-    assert v._clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
+    assert v.clopper_pearson(144, 144)[0] == pytest.approx(0.025 ** (1 / 144), rel=1e-9)
+    assert v.clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
 
 
 def test_interval_sides_compare_each_end_with_the_spread_over_reps():
