@@ -1,7 +1,7 @@
 """Validation of the verdict where users live (targets fixed before the runs: docs/verdict.md).
 
     python experiments/validate_verdict.py OUT [--part handbuilt trained] [--reps 6] [--trained-reps 4]
-        [--seed-offset 1000] [--mnist PATH] [--workers 2] [--quick]
+        [--seed-offset 1000] [--mnist PATH] [--workers 2] [--quick] [--retest 40] [--retest-trained 20]
 
 Two parts, each a grid of probe designs: 2, 4 and 10 classes; 100, 250, 1,000 and 5,000 probe images;
 balanced, 90/10 correlated (colour goes with the class), class-imbalanced (half class 0) and 10% missing
@@ -17,7 +17,10 @@ labels; concepts shape, colour and background.
   the concept, per image), averaged as the design draws its images.
 
 Every verdict is computed exactly as the ConceptProbe does (its defaults, the class labels given).
-Writes OUT/handbuilt.jsonl and OUT/trained.jsonl (one line per verdict, resumable) and OUT/validation.md.
+``--retest N`` / ``--retest-trained N``: every (cell, model, concept) that misses target 1 is measured again on
+N fresh probe sets (designs), to tell a bias from the noise of a few (docs/verdict.md, round five).
+Writes OUT/handbuilt.jsonl and OUT/trained.jsonl (one line per verdict, resumable), OUT/retest_<part>.jsonl and
+OUT/validation.md.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ def model_name(m: HandBuilt) -> str:
     return f"{m.kind}:{m.concept}:{m.strength:g}"
 
 
+def cell_name(design: ProbeDesign) -> str:
+    return f"K{design.classes}/n{design.images}/{design.layout}"
+
+
 # ---- part A: hand-built models ------------------------------------------------------------------------------
 @functools.cache
 def _truth(classes: int, colors: int, backgrounds: int, layout: str, model: HandBuilt) -> dict[str, float]:
@@ -102,7 +109,7 @@ def _handbuilt_job(job: tuple) -> list[dict]:
         )
         row = {
             "part": "handbuilt",
-            "cell": f"K{design.classes}/n{design.images}/{design.layout}",
+            "cell": cell_name(design),
             "classes": design.classes,
             "images": design.images,
             "layout": design.layout,
@@ -526,9 +533,7 @@ def _run_handbuilt(out: str, reps: int, offset: int, workers: int, quick: bool) 
     path = os.path.join(out, "handbuilt.jsonl")
     done = {(r["cell"], r["model"], tuple(r["listed"])) for r in read_jsonl(path)}
     jobs = [
-        j
-        for j in handbuilt_jobs(reps, offset, quick)
-        if (f"K{j[0].classes}/n{j[0].images}/{j[0].layout}", model_name(j[1]), tuple(j[2])) not in done
+        j for j in handbuilt_jobs(reps, offset, quick) if (cell_name(j[0]), model_name(j[1]), tuple(j[2])) not in done
     ]
     print(f"[validate] hand-built: {len(jobs)} cells x models to run ({reps} reps each)", flush=True)
     with Pool(workers) as pool:
@@ -554,10 +559,6 @@ RETEST_SEEDS = 5_000_000  # hand-built retests draw seeds this far above the gri
 RETEST_FIRST_DESIGN = 1_000  # trained retests draw designs from this index on (the grid's are 0, 1, ...)
 
 
-def _cell_of(job: tuple) -> str:
-    return f"K{job[0].classes}/n{job[0].images}/{job[0].layout}"
-
-
 def _retest_handbuilt(out: str, reps: int, offset: int, workers: int) -> None:
     """1' (declared before round five): every (cell, model) with a concept missing target 1 (not thin) again on
     ``reps`` fresh probe sets of the same design."""
@@ -567,7 +568,7 @@ def _retest_handbuilt(out: str, reps: int, offset: int, workers: int) -> None:
     jobs = [
         (design, model, listed, reps, seed0 + RETEST_SEEDS, truth)
         for design, model, listed, _reps, seed0, truth in handbuilt_jobs(reps, offset, False)
-        if (_cell_of((design,)), model_name(model)) in want
+        if (cell_name(design), model_name(model)) in want
     ]
     print(f"[validate] hand-built retest: {len(jobs)} cells x models ({reps} reps each)", flush=True)
     with Pool(workers) as pool:
