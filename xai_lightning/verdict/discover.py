@@ -51,7 +51,7 @@ def encode(column: Sequence[Any], names: Sequence[str] | None = None) -> tuple[n
             elif str(v) in lookup:
                 out.append(lookup[str(v)])
             else:
-                raise ValueError(f"value {v!r} is not one of {names}")
+                raise ValueError(f"{v!r} is not one of {names}")
         return np.asarray(out, dtype=np.int64), names
     known = sorted({str(v) for v in items if not _unknown(v) and not (isinstance(v, (int, np.integer)) and v < 0)})
     lookup = {n: i for i, n in enumerate(known)}
@@ -108,23 +108,25 @@ def predict(
 
 
 def _class_indices(targets: Sequence[Any], classes: int | Sequence[str] | None) -> np.ndarray:
-    """Class index per image (-1 unknown) from class names when ``classes`` names them, else from indices
-    (integers or their text)."""
-    names = None if classes is None or isinstance(classes, (int, str)) else [str(c) for c in classes]
-    lookup = {n: i for i, n in enumerate(names or [])}
+    """Class index per image (-1 unknown): where ``classes`` names the classes, a name or an index of them
+    (``encode``: with classes ["5", "8"], "8" is class 1); otherwise an integer or its text."""
+    items = [
+        int(t) if isinstance(t, float) and t.is_integer() else t
+        for t in (targets.tolist() if hasattr(targets, "tolist") else targets)
+    ]
+    if classes is not None and not isinstance(classes, (int, str)):
+        try:
+            return encode(items, classes)[0]
+        except ValueError as e:
+            raise ValueError(f"targets: {e}") from None
     out = []
-    for t in targets.tolist() if hasattr(targets, "tolist") else targets:
+    for t in items:
         if _unknown(t):
             out.append(-1)
-        elif isinstance(t, (int, np.integer)) or (isinstance(t, float) and t == int(t)):
-            out.append(int(t))
-        elif str(t) in lookup:  # a name first: with classes ["5", "8"], "8" is class 1
-            out.append(lookup[str(t)])
-        elif isinstance(t, str) and t.strip().lstrip("-").isdigit():
+        elif isinstance(t, (int, np.integer)) or (isinstance(t, str) and t.strip().lstrip("-").isdigit()):
             out.append(int(t))
         else:
-            known = f"one of {names}" if names else "a class index (or pass classes=[names])"
-            raise ValueError(f"targets: {t!r} is not {known}")
+            raise ValueError(f"targets: {t!r} is not a class index (or pass classes=[names])")
     return np.asarray(out, dtype=np.int64)
 
 
@@ -164,7 +166,10 @@ def discover(
     pred, width = predict(model, batches, batch_size)
     values, names = {}, {}
     for concept, column in labels.items():
-        values[concept], names[concept] = encode(column, (value_names or {}).get(concept))
+        try:
+            values[concept], names[concept] = encode(column, (value_names or {}).get(concept))
+        except ValueError as e:
+            raise ValueError(f"labels[{concept!r}]: {e}") from None
         if len(values[concept]) != len(pred):
             raise ValueError(f"labels[{concept!r}] has {len(values[concept])} values for {len(pred)} images")
     if vocabulary is not None or clip is not None:
