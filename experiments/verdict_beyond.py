@@ -30,6 +30,7 @@ import numpy as np
 
 from xai_lightning.io import atomic_write_text
 from xai_lightning.verdict import MIN_EFFECT, assess
+from xai_lightning.verdict.simulate import flip_rates, with_noise
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verdict_lab import clopper_pearson, median_within  # noqa: E402 - the helpers beside this script
@@ -38,9 +39,7 @@ Values = dict[str, np.ndarray]
 
 
 def _noisy(v: Values, k: int, pred: np.ndarray, noise: float = 0.05) -> np.ndarray:
-    """``pred``, except a share ``noise`` of the images (by their own noise) predicted at random."""
-    at_random = (v["u2"] * 7919 % 1.0 * k).astype(np.int64) % k
-    return np.where((v["u2"] * 104729 % 1.0) < noise, at_random, pred)
+    return with_noise(v, k, pred, noise)
 
 
 MODELS: dict[str, Callable[[Values, int], np.ndarray]] = {
@@ -92,15 +91,9 @@ class Case:
         return v
 
     def flip_rates(self) -> dict[str, float]:
-        """Per concept, the share of predictions that change when it is set to each other value (noise kept)."""
+        """Per concept, the counterfactual flip rate on 200,000 images of the design (noise kept)."""
         v = self.draw(200_000, np.random.default_rng(7))
-        model, cards = MODELS[self.model], {"shape": self.classes, **self.cards}
-        base = model(v, self.classes)
-        out = {}
-        for c, card in cards.items():
-            changed = sum(model({**v, c: (v[c] + s) % card}, self.classes) != base for s in range(1, card))
-            out[c] = float(np.mean(changed) / max(card - 1, 1))
-        return out
+        return flip_rates(lambda x: MODELS[self.model](x, self.classes), v, {"shape": self.classes, **self.cards})
 
 
 def _colours(k: int) -> dict[str, int]:

@@ -112,21 +112,31 @@ class HandBuilt:
 
     def predict(self, v: dict[str, np.ndarray], classes: int) -> np.ndarray:
         """[n] predicted class from the true concept values of ``v`` (``ProbeDesign.draw``)."""
-        at_random = (v["u2"] * 7919 % 1.0 * classes).astype(np.int64) % classes
         if self.kind == "random":
-            return at_random
-        noisy = (v["u2"] * 104729 % 1.0) < self.noise
-        return np.where(noisy, at_random, self._rule(v, classes))
+            return with_noise(v, classes, v["shape"], 1.0)
+        return with_noise(v, classes, self._rule(v, classes), self.noise)
 
     def flip_rates(self, v: dict[str, np.ndarray], design: ProbeDesign) -> dict[str, float]:
         """Per concept, the share of predictions that change when the concept is set to another value (each
         other value equally often), everything else (noise included) kept."""
-        base = self.predict(v, design.classes)
-        out = {}
-        for c, card in design.cards.items():
-            flips = np.zeros(len(base))
-            for shift in range(1, card):
-                edited = dict(v, **{c: (v[c] + shift) % card})
-                flips += self.predict(edited, design.classes) != base
-            out[c] = float(flips.mean() / max(card - 1, 1))
-        return out
+        return flip_rates(lambda x: self.predict(x, design.classes), v, design.cards)
+
+
+def with_noise(v: dict[str, np.ndarray], classes: int, pred: np.ndarray, noise: float) -> np.ndarray:
+    """``pred``, except a share ``noise`` of the images predicted at random, both by the image's own noise
+    ``u2`` (so an edit of a concept keeps which images are random and what they are predicted)."""
+    at_random = (v["u2"] * 7919 % 1.0 * classes).astype(np.int64) % classes
+    return np.where((v["u2"] * 104729 % 1.0) < noise, at_random, pred)
+
+
+def flip_rates(predict, v: dict[str, np.ndarray], cards: dict[str, int]) -> dict[str, float]:
+    """Per concept of ``cards``, the share of ``predict(v)`` that changes when the concept is set to each other
+    value (every other value once), everything else kept: the counterfactual flip rate."""
+    base = predict(v)
+    out = {}
+    for c, card in cards.items():
+        flips = np.zeros(len(base))
+        for shift in range(1, card):
+            flips += predict(dict(v, **{c: (v[c] + shift) % card})) != base
+        out[c] = float(flips.mean() / max(card - 1, 1))
+    return out
