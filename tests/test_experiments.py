@@ -164,6 +164,8 @@ def test_trained_model_flips_are_the_counterfactual_per_image(tmp_path):
         "real_shortcuts.py",
         "discovery_report.py",
         "verdict_cases.py",
+        "verdict_beyond.py",
+        "verdict_limits.py",
     ],
 )
 def test_every_experiment_script_answers_help(script):
@@ -318,3 +320,34 @@ def test_beyond_the_grid_judges_coverage_at_its_noise_and_counts_false_positives
     ok = [(0.0, -0.1, 0.1, False, False)] * 37 + [(0.2, 0.15, 0.25, False, False)] * 3  # 37/40: noise of 0.95
     line = b.judge([(case, {"truth": {"color": 0.0}, "per": {"color": ok}, "outcomes": Counter(), "wrong": 0})])[0]
     assert line["coverage_ok"] and line["false_positive"] == 0
+
+
+def test_the_bias_floor_families_share_their_moments_and_differ_in_share():
+    lim = _module("verdict_limits")
+    support, wa, wb = lim.priors(0.2, 4)
+    assert wa.min() >= 0 and wb.min() >= 0 and np.isclose(wa.sum(), 1) and np.isclose(wb.sum(), 1)
+    for k in range(1, 5):
+        assert np.isclose(support**k @ wa, support**k @ wb, atol=1e-12)
+    assert np.abs(support) @ wa > np.abs(support) @ wb + 0.01
+    assert lim.pair_affinity(support, wa, wa, 25, 0.25) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_pair_affinity_on_its_sufficient_statistic_is_that_of_all_four_counts():
+    """Summed by hand over the four Poisson counts of a class pair (a's two classes, b's two), small n."""
+    from scipy.stats import poisson
+
+    lim = _module("verdict_limits")
+    support, wa, wb = np.array([-0.3, 0.0, 0.3]), np.array([0.5, 0.0, 0.5]), np.array([0.25, 0.5, 0.25])
+    n, base, x = 3.0, 0.25, np.arange(30)
+    grid = np.stack(np.meshgrid(x, x, x, x, indexing="ij"), -1)  # (a1, a2, b1, b2)
+
+    def mixture(w):
+        out = 0.0
+        for d, wd in zip(support, w):
+            up, down = poisson.pmf(grid, n * (base + d / 2)), poisson.pmf(grid, n * (base - d / 2))
+            out = out + wd * up[..., 0] * down[..., 1] * down[..., 2] * up[..., 3]
+        return out
+
+    by_hand = float(np.sqrt(mixture(wa) * mixture(wb)).sum())
+    assert lim.pair_affinity(support, wa, wb, n, base) == pytest.approx(by_hand, abs=1e-9)
+    assert by_hand < 0.999  # the two families are told apart a little: the check is not vacuous
