@@ -112,19 +112,24 @@ def draw_probe(d: np.ndarray, classes: int, per_value: float, rng: np.random.Gen
     return np.concatenate(pred), np.concatenate(value)
 
 
-def verdict_reading(weights: np.ndarray, support: np.ndarray, classes: int, per_value: float, reps: int, seed: int):
-    """(mean effect - share, intervals holding the share, intervals) of the verdict over ``reps`` models drawn
-    from one family (one probe set each; a probe set where the effect is undefined is skipped)."""
-    rng = np.random.default_rng(seed)
-    errors, held = [], 0
+def family_probes(support: np.ndarray, weights: np.ndarray, classes: int, per_value: float, reps: int, rng):
+    """(rep, share, predictions, values) of ``reps`` models drawn from one family, one probe set each (probe sets
+    that hold one value only are skipped)."""
     for rep in range(reps):
-        d = rng.choice(support, classes // 2, p=weights)
+        d = rng.choice(support, classes // 2, p=weights / weights.sum())
         pred, value = draw_probe(d, classes, per_value, rng)
-        if len(np.unique(value)) < 2:
-            continue
+        if len(np.unique(value)) == 2:
+            yield rep, float(np.abs(d).sum()), pred, value
+
+
+def verdict_reading(row: dict, weights: np.ndarray, classes: int, per_value: float, reps: int, seed: int):
+    """(mean effect - share, intervals holding the share, intervals) of the verdict over one family's models (a
+    probe set where the effect is undefined is skipped)."""
+    errors, held = [], 0
+    probes = family_probes(row["support"], weights, classes, per_value, reps, np.random.default_rng(seed))
+    for rep, share, pred, value in probes:
         e = assess(pred, {"c": value}, {"c": ["a", "b"]}, classes=classes, permutations=10, seed=rep).effects["c"]
         if np.isfinite(e.value):
-            share = float(np.abs(d).sum())
             errors.append(e.value - share)
             held += int(e.lo <= share <= e.hi)
     return float(np.mean(errors)), held, len(errors)
@@ -143,24 +148,18 @@ def estimates(pred: np.ndarray, value: np.ndarray, classes: int, seed: int) -> t
     return point_estimate(view, rng), plugin, 2 * plugin - float(np.mean(plugs))
 
 
-def alternatives(classes: list[int], per_value: list[int], reps: int, seed: int) -> str:
+def alternatives(floors: dict[tuple[int, int], dict], reps: int, seed: int) -> str:
     """Mean error of each estimator on families A, B and on models that ignore the concept (d = 0)."""
     lines = [
         "| classes | images per value | " + " | ".join(f"{e}: A / B / ignores" for e in ESTIMATORS) + " |",
         "|---|---|" + "---|" * len(ESTIMATORS),
     ]
-    for k, n in itertools.product(classes, per_value):
-        row = floor(k, n)
+    for (k, n), row in floors.items():
         families = (row["wa"], row["wb"], (np.abs(row["support"]) < 1e-12).astype(float))
         errors = np.zeros((len(families), len(ESTIMATORS)))
         for f, w in enumerate(families):
-            rng = np.random.default_rng([seed, k, n, f, 7])
-            got = []
-            for rep in range(reps):
-                d = rng.choice(row["support"], k // 2, p=w / w.sum())
-                pred, value = draw_probe(d, k, n, rng)
-                if len(np.unique(value)) == 2:
-                    got.append(np.array(estimates(pred, value, k, rep)) - np.abs(d).sum())
+            probes = family_probes(row["support"], w, k, n, reps, np.random.default_rng([seed, k, n, f, 7]))
+            got = [np.array(estimates(pred, value, k, rep)) - share for rep, share, pred, value in probes]
             errors[f] = np.nanmean(got, axis=0)
         cells = [" / ".join(f"{x:+.3f}" for x in errors[:, e]) for e in range(len(ESTIMATORS))]
         lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
@@ -168,16 +167,16 @@ def alternatives(classes: list[int], per_value: list[int], reps: int, seed: int)
     return "\n".join(lines) + "\n"
 
 
-def table(classes: list[int], per_value: list[int], reps: int, seed: int) -> str:
+def table(floors: dict[tuple[int, int], dict], reps: int, seed: int) -> str:
+    """Per setting: the families' shares, Δ, τ, the floor, the verdict's mean error and interval coverage."""
     lines = [
         "| classes | images per value | share A / B | Δ | τ | floor: any estimator | verdict's mean error A / B "
         "| interval holds the share A / B |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for k, n in itertools.product(classes, per_value):
-        row = floor(k, n)
+    for (k, n), row in floors.items():
         read = [
-            verdict_reading(row[w], row["support"], k, n, reps, seed * 1_000_003 + 1_000 * k + 2 * n + i)
+            verdict_reading(row, row[w], k, n, reps, seed * 1_000_003 + 1_000 * k + 2 * n + i)
             for i, w in enumerate(("wa", "wb"))
         ]
         held = " / ".join(f"{h}/{m}{'' if clopper_pearson(h, m)[1] >= 0.90 else ' ✗'}" for _e, h, m in read)
@@ -201,9 +200,10 @@ def main(argv=None) -> None:
     if any(k % 2 or k < 2 for k in args.classes):
         raise SystemExit("--classes: even numbers >= 2 (the construction moves predictions within class pairs)")
     text = f"`python experiments/verdict_limits.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-    text += table(args.classes, args.per_value, args.reps, args.seed)
-    text += "\nThe same families read by simpler estimators (mean error; \"ignores\": models with d = 0):\n\n"
-    text += alternatives(args.classes, args.per_value, args.reps, args.seed)
+    floors = {(k, n): floor(k, n) for k, n in itertools.product(args.classes, args.per_value)}
+    text += table(floors, args.reps, args.seed)
+    text += '\nThe same families read by simpler estimators (mean error; "ignores": models with d = 0):\n\n'
+    text += alternatives(floors, args.reps, args.seed)
     if args.out:
         atomic_write_text(os.path.abspath(args.out), text)
     print(text)
