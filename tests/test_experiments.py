@@ -351,3 +351,26 @@ def test_the_pair_affinity_on_its_sufficient_statistic_is_that_of_all_four_count
     by_hand = float(np.sqrt(mixture(wa) * mixture(wb)).sum())
     assert lim.pair_affinity(support, wa, wb, n, base) == pytest.approx(by_hand, abs=1e-9)
     assert by_hand < 0.999  # the two families are told apart a little: the check is not vacuous
+
+
+def test_the_additive_floor_lies_below_the_worst_bias_of_estimators_built_by_hand():
+    """The linear programme's least worst-case bias cannot exceed that of any one estimator of its kind: the
+    plug-in |S - T| / 2n (free), and the same less its mean at the null (reads 0 there), worked out here."""
+    from scipy.stats import poisson
+
+    lim = _module("verdict_limits")
+    k, n, base = 4, 10, 0.25
+    d = np.linspace(-2 * base, 2 * base, 81)
+    x = np.arange(60)
+    s, t = np.meshgrid(x, x, indexing="ij")
+    plug = np.clip(np.abs(s - t) / (2 * n), 0, 1)
+
+    def worst(f):
+        law = [np.outer(poisson.pmf(x, 2 * n * (base + e / 2)), poisson.pmf(x, 2 * n * (base - e / 2))) for e in d]
+        return (k // 2) * max(abs(float((f * w).sum()) - abs(e)) for w, e in zip(law, d))
+
+    null_mean = float((plug * np.outer(poisson.pmf(x, 2 * n * base), poisson.pmf(x, 2 * n * base))).sum())
+    free, exact = lim.additive_floor(k, n, False), lim.additive_floor(k, n, True)
+    assert 0 < free <= exact  # asking for a clean null can only cost
+    assert free <= worst(plug) + 1e-9 and exact <= worst(plug - null_mean) + 1e-9
+    assert exact < 2 * base * (k // 2)  # better than reading 0 always
