@@ -384,12 +384,13 @@ def interval_sides(rows: list[dict]) -> dict[tuple[int, int], tuple[float, float
 
 def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
     """Reported, not targets: coverage by the truth's size, and what the per-cell band can show at these counts."""
-    bands, sides = defaultdict(lambda: [0, 0]), [0, 0, 0]
+    bands, below_lo, above_hi = defaultdict(lambda: [0, 0]), 0, 0
     for _r, _c, _e, lo, hi, t, _x, thin in _pairs(rows, estimand=True):
         if math.isfinite(lo) and not thin:
             bands[_truth_band(t)][0] += lo <= t <= hi
             bands[_truth_band(t)][1] += 1
-            sides = [sides[0] + (t < lo), sides[1] + (t > hi), sides[2] + 1]
+            below_lo, above_hi = below_lo + (t < lo), above_hi + (t > hi)
+    judged_n = max(sum(n for _h, n in bands.values()), 1)
     by_truth = ", ".join(
         f"{b}: {bands[b][0]}/{bands[b][1]} = {bands[b][0] / bands[b][1]:.3f}" for b in TRUTH_BANDS if bands[b][1]
     )
@@ -399,7 +400,7 @@ def _coverage_diagnostics(rows: list[dict], s: dict) -> list[str]:
     above = [c for c, (h, n, *_x) in s["coverage"].items() if n and clopper_pearson(h, n)[0] > 0.98]
     return [
         f"Coverage by the truth's size (not thin): {by_truth}. The truth lies below the lower end in "
-        f"{sides[0] / max(sides[2], 1):.1%} and above the upper end in {sides[1] / max(sides[2], 1):.1%} of them "
+        f"{below_lo / judged_n:.1%} and above the upper end in {above_hi / judged_n:.1%} of them "
         "(2.5% each for an exact 95% interval).",
         "",
         f"What the per-cell band can show at these counts: an exact 95% interval, independent across intervals, "

@@ -75,16 +75,22 @@ def priors(reach: float, moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return x * reach, w[:m] / w[:m].sum(), w[m:] / w[m:].sum()
 
 
+def pair_law(d: np.ndarray, n: float, base: float, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """[shifts, top] Poisson laws of one class pair's sufficient statistic: S (class 1 under ``a`` + class 2
+    under ``b``) ~ Poisson(2n(base + d/2)) and T ~ Poisson(2n(base - d/2)), for each shift ``d``."""
+    k = np.arange(top)
+    return poisson.pmf(k[None, :], 2 * n * (base + d[:, None] / 2)), poisson.pmf(
+        k[None, :], 2 * n * (base - d[:, None] / 2)
+    )
+
+
 def pair_affinity(support: np.ndarray, wa: np.ndarray, wb: np.ndarray, n: float, base: float) -> float:
     """The Hellinger affinity of one class pair's counts under the two priors. Given d, the counts depend on d
     only through S (class 1 under a + class 2 under b) ~ Poisson(2n(base + d/2)) and T ~ Poisson(2n(base - d/2)):
     the affinity of the mixtures of (S, T) is that of all four counts."""
     keep = (wa > 1e-12) | (wb > 1e-12)
     d, wa, wb = support[keep], wa[keep], wb[keep]
-    top = int(poisson.ppf(1 - 1e-12, 2 * n * (base + d.max() / 2))) + 2
-    k = np.arange(top)
-    s = poisson.pmf(k[None, :], 2 * n * (base + d[:, None] / 2))  # [G, top]
-    t = poisson.pmf(k[None, :], 2 * n * (base - d[:, None] / 2))
+    s, t = pair_law(d, n, base, int(poisson.ppf(1 - 1e-12, 2 * n * (base + d.max() / 2))) + 2)
     ma, mb = np.einsum("g,gs,gt->st", wa, s, t), np.einsum("g,gs,gt->st", wb, s, t)
     return float(np.sqrt(ma * mb).sum())
 
@@ -119,11 +125,7 @@ def additive_floor(classes: int, per_value: float, null_exact: bool, grid: int =
     top = int(poisson.ppf(1 - 1e-10, 4 * per_value * base)) + 2
     if top * top > MAX_LP_CELLS:
         return float("nan")
-    k = np.arange(top)
-    s, t = (
-        poisson.pmf(k[None, :], 2 * per_value * (base + d[:, None] / 2)),
-        poisson.pmf(k[None, :], 2 * per_value * (base - d[:, None] / 2)),
-    )
+    s, t = pair_law(d, per_value, base, top)
     law = np.einsum("gs,gt->gst", s, t).reshape(grid, -1)  # [d, (S, T)]: E_d[f] = law @ f
     m = law.shape[1]
     ones = np.ones((grid, 1))
