@@ -45,7 +45,7 @@ import sys
 
 import numpy as np
 from scipy.optimize import linprog
-from scipy.stats import poisson
+from scipy.stats import binom, norm, poisson
 
 from xai_lightning.io import atomic_write_text
 from xai_lightning.verdict import assess
@@ -58,6 +58,7 @@ GRID = 121  # points of the priors' support in [-D, D]
 DEPTHS = (2, 3, 4, 5, 6, 8, 10)  # moments matched (L) tried
 REACH = np.linspace(0.1, 1.0, 10)  # D as a share of its largest value 2 / K (probabilities stay >= 0)
 MAX_LP_CELLS = 70_000  # (S, T) grid cells beyond which the additive floor's linear programme is skipped
+WEIGHT_LIMITS = (1.0, 1.5, 2.0, 3.0, 5.0)  # bounds on the cross-fit's direction weights (``direction_weights``)
 
 
 def priors(reach: float, moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,6 +112,17 @@ def floor(classes: int, per_value: float) -> dict:
     return best
 
 
+def null_rows(top: int) -> np.ndarray:
+    """[top, top * top + 1] one row per total ``m < top`` of (S, T): the weights ``Bin(S; m, 1/2)`` on the cells
+    with ``S + T = m`` (the term's conditional mean at the null), 0 on the bias variable."""
+    s, t = np.meshgrid(np.arange(top), np.arange(top), indexing="ij")
+    total = (s + t).ravel()
+    rows = np.where(
+        total[None, :] == np.arange(top)[:, None], binom.pmf(s.ravel()[None, :], np.arange(top)[:, None], 0.5), 0.0
+    )
+    return np.hstack([rows, np.zeros((top, 1))])
+
+
 def additive_floor(classes: int, per_value: float, null_exact: bool, grid: int = 81) -> float:
     """The least worst-case bias, over models whose class pairs all shift by the same ``d`` in [-2/K, 2/K], of
     an estimator that sums one term in [-1, 1] per class pair, each a function of that pair's counts (the plug-in,
@@ -118,8 +130,10 @@ def additive_floor(classes: int, per_value: float, null_exact: bool, grid: int =
     each value's images). By sufficiency the term may be taken a function of (S, T) (``pair_affinity``), and
     averaging it over the pairs changes no such model's bias, so the bound is ``pairs`` times one pair's
     minimax bias: a linear programme over the term's values on the (S, T) grid. ``null_exact``: the estimator
-    reads 0 on average for a model that ignores the concept (as the verdict's cross-fit does). NaN where the grid
-    exceeds ``MAX_LP_CELLS``."""
+    reads 0 on average for a model that ignores the concept, whatever the class's base rate (as the verdict's
+    cross-fit does): given d = 0, S and T are independent Poissons of one mean, so by completeness this holds
+    for every base rate exactly when, for each total ``m = S + T``, the term averages 0 over ``S ~ Bin(m, 1/2)``.
+    NaN where the grid exceeds ``MAX_LP_CELLS``."""
     base = 1.0 / classes
     d = np.linspace(-2 * base, 2 * base, grid)
     top = int(poisson.ppf(1 - 1e-10, 4 * per_value * base)) + 2
@@ -131,19 +145,49 @@ def additive_floor(classes: int, per_value: float, null_exact: bool, grid: int =
     ones = np.ones((grid, 1))
     a_ub = np.vstack([np.hstack([law, -ones]), np.hstack([-law, -ones])])  # |E_d f - |d|| <= bias
     b_ub = np.r_[np.abs(d), -np.abs(d)]
-    a_eq = np.r_[law[grid // 2], 0.0][None, :] if null_exact else None
+    a_eq = null_rows(top) if null_exact else None
     fit = linprog(
         np.r_[np.zeros(m), 1.0],
         a_ub,
         b_ub,
         a_eq,
-        [0.0] if null_exact else None,
+        np.zeros(top) if null_exact else None,
         [(-1, 1)] * m + [(0, None)],
         method="highs",
     )
     if not fit.success:
         raise RuntimeError(f"additive floor, {classes} classes, {per_value} per value: {fit.message}")
     return classes // 2 * float(fit.fun)
+
+
+def direction_weights(limit: float, reach: float = 8.0, grid: int = 160) -> tuple[float, float]:
+    """Could a cross-fit weigh its classes better than by the sign of the direction learned on the other folds?
+    A cross-fitted term is ``w(Z) D``: ``D`` a class's held-out difference, ``Z`` its difference on the other
+    folds in units of its standard error, ``Z ~ N(x, 1)`` (Gaussian approximation; ``x`` the true difference in
+    those units). Any ``w`` keeps the null clean (``E D = 0`` there, independently of ``Z``); the term's bias is
+    ``|delta| (1 - E_x w)``, ``x (1 - E_x w)`` standard errors. Over odd ``w`` with ``|w| <= limit`` that never
+    read high (``E_x w <= 1``, as the sign does not), a linear programme finds the least worst-case bias.
+    Returns (that bias in standard errors, ``E_0 w^2``: the factor on the term's variance at the null)."""
+    step = reach / grid
+    t = (np.arange(grid) + 0.5) * step  # midpoints of [0, reach]
+    x = np.linspace(0.05, 6.0, 120)
+    mean = (norm.pdf(t[None, :] - x[:, None]) - norm.pdf(t[None, :] + x[:, None])) * step  # [x, t]: E_x w
+    a_ub = np.vstack([np.c_[-x[:, None] * mean, -np.ones(len(x))], np.c_[mean, np.zeros(len(x))]])
+    b_ub = np.r_[-x, np.ones(len(x))]
+    fit = linprog(np.r_[np.zeros(grid), 1.0], a_ub, b_ub, bounds=[(-limit, limit)] * grid + [(0, None)], method="highs")
+    if not fit.success:
+        raise RuntimeError(f"direction weights up to {limit}: {fit.message}")
+    w = fit.x[:grid]
+    return float(fit.x[-1]), float(2 * (w**2 * norm.pdf(t)).sum() * step)
+
+
+def weights_table(limits: tuple[float, ...] = WEIGHT_LIMITS) -> str:
+    """Per bound on the weights: the least worst-case bias of a cross-fitted class term, its null variance factor."""
+    lines = ["| weights within | worst-case bias (standard errors) | variance at the null, × |", "|---|---|---|"]
+    for limit in limits:
+        bias, var = direction_weights(limit)
+        lines.append(f"| ±{limit:g} | {bias:.3f} | {var:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def draw_probe(d: np.ndarray, classes: int, per_value: float, rng: np.random.Generator):
@@ -268,6 +312,10 @@ def main(argv=None) -> None:
     text += alternatives(floors, args.reps, args.seed)
     text += "\nThe least worst-case bias of estimators that sum one term per class pair (linear programming):\n\n"
     text += additive_table(args.classes, args.per_value)
+    text += (
+        "\nA cross-fitted class term weighed by w(learned direction) instead of its sign (Gaussian approximation):\n\n"
+    )
+    text += weights_table()
     if args.out:
         atomic_write_text(os.path.abspath(args.out), text)
     print(text)

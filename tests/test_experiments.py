@@ -374,3 +374,17 @@ def test_the_additive_floor_lies_below_the_worst_bias_of_estimators_built_by_han
     assert 0 < free <= exact  # asking for a clean null can only cost
     assert free <= worst(plug) + 1e-9 and exact <= worst(plug - null_mean) + 1e-9
     assert exact < 2 * base * (k // 2)  # better than reading 0 always
+
+
+def test_the_sign_is_the_best_direction_weight_within_one_and_larger_weights_trade_variance():
+    """With weights in [-1, 1] the programme finds the sign's worst-case bias, max_x 2x(1 - Phi(x)) (worked out
+    here by a scalar search), at the sign's null variance; wider bounds lower the bias and raise the variance."""
+    from scipy.optimize import minimize_scalar
+    from scipy.stats import norm
+
+    lim = _module("verdict_limits")
+    sign = -minimize_scalar(lambda x: -2 * x * (1 - norm.cdf(x)), bounds=(0, 5), method="bounded").fun
+    bias, var = lim.direction_weights(1.0)
+    assert bias == pytest.approx(sign, abs=2e-3) and var == pytest.approx(1.0, abs=1e-3)
+    wider, var2 = lim.direction_weights(2.0)
+    assert wider < bias - 0.05 and 1.5 < var2 <= 4.0 + 1e-9
