@@ -401,8 +401,9 @@ def test_the_sign_is_the_best_direction_weight_within_one_and_larger_weights_tra
 
 def test_the_spread_floor_is_the_additive_floor_without_a_budget_and_lies_below_an_estimator_within_its_own():
     """With budgets no estimator reaches, the cone programme's bias is the linear programme's; with the spread of
-    the plug-in centred per total (worked out here, clean at every base rate) it lies between that and the
-    centred plug-in's own worst-case bias."""
+    the plug-in centred per total (worked out here, clipped to [-1, 1] as the programme's terms are: clean at
+    every base rate up to cells of negligible mass) it lies between that and the centred plug-in's own
+    worst-case bias."""
     from scipy.stats import binom, poisson
 
     lim = _module("verdict_limits")
@@ -414,7 +415,7 @@ def test_the_spread_floor_is_the_additive_floor_without_a_budget_and_lies_below_
     x = np.arange(40)
     s, t = np.meshgrid(x, x, indexing="ij")
     centre = [(np.abs(2 * x[: m + 1] - m) * binom.pmf(x[: m + 1], m, 0.5)).sum() for m in range(2 * len(x))]
-    f = (np.abs(s - t) - np.array(centre)[s + t]) / (2 * n)
+    f = np.clip(np.abs(s - t) / (2 * n), 0, 1) - np.clip(np.array(centre)[s + t] / (2 * n), 0, 1)
 
     def law(e):
         return np.outer(poisson.pmf(x, 2 * n * (base + e / 2)), poisson.pmf(x, 2 * n * (base - e / 2)))
